@@ -1,0 +1,50 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both install what they need first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CONFIG ?= configs/demo.yaml
+export NO_ALBUMENTATIONS_UPDATE := 1
+
+.PHONY: install test lint format demo bench download embed cluster write attack report run clean
+
+install: $(STAMP)
+
+# Re-runs only when the dependency pins change, so a second `make install` takes seconds.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip check
+	touch $(STAMP)
+
+# pytest's exit code 5 means "no tests collected": a broken suite, never a pass.
+test: install
+	@$(BIN)/python -m pytest; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5); failing" >&2; exit 1; fi; \
+	exit $$rc
+
+lint: install
+	$(BIN)/ruff check dedup attack tests bench
+	$(BIN)/ruff format --check dedup attack tests bench
+
+format: install
+	$(BIN)/ruff format dedup attack tests bench
+	$(BIN)/ruff check --fix dedup attack tests bench
+
+# The whole main job, offline, on the bundled demo corpus.
+demo: install
+	$(BIN)/dedup demo demo-work
+
+bench: install
+	$(BIN)/python -m bench
+
+# One target per stage for data pipelines: make embed CONFIG=configs/laion-example.yaml
+download embed cluster write attack report: install
+	$(BIN)/dedup run $(CONFIG) --stages $@
+
+run: install
+	$(BIN)/dedup run $(CONFIG)
+
+clean:
+	rm -rf demo-work .pytest_cache .ruff_cache

@@ -1,0 +1,228 @@
+"""The ``dedup`` command line: one sub-command per stage, all thin wrappers over the Python API.
+
+Every stage reads and writes a work directory (layout in ``dedup/layout.py``); options override the
+YAML config given with ``--config`` (or the defaults). Bad input prints one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from dedup.errors import UserError
+
+
+class _Group(TyperGroup):
+    """Turns :class:`UserError` into ``error: ...`` on stderr and exit code 2, with no traceback."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UserError as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted: rerun the same command to resume", err=True)
+            raise typer.Exit(130) from None
+
+
+app = typer.Typer(
+    cls=_Group,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    help=(
+        "Find and remove near-duplicates in image-text datasets, and measure how much that lowers a "
+        "diffusion model's memorization of its training data.\n\n"
+        "Stages, each resumable, all sharing one WORKDIR: download -> embed -> cluster -> write "
+        "(-> attack, report). [bold]dedup run CONFIG[/bold] runs them all; [bold]dedup demo[/bold] runs "
+        "them offline on a bundled corpus."
+    ),
+)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="YAML pipeline config (see configs/); options given here override it."
+    ),
+]
+WorkdirArg = Annotated[Path, typer.Argument(help="Work directory shared by all stages.")]
+
+
+def _config(path: Path | None) -> Any:
+    from dedup.config import PipelineConfig, load_config
+
+    return load_config(path) if path is not None else PipelineConfig()
+
+
+@app.command(rich_help_panel="Stages")
+def download(
+    url_list: Annotated[
+        Path, typer.Argument(help="URL list: parquet, csv, tsv, jsonl, json or txt (or a folder).")
+    ],
+    workdir: WorkdirArg,
+    config: ConfigOpt = None,
+    input_format: Annotated[
+        str | None, typer.Option(help="Format of URL_LIST; inferred from its suffix.")
+    ] = None,
+    url_col: Annotated[str | None, typer.Option(help="URL column. [default: URL, as in LAION]")] = None,
+    caption_col: Annotated[str | None, typer.Option(help="Caption column. [default: TEXT]")] = None,
+    save_additional_columns: Annotated[
+        list[str] | None, typer.Option(help="Extra input columns to keep in each sample's json (repeatable).")
+    ] = None,
+    image_size: Annotated[int | None, typer.Option(help="Target size in pixels. [default: 512]")] = None,
+    resize_mode: Annotated[
+        str | None,
+        typer.Option(
+            help="no | border | keep_ratio | keep_ratio_largest | center_crop. [default: keep_ratio]"
+        ),
+    ] = None,
+    resize_only_if_bigger: Annotated[bool | None, typer.Option(help="Never upscale. [default: on]")] = None,
+    encode_format: Annotated[
+        str | None, typer.Option(help="jpg | png | webp, for re-encoded images. [default: jpg]")
+    ] = None,
+    skip_reencode: Annotated[
+        bool | None, typer.Option(help="Keep the original bytes when no resize is needed. [default: on]")
+    ] = None,
+    processes: Annotated[int | None, typer.Option(help="Download processes. [default: 1]")] = None,
+    threads: Annotated[int | None, typer.Option(help="Threads per process. [default: 64]")] = None,
+    samples_per_shard: Annotated[
+        int | None, typer.Option(help="Samples per output shard. [default: 10000]")
+    ] = None,
+    timeout: Annotated[int | None, typer.Option(help="Seconds per request. [default: 10]")] = None,
+    retries: Annotated[int | None, typer.Option(help="Retries per URL. [default: 0]")] = None,
+    max_image_area: Annotated[
+        int | None,
+        typer.Option(
+            help="Refuse images with more pixels than this, from the header (decompression bombs). "
+            "[default: 89478485]"
+        ),
+    ] = None,
+    min_image_size: Annotated[
+        int | None, typer.Option(help="Refuse images smaller than this. [default: 0]")
+    ] = None,
+    respect_robots: Annotated[
+        bool | None,
+        typer.Option(
+            "--respect-robots/--ignore-robots",
+            help="Skip images whose X-Robots-Tag says noai, noimageai, noindex or noimageindex. "
+            "[default: respect]",
+        ),
+    ] = None,
+    incremental: Annotated[
+        bool | None,
+        typer.Option(
+            help="Resume: skip shards already in WORKDIR; --no-incremental redoes everything. [default: on]"
+        ),
+    ] = None,
+    distributor: Annotated[
+        str | None, typer.Option(help="multiprocessing | pyspark | ray. [default: multiprocessing]")
+    ] = None,
+) -> None:
+    """Download a URL list into WebDataset shards (img2dataset); print what succeeded and why rows failed.
+
+    Shards land in WORKDIR/download/ in img2dataset's layout (NNNNN.tar, NNNNN.parquet,
+    NNNNN_stats.json); the summary goes to WORKDIR/download_summary.json.
+    """
+    from dedup.config import override
+    from dedup.download import format_summary, run_download
+    from dedup.layout import WorkDir
+
+    cfg = override(
+        _config(config).download,
+        url_list=str(url_list),
+        input_format=input_format,
+        url_col=url_col,
+        caption_col=caption_col,
+        save_additional_columns=save_additional_columns or None,
+        image_size=image_size,
+        resize_mode=resize_mode,
+        resize_only_if_bigger=resize_only_if_bigger,
+        encode_format=encode_format,
+        skip_reencode=skip_reencode,
+        processes=processes,
+        threads=threads,
+        samples_per_shard=samples_per_shard,
+        timeout=timeout,
+        retries=retries,
+        max_image_area=max_image_area,
+        min_image_size=min_image_size,
+        respect_robots=respect_robots,
+        incremental=incremental,
+        distributor=distributor,
+    )
+    summary = run_download(cfg, WorkDir(workdir))
+    typer.echo(format_summary(summary))
+
+
+@app.command(rich_help_panel="Pipelines")
+def demo(
+    workdir: Annotated[Path, typer.Argument(help="Where the demo corpus and all outputs go.")] = Path(
+        "demo-work"
+    ),
+    config: ConfigOpt = None,
+    stages: Annotated[
+        str | None, typer.Option(help="Comma-separated stages to run (default: the config's list).")
+    ] = None,
+) -> None:
+    """Run the whole pipeline offline on a bundled corpus with planted near-duplicates.
+
+    Builds a LAION-style URL list from photographs that installed packages ship, copies some of them
+    the way the web does (re-encoded, resized, cropped, mirrored, caption reworded; 1 to 150 copies),
+    serves them on 127.0.0.1 and runs every stage on it. The planted truth is in WORKDIR/demo/.
+    """
+    from dedup.pipeline import run_demo
+
+    run_demo(workdir, _config(config) if config else None, stages.split(",") if stages else None)
+
+
+@app.command(rich_help_panel="Pipelines")
+def run(
+    config: Annotated[Path, typer.Argument(help="YAML pipeline config (see configs/).")],
+    workdir: Annotated[Path | None, typer.Option(help="Override the config's workdir.")] = None,
+    stages: Annotated[
+        str | None, typer.Option(help="Comma-separated stages to run (default: the config's list).")
+    ] = None,
+) -> None:
+    """Run every stage of a YAML pipeline in order, skipping work already complete."""
+    from dedup.config import load_config
+    from dedup.pipeline import run_pipeline
+
+    cfg = load_config(config)
+    if workdir is not None:
+        cfg.workdir = str(workdir)
+    run_pipeline(cfg, stages.split(",") if stages else None)
+
+
+@app.command(rich_help_panel="Inspect")
+def status(workdir: WorkdirArg) -> None:
+    """Show which stages and shards are complete in WORKDIR, and with which config."""
+    from dedup.layout import WorkDir, manifest
+
+    work = WorkDir(workdir)
+    if not work.root.is_dir():
+        raise UserError(f"{workdir}: no such work directory")
+    info = manifest(work)
+    if not info:
+        typer.echo(f"{workdir}: nothing complete yet")
+        return
+    for stage, entry in info.items():
+        shards = entry.get("shards", {})
+        hashes = sorted(
+            {m.get("config_hash") for m in shards.values()}
+            | ({entry["stage"].get("config_hash")} if "stage" in entry else set())
+        )
+        done = f"{len(shards)} shard(s)" if shards else "complete"
+        typer.echo(f"{stage:<10} {done:<14} config {', '.join(h for h in hashes if h)}")
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as err:  # raised outside a command (e.g. while parsing a config)
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(2)

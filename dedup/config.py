@@ -1,0 +1,187 @@
+"""Typed configuration: one model per stage, filled from YAML in ``configs/`` and overridden by CLI options.
+
+Unknown keys are errors (a typo must not silently fall back to a default), and every error names the
+file and the key in one line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from dedup.errors import UserError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DownloadConfig(Section):
+    """img2dataset settings. Defaults suit LAION metadata (``URL``/``TEXT`` columns)."""
+
+    url_list: str | None = Field(None, description="URL list file or folder of such files")
+    input_format: str | None = Field(
+        None, description="parquet, csv, tsv, jsonl, json or txt (optionally .gz); inferred from the suffix"
+    )
+    url_col: str = "URL"
+    caption_col: str | None = "TEXT"
+    save_additional_columns: list[str] = Field(default_factory=list)
+    image_size: int = Field(512, gt=0)
+    resize_mode: Literal["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"] = "keep_ratio"
+    resize_only_if_bigger: bool = True
+    encode_format: Literal["jpg", "png", "webp"] = "jpg"
+    encode_quality: int = Field(95, ge=0, le=100)
+    skip_reencode: bool = True
+    processes: int = Field(1, gt=0)
+    threads: int = Field(64, gt=0)
+    samples_per_shard: int = Field(10_000, gt=0)
+    timeout: int = Field(10, gt=0)
+    retries: int = Field(0, ge=0)
+    # Pillow's own decompression-bomb limit; checked from the header, before any pixel is decoded.
+    max_image_area: int = Field(89_478_485, gt=0)
+    min_image_size: int = Field(0, ge=0)
+    max_aspect_ratio: float = Field(float("inf"), gt=0)
+    respect_robots: bool = Field(True, description="skip images whose X-Robots-Tag opts out of AI use")
+    incremental: bool = Field(True, description="skip shards already downloaded into the work directory")
+    distributor: Literal["multiprocessing", "pyspark", "ray"] = "multiprocessing"
+    user_agent_token: str | None = "dedup"
+
+
+class EmbedConfig(Section):
+    """Which embedder, on which device. ``descriptor`` needs no weights and works offline."""
+
+    embedder: Literal["clip", "descriptor"] = "clip"
+    model: str = "ViT-B-32"
+    # An open_clip pretrained tag (fetched through the hub cache) or a local checkpoint file.
+    pretrained: str = "laion2b_s34b_b79k"
+    batch_size: int = Field(64, gt=0)
+    workers: int = Field(2, ge=0, description="decode workers; decoding overlaps the model")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    descriptor_size: int = Field(16, ge=4, le=64, description="side of the weight-free pixel descriptor")
+    from_precomputed: str | None = None
+
+
+class ClusterConfig(Section):
+    """Near-duplicate signals, search, grouping and the representative policy."""
+
+    signals: list[Literal["exact", "phash", "embedding"]] = Field(
+        default_factory=lambda: ["exact", "phash", "embedding"]
+    )
+    # Defaults and the measurements behind them: see dedup/cluster.py and bench/RESULTS.md.
+    embedding_threshold: float | None = Field(None, description="cosine; None: the embedder's default")
+    phash_threshold: int = Field(10, ge=0, le=64)
+    verify: Literal["none", "orb"] = "orb"
+    orb_min_inliers: int = Field(15, ge=4)
+    k: int = Field(32, gt=0, description="neighbours searched per sample")
+    search: Literal["auto", "exact", "ivf"] = "auto"
+    exact_max: int = Field(200_000, gt=0, description="auto switches to IVF above this many samples")
+    nlist: int | None = Field(None, description="IVF partitions; None: about 4*sqrt(N)")
+    nprobe: int = Field(16, gt=0)
+    block_size: int = Field(16_384, gt=0)
+    grouping: Literal["components", "representative", "semdedup"] = "representative"
+    representative: Literal["resolution", "first", "centroid", "farthest", "caption"] = "resolution"
+    against: str | None = Field(None, description="a reference work directory to dedup against")
+    ground_truth: str | None = None
+
+
+class WriteConfig(Section):
+    samples_per_shard: int = Field(10_000, gt=0)
+
+
+class AttackConfig(Section):
+    """Before/after training of a reference DDPM and the extraction test (attack.md)."""
+
+    budget: Literal["demo", "gpu", "custom"] = "demo"
+    resolution: int = Field(16, ge=8)
+    channels: int = Field(32, gt=0)
+    channel_mults: list[int] = Field(default_factory=lambda: [1, 2, 2])
+    steps: int = Field(3000, gt=0)
+    batch_size: int = Field(64, gt=0)
+    lr: float = Field(2e-3, gt=0)
+    seed: int = 0
+    conditional: bool = True
+    guidance: float = Field(3.0, ge=0)
+    samples: int = Field(1000, gt=0)
+    sample_steps: int = Field(25, gt=0)
+    calibrated_threshold: float = Field(1 / 3, gt=0, description="attack.md §1 (setting); default 1/3")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class ReportConfig(Section):
+    gallery_groups: int = Field(12, ge=0)
+    borderline_pairs: int = Field(12, ge=0)
+
+
+class DemoConfig(Section):
+    seed: int = 0
+    distinct: int = Field(2000, gt=0, description="distinct base images (tiles of bundled photos)")
+    tile: int = Field(160, ge=32)
+
+
+class PipelineConfig(Section):
+    workdir: str = "work"
+    download: DownloadConfig = Field(default_factory=DownloadConfig)
+    embed: EmbedConfig = Field(default_factory=EmbedConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    write: WriteConfig = Field(default_factory=WriteConfig)
+    attack: AttackConfig = Field(default_factory=AttackConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+    demo: DemoConfig | None = None
+    stages: list[Literal["download", "embed", "cluster", "write", "attack", "report"]] = Field(
+        default_factory=lambda: ["download", "embed", "cluster", "write", "report"]
+    )
+
+    @field_validator("workdir")
+    @classmethod
+    def _workdir_nonempty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+
+S = TypeVar("S", bound=Section)
+
+
+def _first_error(err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"key '{loc}': {e['msg']}{more}"
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    """Read a YAML pipeline; any problem is a one-line :class:`UserError` naming the file and key."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{path}{where}: invalid YAML ({getattr(err, 'problem', err)})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of stage sections at the top level")
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as err:
+        raise UserError(f"{path}: {_first_error(err)}") from None
+
+
+def override(section: S, **options: Any) -> S:
+    """Apply CLI options that were given (not None) on top of a config section, validated."""
+    given = {k: v for k, v in options.items() if v is not None}
+    if not given:
+        return section
+    try:
+        return type(section).model_validate({**section.model_dump(), **given})
+    except ValidationError as err:
+        raise UserError(f"option {_first_error(err)}") from None
+
+
+def dump_config(config: PipelineConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

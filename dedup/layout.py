@@ -1,0 +1,288 @@
+"""Every path of a work directory, defined once.
+
+Stages never build paths by hand: they ask a :class:`WorkDir`. Each stage's per-shard outputs are
+independent files, so a shard is a self-contained task that any worker (a process, a Ray task) can run,
+and a completion marker per (stage, shard) under ``_manifest/`` records what is done and with which
+config. Layout (``NNNNN`` is a 5-digit shard id, as img2dataset names shards)::
+
+    WORKDIR/
+      download/NNNNN.tar, NNNNN.parquet, NNNNN_stats.json   img2dataset's own layout
+      download_summary.json
+      embed/img_emb/img_emb_NNNNN.npy                      clip-retrieval's layout
+      embed/metadata/metadata_NNNNN.parquet
+      embed/embed_summary.json
+      cluster/pairs.parquet, clusters.parquet, cluster_summary.json, evaluation.json
+      dedup/NNNNN.tar, NNNNN.parquet, NNNNN_stats.json      deduplicated WebDataset
+      ledger.parquet, write_summary.json
+      attack/...                                            see attack/layout.py
+      report/index.html, summary.json, *.png
+      _manifest/<stage>/NNNNN.json, _manifest/<stage>.json  completion markers
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SHARD_DIGITS = 5
+_SHARD_RE = re.compile(r"^(\d+)\.tar$")
+
+
+def shard_name(shard: int) -> str:
+    return f"{shard:0{SHARD_DIGITS}d}"
+
+
+@dataclass(frozen=True)
+class WorkDir:
+    root: Path
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    # -- download (img2dataset's output folder, left exactly as it writes it) --
+    @property
+    def download_dir(self) -> Path:
+        return self.root / "download"
+
+    def download_tar(self, shard: int) -> Path:
+        return self.download_dir / f"{shard_name(shard)}.tar"
+
+    def download_parquet(self, shard: int) -> Path:
+        return self.download_dir / f"{shard_name(shard)}.parquet"
+
+    def download_stats(self, shard: int) -> Path:
+        return self.download_dir / f"{shard_name(shard)}_stats.json"
+
+    @property
+    def download_summary(self) -> Path:
+        # Outside download/: img2dataset treats every *.json there as a finished shard.
+        return self.root / "download_summary.json"
+
+    def download_shards(self) -> list[int]:
+        """Shards img2dataset finished (its ``_stats.json`` is written last)."""
+        return shards_in(self.download_dir)
+
+    # -- embed --
+    @property
+    def embed_dir(self) -> Path:
+        return self.root / "embed"
+
+    def img_emb(self, shard: int) -> Path:
+        return self.embed_dir / "img_emb" / f"img_emb_{shard_name(shard)}.npy"
+
+    def metadata(self, shard: int) -> Path:
+        return self.embed_dir / "metadata" / f"metadata_{shard_name(shard)}.parquet"
+
+    @property
+    def embed_summary(self) -> Path:
+        return self.embed_dir / "embed_summary.json"
+
+    # -- cluster --
+    @property
+    def cluster_dir(self) -> Path:
+        return self.root / "cluster"
+
+    @property
+    def pairs(self) -> Path:
+        return self.cluster_dir / "pairs.parquet"
+
+    @property
+    def clusters(self) -> Path:
+        return self.cluster_dir / "clusters.parquet"
+
+    @property
+    def cluster_summary(self) -> Path:
+        return self.cluster_dir / "cluster_summary.json"
+
+    @property
+    def evaluation(self) -> Path:
+        return self.cluster_dir / "evaluation.json"
+
+    @property
+    def sweep(self) -> Path:
+        return self.cluster_dir / "threshold_sweep.parquet"
+
+    # -- write --
+    @property
+    def dedup_dir(self) -> Path:
+        return self.root / "dedup"
+
+    def dedup_tar(self, shard: int) -> Path:
+        return self.dedup_dir / f"{shard_name(shard)}.tar"
+
+    def dedup_parquet(self, shard: int) -> Path:
+        return self.dedup_dir / f"{shard_name(shard)}.parquet"
+
+    def dedup_stats(self, shard: int) -> Path:
+        return self.dedup_dir / f"{shard_name(shard)}_stats.json"
+
+    @property
+    def ledger(self) -> Path:
+        return self.root / "ledger.parquet"
+
+    @property
+    def write_summary(self) -> Path:
+        return self.root / "write_summary.json"
+
+    # -- attack and report --
+    @property
+    def attack_dir(self) -> Path:
+        return self.root / "attack"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
+
+    # -- demo corpus --
+    @property
+    def demo_dir(self) -> Path:
+        return self.root / "demo"
+
+    @property
+    def demo_url_list(self) -> Path:
+        return self.demo_dir / "urls.parquet"
+
+    @property
+    def demo_ground_truth(self) -> Path:
+        return self.demo_dir / "ground_truth.parquet"
+
+    # -- manifest --
+    @property
+    def manifest_dir(self) -> Path:
+        return self.root / "_manifest"
+
+    def marker(self, stage: str, shard: int | None = None) -> Path:
+        if shard is None:
+            return self.manifest_dir / f"{stage}.json"
+        return self.manifest_dir / stage / f"{shard_name(shard)}.json"
+
+    @property
+    def config_copy(self) -> Path:
+        return self.root / "config.yaml"
+
+
+def shards_in(folder: Path) -> list[int]:
+    """Shard ids in a folder of img2dataset-style shards that have their ``_stats.json``."""
+    if not folder.is_dir():
+        return []
+    out = []
+    for p in folder.iterdir():
+        m = _SHARD_RE.match(p.name)
+        if m and (folder / f"{m.group(1)}_stats.json").exists():
+            out.append(int(m.group(1)))
+    return sorted(out)
+
+
+# -- completion markers --------------------------------------------------------------------------------
+
+
+def config_hash(config: Any) -> str:
+    """A stable digest of a stage config, so a marker says which settings produced an output."""
+    if hasattr(config, "model_dump"):
+        config = config.model_dump(mode="json")
+    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def write_marker(work: WorkDir, stage: str, shard: int | None, config: Any, **facts: Any) -> dict[str, Any]:
+    record = {
+        "stage": stage,
+        "shard": shard,
+        "config_hash": config_hash(config),
+        "completed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **facts,
+    }
+    write_json(work.marker(stage, shard), record)
+    return record
+
+
+def read_marker(work: WorkDir, stage: str, shard: int | None = None) -> dict[str, Any] | None:
+    path = work.marker(stage, shard)
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def is_complete(work: WorkDir, stage: str, shard: int | None, config: Any) -> bool:
+    """Done means: a marker exists and it was written with the same stage config."""
+    marker = read_marker(work, stage, shard)
+    return marker is not None and marker.get("config_hash") == config_hash(config)
+
+
+def clear_marker(work: WorkDir, stage: str, shard: int | None = None) -> None:
+    work.marker(stage, shard).unlink(missing_ok=True)
+
+
+def manifest(work: WorkDir) -> dict[str, Any]:
+    """Everything the markers say, stage by stage, for ``dedup status``."""
+    out: dict[str, Any] = {}
+    if not work.manifest_dir.is_dir():
+        return out
+    for entry in sorted(work.manifest_dir.iterdir()):
+        if entry.is_dir():
+            shards = {}
+            for f in sorted(entry.glob("*.json")):
+                try:
+                    shards[f.stem] = json.loads(f.read_text())
+                except (OSError, json.JSONDecodeError):
+                    continue
+            out[entry.name] = {"shards": shards}
+        elif entry.suffix == ".json":
+            try:
+                out.setdefault(entry.stem, {})["stage"] = json.loads(entry.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+    return out
+
+
+# -- atomic files ------------------------------------------------------------------------------------
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds.
+
+    A crash (even kill -9) leaves at worst a ``.tmp`` file, never a half-written file under the final
+    name, so "the final file exists" can be trusted as "the file is complete".
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_json(path: Path, data: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def remove_stale_temporaries(folder: Path) -> int:
+    """Delete ``.*.tmp`` files a killed run left behind; they are never complete outputs."""
+    if not folder.is_dir():
+        return 0
+    n = 0
+    for p in folder.rglob(".*.tmp"):
+        p.unlink(missing_ok=True)
+        n += 1
+    return n
