@@ -159,6 +159,171 @@ def download(
     typer.echo(format_summary(summary))
 
 
+@app.command(rich_help_panel="Stages")
+def embed(
+    workdir: WorkdirArg,
+    config: ConfigOpt = None,
+    embedder: Annotated[
+        str | None,
+        typer.Option(help="clip (open_clip) | descriptor (weight-free, offline). [default: clip]"),
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="open_clip model name. [default: ViT-B-32]")] = None,
+    pretrained: Annotated[
+        str | None,
+        typer.Option(
+            help="open_clip pretrained tag, or a local checkpoint file for offline use. "
+            "[default: laion2b_s34b_b79k]"
+        ),
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per model batch. [default: 64]")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Decode threads running ahead of the model. [default: 2]")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda. [default: auto]")] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(help="auto (fp16/bf16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16. [default: auto]"),
+    ] = None,
+    from_precomputed: Annotated[
+        Path | None,
+        typer.Option(
+            help="Import released embeddings (img_emb/*.npy + metadata/*.parquet, clip-retrieval "
+            "layout) joined by key or URL, instead of running a model."
+        ),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Embed every downloaded image and hash it (sha256 of the bytes, 64-bit perceptual hash), per shard.
+
+    Writes WORKDIR/embed/img_emb/img_emb_NNNNN.npy (float16, L2-normalised) and
+    WORKDIR/embed/metadata/metadata_NNNNN.parquet, clip-retrieval's layout. Resumable: finished
+    shards are skipped. Images that fail to decode keep a row with a status saying why.
+    """
+    from dedup.config import override
+    from dedup.embed import format_embed_summary, run_embed
+    from dedup.layout import WorkDir
+
+    cfg = override(
+        _config(config).embed,
+        embedder=embedder,
+        model=model,
+        pretrained=pretrained,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        precision=precision,
+        from_precomputed=str(from_precomputed) if from_precomputed else None,
+    )
+    typer.echo(format_embed_summary(run_embed(cfg, WorkDir(workdir), progress=progress)))
+
+
+@app.command(rich_help_panel="Stages")
+def cluster(
+    workdir: WorkdirArg,
+    config: ConfigOpt = None,
+    signals: Annotated[
+        str | None, typer.Option(help="Comma-separated: exact,phash,embedding. [default: all three]")
+    ] = None,
+    embedding_threshold: Annotated[
+        float | None,
+        typer.Option(help="Cosine at or above which two images are duplicates. [default: per embedder]"),
+    ] = None,
+    candidate_threshold: Annotated[
+        float | None,
+        typer.Option(
+            help="Lowest cosine for which a pair gets a local-feature check (--verify orb). "
+            "[default: per embedder]"
+        ),
+    ] = None,
+    phash_threshold: Annotated[
+        int | None,
+        typer.Option(help="Perceptual-hash Hamming distance (of 64 bits) for duplicates. [default: 10]"),
+    ] = None,
+    verify: Annotated[
+        str | None,
+        typer.Option(
+            help="orb: check undecided pairs with ORB keypoints and a geometric fit; none. [default: orb]"
+        ),
+    ] = None,
+    k: Annotated[int | None, typer.Option(help="Neighbours searched per image. [default: 32]")] = None,
+    search: Annotated[
+        str | None,
+        typer.Option(
+            help="auto | exact (FAISS flat) | ivf (k-means partitions, exact inside). [default: auto]"
+        ),
+    ] = None,
+    grouping: Annotated[
+        str | None,
+        typer.Option(
+            help="components | representative (members must match the kept image directly) | "
+            "semdedup. [default: representative]"
+        ),
+    ] = None,
+    representative: Annotated[
+        str | None,
+        typer.Option(
+            help="Which image a group keeps: resolution | first | centroid | farthest | caption. "
+            "[default: resolution]"
+        ),
+    ] = None,
+    against: Annotated[
+        Path | None,
+        typer.Option(
+            help="Another work directory (embedded with the same embedder) to deduplicate against: "
+            "samples that duplicate it are removed; it is not modified."
+        ),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Find near-duplicate groups and choose one image to keep per group.
+
+    Writes WORKDIR/cluster/pairs.parquet (key_a, key_b, signal, similarity, ...) and
+    WORKDIR/cluster/clusters.parquet (key, cluster_id, cluster_size, is_representative,
+    representative_key, similarity_to_representative).
+    """
+    from dedup.cluster import format_cluster_summary, run_cluster
+    from dedup.config import override
+    from dedup.layout import WorkDir
+
+    cfg = override(
+        _config(config).cluster,
+        signals=signals.split(",") if signals else None,
+        embedding_threshold=embedding_threshold,
+        candidate_threshold=candidate_threshold,
+        phash_threshold=phash_threshold,
+        verify=verify,
+        k=k,
+        search=search,
+        grouping=grouping,
+        representative=representative,
+        against=str(against) if against else None,
+    )
+    typer.echo(format_cluster_summary(run_cluster(cfg, WorkDir(workdir), progress=progress)))
+
+
+@app.command(rich_help_panel="Inspect")
+def evaluate(
+    workdir: WorkdirArg,
+    ground_truth: Annotated[
+        Path | None,
+        typer.Option(
+            help="Ground truth: rows (key or url, group[, transform, copy]) or labelled pairs "
+            "(key_a, key_b, duplicate). The demo's is WORKDIR/demo/ground_truth.parquet."
+        ),
+    ] = None,
+) -> None:
+    """Score the clusters against ground truth (precision, recall, F1; per transformation) and print a
+    threshold sweep (threshold -> pairs, samples removed, precision, recall) to choose a threshold from data.
+    """
+    from dedup.evaluate import format_evaluation, run_evaluate
+    from dedup.layout import WorkDir
+
+    work = WorkDir(workdir)
+    if ground_truth is None and work.demo_ground_truth.exists():
+        ground_truth = work.demo_ground_truth
+    typer.echo(format_evaluation(run_evaluate(work, ground_truth)))
+
+
 @app.command(rich_help_panel="Pipelines")
 def demo(
     workdir: Annotated[Path, typer.Argument(help="Where the demo corpus and all outputs go.")] = Path(

@@ -73,14 +73,17 @@ class ClusterConfig(Section):
     )
     # Defaults and the measurements behind them: see dedup/cluster.py and bench/RESULTS.md.
     embedding_threshold: float | None = Field(None, description="cosine; None: the embedder's default")
+    candidate_threshold: float | None = Field(
+        None, description="lowest cosine worth a local-feature check; None: the embedder's default"
+    )
     phash_threshold: int = Field(10, ge=0, le=64)
     verify: Literal["none", "orb"] = "orb"
     orb_min_inliers: int = Field(15, ge=4)
     k: int = Field(32, gt=0, description="neighbours searched per sample")
     search: Literal["auto", "exact", "ivf"] = "auto"
     exact_max: int = Field(200_000, gt=0, description="auto switches to IVF above this many samples")
-    nlist: int | None = Field(None, description="IVF partitions; None: about 4*sqrt(N)")
-    nprobe: int = Field(16, gt=0)
+    nlist: int | None = Field(None, description="IVF partitions; None: about sqrt(N)")
+    margin: float = Field(0.05, ge=0, description="IVF border multi-assignment margin (cosine)")
     block_size: int = Field(16_384, gt=0)
     grouping: Literal["components", "representative", "semdedup"] = "representative"
     representative: Literal["resolution", "first", "centroid", "farthest", "caption"] = "resolution"

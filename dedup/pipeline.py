@@ -47,7 +47,17 @@ def _stage_runners() -> dict[str, Callable[[PipelineConfig, WorkDir], None]]:
         summary = run_download(cfg.download, work)
         typer.echo(format_summary(summary))
 
-    return {"download": download}
+    def embed(cfg: PipelineConfig, work: WorkDir) -> None:
+        from dedup.embed import format_embed_summary, run_embed
+
+        typer.echo(format_embed_summary(run_embed(cfg.embed, work)))
+
+    def cluster(cfg: PipelineConfig, work: WorkDir) -> None:
+        from dedup.cluster import format_cluster_summary, run_cluster
+
+        typer.echo(format_cluster_summary(run_cluster(cfg.cluster, work)))
+
+    return {"download": download, "embed": embed, "cluster": cluster}
 
 
 def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> WorkDir:

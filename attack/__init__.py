@@ -1,0 +1,1 @@
+"""Reference diffusion model and extraction attacks (Carlini et al. 2023); see ../shared/docs/attack.md."""

@@ -1,0 +1,338 @@
+"""Embed stage: per download shard, an ``.npy`` of float16 L2-normalised embeddings and a metadata parquet.
+
+Outputs follow clip-retrieval's layout (``img_emb/``, ``metadata/``); row i of the ``.npy`` is row i of
+the parquet, which is sample i of the tar. Every sample gets a row: one that cannot be decoded keeps
+its key, hashes of its bytes and a ``status`` saying why, with a zero vector. A shard is done when
+its marker, both files and their row counts agree; files are written under temporary names and
+renamed, so after a kill -9 a rerun finds only complete shards and redoes the rest.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+from PIL import Image
+from tqdm import tqdm
+
+from dedup.config import EmbedConfig
+from dedup.errors import UserError
+from dedup.hashing import phash_pair, sha256
+from dedup.layout import (
+    WorkDir,
+    atomic_path,
+    read_json,
+    read_marker,
+    remove_stale_temporaries,
+    write_json,
+    write_marker,
+)
+from dedup.shards import Sample, iter_samples
+
+METADATA_SCHEMA = {
+    "key": pl.String,
+    "shard": pl.Int32,
+    "row": pl.Int32,
+    "url": pl.String,
+    "caption": pl.String,
+    "width": pl.Int32,
+    "height": pl.Int32,
+    "original_width": pl.Int32,
+    "original_height": pl.Int32,
+    "bytes": pl.Int64,
+    "sha256": pl.String,
+    "phash": pl.UInt64,
+    "phash_mirror": pl.UInt64,
+    "status": pl.String,
+}
+OK = "ok"
+
+
+def _stage_config(config: EmbedConfig) -> dict[str, Any]:
+    # Workers and batch size change speed, not results: leave them out of the marker's config.
+    return config.model_dump(exclude={"workers", "batch_size", "device"})
+
+
+def shard_done(work: WorkDir, shard: int, config: EmbedConfig) -> bool:
+    from dedup.layout import config_hash
+
+    marker = read_marker(work, "embed", shard)
+    emb, meta = work.img_emb(shard), work.metadata(shard)
+    if marker is None or marker.get("config_hash") != config_hash(_stage_config(config)):
+        return False
+    if not (emb.exists() and meta.exists()):
+        return False
+    try:
+        rows_emb = np.load(emb, mmap_mode="r").shape[0]
+        rows_meta = pq.ParquetFile(meta).metadata.num_rows
+    except (OSError, ValueError):
+        return False
+    return rows_emb == rows_meta == marker.get("rows")
+
+
+def _sample_facts(sample: Sample) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    if "json" in sample.members:
+        try:
+            meta = json.loads(sample.members["json"])
+        except (ValueError, UnicodeDecodeError):
+            meta = {}
+    return {
+        "key": sample.key,
+        "url": meta.get("url"),
+        "caption": sample.caption if sample.caption is not None else meta.get("caption"),
+        "original_width": meta.get("original_width"),
+        "original_height": meta.get("original_height"),
+    }
+
+
+def prepare_sample(sample: Sample, prepare: Callable[[Image.Image], np.ndarray] | None) -> tuple[dict, Any]:
+    """Decode, hash and preprocess one sample (runs in a decode thread). Never raises."""
+    facts = _sample_facts(sample)
+    data = sample.image
+    facts.update(width=None, height=None, bytes=None, sha256=None, phash=None, phash_mirror=None)
+    if data is None:
+        facts["status"] = "no_image_member"
+        return facts, None
+    facts["bytes"] = len(data)
+    facts["sha256"] = sha256(data)
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            rgb = im.convert("RGB")
+    except Exception as err:
+        facts["status"] = f"decode_error: {str(err).strip()[:120] or type(err).__name__}"
+        return facts, None
+    facts["width"], facts["height"] = rgb.size
+    facts["phash"], facts["phash_mirror"] = phash_pair(rgb)
+    facts["status"] = OK
+    return facts, (prepare(rgb) if prepare is not None else None)
+
+
+def prefetch_batches(
+    items: Iterable[Any], fn: Callable[[Any], Any], batch_size: int, workers: int
+) -> Iterator[list[Any]]:
+    """Apply ``fn`` to batches of items in a thread pool, yielding results in input order.
+
+    At most ``2 * workers`` batches are in flight, so decoding runs ahead of the model without holding
+    a whole shard in memory.
+    """
+    it = iter(items)
+    batches = iter(lambda: list(islice(it, batch_size)), [])
+    if workers <= 0:
+        for batch in batches:
+            yield [fn(x) for x in batch]
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+        pending: deque = deque()
+        for batch in batches:
+            pending.append(pool.submit(lambda b: [fn(x) for x in b], batch))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def embed_shard(
+    work: WorkDir,
+    shard: int,
+    embedder: Any,
+    config: EmbedConfig,
+    lookup: PrecomputedIndex | None = None,
+    bar: tqdm | None = None,
+) -> int:
+    prepare = None if lookup is not None else embedder.prepare
+    rows: list[dict[str, Any]] = []
+    chunks: list[np.ndarray] = []
+    dim = lookup.dim if lookup is not None else embedder.dim
+    for batch in prefetch_batches(
+        iter_samples(work.download_tar(shard)),
+        lambda s: prepare_sample(s, prepare),
+        config.batch_size,
+        config.workers,
+    ):
+        out = np.zeros((len(batch), dim), dtype=np.float32)
+        ok = [i for i, (facts, _) in enumerate(batch) if facts["status"] == OK]
+        if lookup is not None:
+            vecs, found = lookup.find([batch[i][0] for i in ok])
+            for j, i in enumerate(ok):
+                if found[j]:
+                    out[i] = vecs[j]
+                else:
+                    batch[i][0]["status"] = "no_precomputed_embedding"
+        elif ok:
+            out[ok] = embedder.embed(np.stack([batch[i][1] for i in ok]))
+        for facts, _ in batch:
+            facts["shard"] = shard
+            facts["row"] = len(rows)
+            rows.append(facts)
+        chunks.append(out.astype(np.float16))
+        if bar is not None:
+            bar.update(len(batch))
+    emb = np.concatenate(chunks) if chunks else np.zeros((0, dim), dtype=np.float16)
+    meta = pl.DataFrame(rows, schema=METADATA_SCHEMA) if rows else pl.DataFrame(schema=METADATA_SCHEMA)
+    with atomic_path(work.img_emb(shard)) as tmp, open(tmp, "wb") as f:
+        np.save(f, emb)
+    with atomic_path(work.metadata(shard)) as tmp:
+        meta.write_parquet(tmp)
+    statuses = meta.group_by("status").len().rows() if meta.height else []
+    write_marker(
+        work,
+        "embed",
+        shard,
+        _stage_config(config),
+        rows=meta.height,
+        ok=int((meta["status"] == OK).sum()) if meta.height else 0,
+        statuses={s: n for s, n in statuses},
+    )
+    return meta.height
+
+
+def run_embed(config: EmbedConfig, work: WorkDir, progress: bool = True) -> dict[str, Any]:
+    shards = work.download_shards()
+    if not shards:
+        raise UserError(f"{work.download_dir}: no downloaded shards; run `dedup download` first")
+    lookup = PrecomputedIndex(Path(config.from_precomputed)) if config.from_precomputed else None
+    remove_stale_temporaries(work.embed_dir)
+    todo = [s for s in shards if not shard_done(work, s, config)]
+    expected = sum(read_json(work.download_stats(s)).get("successes", 0) for s in todo)
+    embedder: Any = None
+    if todo and lookup is None:
+        from dedup.embedders import make_embedder
+
+        embedder = make_embedder(config)
+    started = time.time()
+    images = 0
+    with tqdm(
+        total=expected, unit="img", desc="embed", disable=not progress or not todo, smoothing=0.1
+    ) as bar:
+        for shard in todo:
+            images += embed_shard(work, shard, embedder, config, lookup, bar)
+    seconds = time.time() - started
+    summary = _summary(work, config, embedder, lookup, images, seconds, skipped=len(shards) - len(todo))
+    write_json(work.embed_summary, summary)
+    return summary
+
+
+def _summary(
+    work: WorkDir,
+    config: EmbedConfig,
+    embedder: Any,
+    lookup: PrecomputedIndex | None,
+    images: int,
+    seconds: float,
+    skipped: int,
+) -> dict[str, Any]:
+    previous = read_json(work.embed_summary) if work.embed_summary.exists() else {}
+    statuses: dict[str, int] = {}
+    total = 0
+    for shard in work.download_shards():
+        marker = read_marker(work, "embed", shard) or {}
+        total += marker.get("rows", 0)
+        for s, n in marker.get("statuses", {}).items():
+            statuses[s] = statuses.get(s, 0) + n
+    if lookup is not None:
+        model, dim, device, precision = f"precomputed:{lookup.root}", lookup.dim, "none", "none"
+    elif embedder is not None:
+        model, dim, device, precision = embedder.model_id, embedder.dim, embedder.device, embedder.precision
+    else:
+        model, dim = previous.get("model"), previous.get("dim")
+        device, precision = previous.get("device"), previous.get("precision")
+    return {
+        "embedder": config.embedder if lookup is None else "precomputed",
+        "model": model,
+        "dim": dim,
+        "device": device,
+        "precision": precision,
+        "rows": total,
+        "statuses": statuses,
+        "run_images": images,
+        "run_seconds": round(seconds, 3),
+        "images_per_second": round(images / seconds, 2) if images and seconds > 0 else None,
+        "skipped_shards": skipped,
+    }
+
+
+def format_embed_summary(s: dict[str, Any]) -> str:
+    ips = f"{s['images_per_second']:.1f}" if s["images_per_second"] else "-"
+    bad = {k: v for k, v in s["statuses"].items() if k != OK}
+    line = (
+        f"embedded {s['run_images']} images in {s['run_seconds']:.1f} s ({ips} images/s) on {s['device']} "
+        f"[{s['precision']}] with {s['model']} (dim {s['dim']}); {s['skipped_shards']} shard(s) already done"
+    )
+    if bad:
+        line += "\n  not embedded: " + ", ".join(f"{k} x{v}" for k, v in sorted(bad.items()))
+    return line
+
+
+def load_embeddings(work: WorkDir) -> tuple[pl.DataFrame, np.ndarray]:
+    """All metadata rows and their embeddings, in shard then row order (float32, memory permitting)."""
+    metas, embs = [], []
+    for shard in work.download_shards():
+        if not work.metadata(shard).exists():
+            raise UserError(f"{work.metadata(shard)}: missing; run `dedup embed {work.root}` first")
+        metas.append(pl.read_parquet(work.metadata(shard)))
+        embs.append(np.load(work.img_emb(shard), mmap_mode="r"))
+    if not metas:
+        raise UserError(f"{work.embed_dir}: no embeddings; run `dedup embed {work.root}` first")
+    return pl.concat(metas), np.concatenate([np.asarray(e, dtype=np.float32) for e in embs])
+
+
+class PrecomputedIndex:
+    """Released embeddings in clip-retrieval's layout, joined to our samples by key, else by URL."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        embs = sorted((root / "img_emb").glob("*.npy"))
+        metas = sorted((root / "metadata").glob("*.parquet"))
+        if not embs or len(embs) != len(metas):
+            raise UserError(
+                f"{root}: expected img_emb/*.npy and metadata/*.parquet in equal numbers "
+                f"(found {len(embs)} and {len(metas)})"
+            )
+        self._arrays = [np.load(p, mmap_mode="r") for p in embs]
+        dims = {a.shape[1] for a in self._arrays}
+        if len(dims) != 1:
+            raise UserError(f"{root}/img_emb: arrays of different widths {sorted(dims)}")
+        self.dim = dims.pop()
+        frames = []
+        for i, (meta_path, arr) in enumerate(zip(metas, self._arrays, strict=True)):
+            cols = pq.ParquetFile(meta_path).schema_arrow.names
+            use = [c for c in ("key", "url") if c in cols]
+            if not use:
+                raise UserError(f"{meta_path}: needs a 'key' or 'url' column to join on")
+            df = pl.read_parquet(meta_path, columns=use)
+            if df.height != arr.shape[0]:
+                raise UserError(f"{meta_path}: {df.height} rows but {embs[i].name} has {arr.shape[0]}")
+            frames.append(df.with_columns(pl.lit(i).alias("_file"), pl.int_range(df.height).alias("_row")))
+        self._meta = pl.concat(frames, how="diagonal")
+        self._by = "key" if "key" in self._meta.columns and self._meta["key"].null_count() == 0 else "url"
+
+    def find(self, facts: list[dict[str, Any]]) -> tuple[np.ndarray, list[bool]]:
+        wanted = pl.DataFrame({self._by: [f.get(self._by) for f in facts]}, schema={self._by: pl.String})
+        hit = (
+            wanted.with_row_index("_i")
+            .join(self._meta.unique(self._by, keep="first"), on=self._by, how="left")
+            .sort("_i")
+        )
+        out = np.zeros((len(facts), self.dim), dtype=np.float32)
+        found = []
+        for i, (f, r) in enumerate(zip(hit["_file"].to_list(), hit["_row"].to_list(), strict=True)):
+            if f is None:
+                found.append(False)
+                continue
+            out[i] = self._arrays[f][r]
+            found.append(True)
+        from dedup.embedders import l2_normalize
+
+        return l2_normalize(out), found

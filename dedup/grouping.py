@@ -1,0 +1,197 @@
+"""From accepted duplicate pairs to groups, under a stated policy for transitive chains.
+
+If A~B and B~C but A and C are not alike, plain connected components put all three in one group:
+on real photos chains through look-alikes (two grass tiles, two views of one wall) can merge
+unrelated images into one giant group. The policies:
+
+* ``components``: connected components of the accepted pairs, the loosest reading.
+* ``representative`` (default): within a component, the best-ranked member is the representative and
+  keeps only members that are *directly* duplicates of it; the rest are split off and grouped again
+  the same way among themselves. Every member of a group is a direct duplicate of what is kept.
+* ``semdedup``: SemDeDup's rule: walk the component best-ranked first; a member is dropped when it is
+  a duplicate of any member ranked above it, and joins that member's group.
+
+"Directly duplicates" is decided per pair by :class:`PairOracle` from the same signals as the pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from dedup.representatives import RankContext, rank
+
+GROUPINGS = ("components", "representative", "semdedup")
+
+
+def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Component label per node of the undirected graph with edges (i, j)."""
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    graph = coo_matrix((np.ones(len(i), dtype=np.int8), (i, j)), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    return labels.astype(np.int64)
+
+
+@dataclass
+class PairOracle:
+    """Decides whether two samples are duplicates, and by which signal.
+
+    ``verify`` (optional) is called for pairs that the cheap signals leave undecided but that are
+    similar enough (``candidate_threshold``) to deserve a look; its answers are cached.
+    """
+
+    embeddings: np.ndarray
+    sha: np.ndarray  # (n,) integer id of each sample's sha256
+    phash: np.ndarray
+    phash_mirror: np.ndarray | None
+    embedding_threshold: float | None
+    phash_threshold: int | None
+    mirror_view: Callable[[np.ndarray], np.ndarray] | None = None
+    candidate_threshold: float | None = None
+    verify: Callable[[int, int], bool] | None = None
+    known: dict[tuple[int, int], bool] = field(default_factory=dict)
+
+    def cosine(self, a: int, bs: np.ndarray) -> np.ndarray:
+        x = self.embeddings[a]
+        sims = self.embeddings[bs] @ x
+        if self.mirror_view is not None:
+            sims = np.maximum(sims, self.mirror_view(self.embeddings[bs]) @ x)
+        return sims
+
+    def decide(self, a: int, bs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(is duplicate, signal name, cosine) of ``a`` against each of ``bs``."""
+        from dedup.search import pair_phash_distance
+
+        bs = np.asarray(bs, dtype=np.int64)
+        cos = self.cosine(a, bs)
+        signal = np.full(len(bs), "", dtype=object)
+        if self.embedding_threshold is not None:
+            signal[cos >= self.embedding_threshold] = "embedding"
+        if self.phash_threshold is not None:
+            dist = pair_phash_distance(self.phash, self.phash_mirror, np.full(len(bs), a), bs)
+            signal[dist <= self.phash_threshold] = "phash"
+        signal[self.sha[bs] == self.sha[a]] = "exact"
+        for t, b in enumerate(bs):
+            if signal[t]:
+                continue
+            pair = (min(a, int(b)), max(a, int(b)))
+            if pair in self.known:
+                ok = self.known[pair]
+            elif (
+                self.verify is not None
+                and self.candidate_threshold is not None
+                and cos[t] >= self.candidate_threshold
+            ):
+                ok = self.known[pair] = bool(self.verify(*pair))
+            else:
+                continue
+            if ok:
+                signal[t] = "orb"
+        return signal != "", signal, cos
+
+
+@dataclass
+class Grouped:
+    """Per row: the row of its group's representative, the signal and cosine linking it to it."""
+
+    representative: np.ndarray
+    signal: np.ndarray
+    similarity: np.ndarray
+
+
+def group(
+    edges: tuple[np.ndarray, np.ndarray],
+    n: int,
+    policy: str,
+    oracle: PairOracle,
+    ctx: RankContext,
+    representative_policy: str,
+) -> Grouped:
+    """Group ``n`` samples linked by accepted duplicate ``edges`` (i, j) under ``policy``."""
+    labels = components(n, *edges)
+    rep = np.arange(n)
+    signal = np.full(n, "self", dtype=object)
+    sim = np.ones(n, dtype=np.float32)
+    order = np.argsort(labels, kind="stable")
+    bounds = np.flatnonzero(np.diff(labels[order])) + 1
+    ei, ej = edges
+    e_order = np.argsort(labels[ei], kind="stable") if len(ei) else np.zeros(0, dtype=np.int64)
+    e_labels = labels[ei][e_order] if len(ei) else np.zeros(0, dtype=np.int64)
+    for members in np.split(order, bounds):
+        if len(members) < 2:
+            continue
+        lo, hi = (
+            np.searchsorted(e_labels, labels[members[0]], side="left"),
+            np.searchsorted(e_labels, labels[members[0]], side="right"),
+        )
+        component_edges = (ei[e_order[lo:hi]], ej[e_order[lo:hi]])
+        if policy == "components":
+            _assign_star(members, oracle, ctx, representative_policy, rep, signal, sim, require_direct=False)
+        elif policy == "representative":
+            _split_by_representative(
+                members, component_edges, oracle, ctx, representative_policy, rep, signal, sim
+            )
+        elif policy == "semdedup":
+            _semdedup(members, oracle, ctx, representative_policy, rep, signal, sim)
+        else:
+            raise ValueError(f"unknown grouping {policy!r}; choose from {', '.join(GROUPINGS)}")
+    return Grouped(rep, signal, sim)
+
+
+def _assign_star(members, oracle, ctx, policy, rep, signal, sim, require_direct: bool) -> np.ndarray:
+    """Make the best-ranked member the representative; return the members it does not directly cover."""
+    ordered = rank(policy, members, ctx)
+    head, rest = int(ordered[0]), ordered[1:]
+    dup, sig, cos = oracle.decide(head, rest)
+    take = dup if require_direct else np.ones(len(rest), dtype=bool)
+    rep[rest[take]] = head
+    signal[rest[take]] = np.where(sig[take] != "", sig[take], "chain")
+    sim[rest[take]] = cos[take]
+    return rest[~take]
+
+
+def _split_by_representative(members, edges, oracle, ctx, policy, rep, signal, sim) -> None:
+    i, j = edges
+    work = [np.asarray(members)]
+    while work:
+        group_rows = work.pop()
+        if len(group_rows) < 2:
+            continue
+        left = _assign_star(group_rows, oracle, ctx, policy, rep, signal, sim, require_direct=True)
+        if len(left) < 2:
+            continue
+        # What the representative does not cover is regrouped by the accepted pairs among itself,
+        # so a chain broken at the representative becomes separate groups.
+        inside = np.isin(i, left) & np.isin(j, left)
+        local = {int(r): t for t, r in enumerate(left)}
+        li = np.array([local[int(r)] for r in i[inside]], dtype=np.int64)
+        lj = np.array([local[int(r)] for r in j[inside]], dtype=np.int64)
+        sub = components(len(left), li, lj)
+        for label in np.unique(sub):
+            work.append(left[sub == label])
+
+
+def _semdedup(members, oracle, ctx, policy, rep, signal, sim) -> None:
+    ordered = rank(policy, members, ctx)
+    kept_root: dict[int, int] = {}
+    for t, a in enumerate(ordered):
+        a = int(a)
+        if t == 0:
+            kept_root[a] = a
+            continue
+        above = ordered[:t]
+        dup, sig, cos = oracle.decide(a, above)
+        if not dup.any():
+            kept_root[a] = a
+            continue
+        best = int(np.argmax(np.where(dup, cos, -np.inf)))
+        root = kept_root[int(above[best])]
+        kept_root[a] = root
+        rep[a] = root
+        signal[a] = sig[best]
+        sim[a] = float(oracle.cosine(root, np.array([a]))[0])

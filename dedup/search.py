@@ -1,0 +1,283 @@
+"""Candidate pairs: every pair of samples similar enough to be worth a duplicate decision.
+
+Two embedding searches, chosen by N (``search: auto``):
+
+* ``exact``: FAISS flat inner-product search over all vectors, queries in blocks (GPU index when
+  faiss has GPUs). Finds the true top-k.
+* ``ivf``: the partitioned search of SemDeDup / NeMo: spherical k-means into ``nlist`` partitions,
+  then exact search (one GEMM) of each partition's points against the partition's members. A point
+  whose second-nearest centroid is almost as near as the first is also a member of that second
+  partition ("multi-assignment at the borders"), which is what keeps recall of near-duplicate pairs
+  (which sit very close together) at >= 0.99 of the exact search; bench/cluster.py measures it.
+
+Queries can come in several views of the same points (a mirrored descriptor, for flipped copies);
+each view is searched and a pair keeps its best similarity.
+
+Perceptual hashes get their own candidates by multi-index hashing: the 64 bits in four 16-bit
+chunks, and two hashes within distance 3 share a chunk exactly (pigeonhole); most pairs up to the
+usual thresholds (~10) do too. Buckets larger than a cap are degenerate hashes (flat images) and
+are skipped, which keeps the join linear in N.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+from tqdm import tqdm
+
+from dedup.hashing import hamming
+
+View = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class Candidates:
+    """Unordered pairs (i < j) of row indices with their best cosine similarity."""
+
+    i: np.ndarray
+    j: np.ndarray
+    sim: np.ndarray
+
+    @staticmethod
+    def empty() -> Candidates:
+        return Candidates(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+
+    def __len__(self) -> int:
+        return len(self.i)
+
+
+def _merge(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], symmetric: bool) -> Candidates:
+    """Concatenate (query, base, sim) hits; keep each pair once with its best similarity.
+
+    ``symmetric``: queries and base are the same points, so (a, b) and (b, a) are one pair (i < j).
+    """
+    if not parts:
+        return Candidates.empty()
+    i = np.concatenate([p[0] for p in parts]).astype(np.int64)
+    j = np.concatenate([p[1] for p in parts]).astype(np.int64)
+    s = np.concatenate([p[2] for p in parts]).astype(np.float32)
+    if symmetric:
+        keep = i != j
+        i, j, s = np.minimum(i, j)[keep], np.maximum(i, j)[keep], s[keep]
+    if not len(i):
+        return Candidates.empty()
+    df = pl.DataFrame({"i": i, "j": j, "sim": s}).group_by("i", "j").agg(pl.col("sim").max()).sort("i", "j")
+    return Candidates(df["i"].to_numpy(), df["j"].to_numpy(), df["sim"].to_numpy())
+
+
+def _gpu_available() -> bool:
+    import faiss
+
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def _rows(x: np.ndarray, idx: np.ndarray | slice, view: View | None = None) -> np.ndarray:
+    out = np.ascontiguousarray(x[idx], dtype=np.float32)
+    return np.ascontiguousarray(view(out), dtype=np.float32) if view is not None else out
+
+
+def exact_search(
+    base: np.ndarray,
+    k: int,
+    threshold: float,
+    queries: np.ndarray | None = None,
+    views: Sequence[View] = (),
+    block_size: int = 16_384,
+    progress: bool = False,
+) -> Candidates:
+    """Top-k neighbours with similarity >= threshold by exhaustive inner product (FAISS flat).
+
+    Without ``queries`` the base is searched against itself and pairs come back unordered (i < j);
+    with them, pairs are (query row, base row).
+    """
+    import faiss
+
+    symmetric = queries is None
+    q_all = base if queries is None else queries
+    n, d = base.shape
+    if n == 0 or len(q_all) == 0 or (symmetric and n < 2):
+        return Candidates.empty()
+    index = faiss.IndexFlatIP(d)
+    if _gpu_available():
+        index = faiss.index_cpu_to_all_gpus(index)
+    for lo in range(0, n, block_size):
+        index.add(_rows(base, slice(lo, min(n, lo + block_size))))
+    kk = min(k + int(symmetric), n)
+    parts = []
+    steps = [(v, lo) for v in [None, *views] for lo in range(0, len(q_all), block_size)]
+    for view, lo in tqdm(steps, desc="search", unit="block", disable=not progress):
+        q = _rows(q_all, slice(lo, min(len(q_all), lo + block_size)), view)
+        sims, idx = index.search(q, kk)
+        rows = np.repeat(np.arange(lo, lo + len(q)), kk)
+        sims, idx = sims.ravel(), idx.ravel()
+        ok = (idx >= 0) & (sims >= threshold)
+        parts.append((rows[ok], idx[ok], sims[ok]))
+    return _merge(parts, symmetric)
+
+
+def _kmeans(x: np.ndarray, nlist: int, seed: int, sample: int) -> np.ndarray:
+    import faiss
+
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(x), size=min(len(x), sample), replace=False))
+    km = faiss.Kmeans(
+        x.shape[1], nlist, niter=12, seed=seed, spherical=True, gpu=_gpu_available(), verbose=False
+    )
+    km.train(_rows(x, pick))
+    return np.asarray(km.centroids, dtype=np.float32)
+
+
+def _partitions(
+    x: np.ndarray, centroids: np.ndarray, margin: float, block_size: int, view: View | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(partition, row) memberships: each row in its nearest partition, and in the second-nearest
+    too when that one is within ``margin`` of the nearest."""
+    import faiss
+
+    index = faiss.IndexFlatIP(centroids.shape[1])
+    index.add(centroids)
+    parts, rows = [], []
+    for lo in range(0, len(x), block_size):
+        s, i = index.search(_rows(x, slice(lo, min(len(x), lo + block_size)), view), min(2, len(centroids)))
+        r = np.arange(lo, lo + len(s))
+        parts.append(i[:, 0])
+        rows.append(r)
+        if i.shape[1] > 1:
+            border = (i[:, 1] >= 0) & (s[:, 0] - s[:, 1] < margin)
+            parts.append(i[border, 1])
+            rows.append(r[border])
+    part, row = np.concatenate(parts), np.concatenate(rows)
+    order = np.lexsort((row, part))
+    return part[order], row[order]
+
+
+def _topk_hits(sims: np.ndarray, k: int, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column indices of each row's top-k entries that reach the threshold."""
+    kk = min(k, sims.shape[1])
+    if kk < sims.shape[1]:
+        top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+    else:
+        top = np.broadcast_to(np.arange(sims.shape[1]), sims.shape)
+    vals = np.take_along_axis(sims, top, axis=1)
+    r, c = np.nonzero(vals >= threshold)
+    return r, np.asarray(top[r, c])
+
+
+def ivf_search(
+    base: np.ndarray,
+    k: int,
+    threshold: float,
+    queries: np.ndarray | None = None,
+    views: Sequence[View] = (),
+    nlist: int | None = None,
+    margin: float = 0.05,
+    block_size: int = 16_384,
+    seed: int = 0,
+    progress: bool = False,
+) -> Candidates:
+    """Partitioned exact search (see the module docstring); ``margin`` sets the border multi-assignment."""
+    symmetric = queries is None
+    q_all = base if queries is None else queries
+    n = len(base)
+    if n == 0 or len(q_all) == 0 or (symmetric and n < 2):
+        return Candidates.empty()
+    nlist = min(nlist or max(1, round(np.sqrt(n))), max(1, n // 16))
+    centroids = _kmeans(base, nlist, seed, sample=min(n, 64 * nlist))
+    b_part, b_row = _partitions(base, centroids, margin, block_size)
+    b_bounds = np.searchsorted(b_part, np.arange(nlist + 1))
+    kk = k + int(symmetric)
+    parts = []
+    for view in [None, *views]:
+        q_part, q_row = _partitions(q_all, centroids, margin, block_size, view)
+        q_bounds = np.searchsorted(q_part, np.arange(nlist + 1))
+        for p in tqdm(range(nlist), desc="search", unit="part", disable=not progress):
+            qs = q_row[q_bounds[p] : q_bounds[p + 1]]
+            ms = b_row[b_bounds[p] : b_bounds[p + 1]]
+            if not len(qs) or not len(ms):
+                continue
+            m = _rows(base, ms)
+            for lo in range(0, len(qs), 4096):
+                chunk = qs[lo : lo + 4096]
+                sims = _rows(q_all, chunk, view) @ m.T
+                r, c = _topk_hits(sims, kk, threshold)
+                parts.append((chunk[r], ms[c], sims[r, c]))
+    return _merge(parts, symmetric)
+
+
+def search(
+    base: np.ndarray,
+    k: int,
+    threshold: float,
+    method: str,
+    queries: np.ndarray | None = None,
+    views: Sequence[View] = (),
+    exact_max: int = 200_000,
+    nlist: int | None = None,
+    margin: float = 0.05,
+    block_size: int = 16_384,
+    progress: bool = False,
+) -> tuple[Candidates, str]:
+    """Dispatch on ``method`` (auto: exact up to ``exact_max`` vectors); returns the method used."""
+    used = method if method != "auto" else ("exact" if len(base) <= exact_max else "ivf")
+    if used == "exact":
+        return exact_search(base, k, threshold, queries, views, block_size, progress), used
+    return ivf_search(base, k, threshold, queries, views, nlist, margin, block_size, progress=progress), used
+
+
+def phash_candidates(
+    hashes: np.ndarray, mirrors: np.ndarray | None, radius: int, bucket_cap: int = 2000
+) -> tuple:
+    """Pairs (i < j) whose perceptual hashes (or one's mirror) are within ``radius`` bits.
+
+    Returns (i, j, distance). Multi-index hashing over four 16-bit chunks; see the module docstring.
+    """
+    h = hashes.astype(np.uint64)
+    n = len(h)
+    empty = np.zeros(0, np.int64)
+    if n < 2:
+        return empty, empty, empty
+    rows = np.arange(n)
+
+    def chunks(v: np.ndarray) -> pl.DataFrame:
+        return pl.concat(
+            pl.DataFrame(
+                {
+                    "row": rows,
+                    "c": np.full(n, c, np.int8),
+                    "v": ((v >> np.uint64(16 * c)) & np.uint64(0xFFFF)).astype(np.int32),
+                }
+            )
+            for c in range(4)
+        )
+
+    base = chunks(h)
+    sizes = base.group_by("c", "v").len()
+    base = base.join(sizes.filter(pl.col("len") <= bucket_cap).drop("len"), on=["c", "v"])
+    queries = [base] if mirrors is None else [base, chunks(mirrors.astype(np.uint64))]
+    pairs = (
+        pl.concat(queries)
+        .rename({"row": "q"})
+        .join(base, on=["c", "v"])
+        .filter(pl.col("q") != pl.col("row"))
+        .select(pl.min_horizontal("q", "row").alias("i"), pl.max_horizontal("q", "row").alias("j"))
+        .unique()
+        .sort("i", "j")
+    )
+    i, j = pairs["i"].to_numpy(), pairs["j"].to_numpy()
+    dist = pair_phash_distance(h, mirrors, i, j)
+    ok = dist <= radius
+    return i[ok], j[ok], dist[ok]
+
+
+def pair_phash_distance(
+    hashes: np.ndarray, mirrors: np.ndarray | None, i: np.ndarray, j: np.ndarray
+) -> np.ndarray:
+    """Hamming distance per pair: the smaller of straight and mirrored when mirror hashes are given."""
+    h = hashes.astype(np.uint64)
+    d = hamming(h[i], h[j])
+    if mirrors is not None:
+        d = np.minimum(d, hamming(mirrors.astype(np.uint64)[i], h[j]))
+    return d

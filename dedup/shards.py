@@ -1,0 +1,65 @@
+"""Reading WebDataset tar shards as samples: every member, byte for byte, in tar order.
+
+A sample is the run of consecutive members sharing a key (the name up to the first dot), as
+webdataset defines it. We read with the standard library so that what we copy is exactly what is in
+the tar, and so that nothing (a decoder, a default handler) sits between the bytes and the caller.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")
+
+
+@dataclass
+class Sample:
+    key: str
+    members: dict[str, bytes] = field(default_factory=dict)  # extension -> bytes, in tar order
+
+    @property
+    def image_ext(self) -> str | None:
+        return next((e for e in self.members if e.lower() in IMAGE_EXTENSIONS), None)
+
+    @property
+    def image(self) -> bytes | None:
+        ext = self.image_ext
+        return self.members[ext] if ext else None
+
+    @property
+    def caption(self) -> str | None:
+        data = self.members.get("txt")
+        return data.decode("utf-8", errors="replace") if data is not None else None
+
+
+def _split(name: str) -> tuple[str, str]:
+    base = name.rsplit("/", 1)[-1]
+    prefix = name[: len(name) - len(base)]
+    key, _, ext = base.partition(".")
+    return prefix + key, ext
+
+
+def iter_samples(path: Path) -> Iterator[Sample]:
+    """Yield the samples of one tar in order; raises ``tarfile.TarError`` on a corrupt archive."""
+    current: Sample | None = None
+    with tarfile.open(path, mode="r|*") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, ext = _split(member.name)
+            handle = tar.extractfile(member)
+            data = handle.read() if handle is not None else b""
+            if current is None or key != current.key:
+                if current is not None:
+                    yield current
+                current = Sample(key)
+            current.members[ext] = data
+    if current is not None:
+        yield current
+
+
+def count_samples(path: Path) -> int:
+    return sum(1 for _ in iter_samples(path))
