@@ -7,8 +7,8 @@ deterministic.
 * ``first``: the first seen (shard, then row order): stable across reruns and easy to reason about.
 * ``centroid``: closest to the group's mean embedding, the most typical member.
 * ``farthest``: farthest from the mean (SemDeDup's "hard" variant), keeping the most unusual member.
-* ``caption``: the member whose caption is most typical of the group (its words appear in most of
-  the other captions), so the kept caption says what the copies have in common (tie: resolution).
+* ``caption``: the member whose caption overlaps most with the others' captions (mean word Jaccard),
+  so the kept caption says what the copies have in common (tie: resolution).
 """
 
 from __future__ import annotations
@@ -34,17 +34,34 @@ def _words(caption: str | None) -> frozenset[str]:
     return frozenset(_WORD.findall((caption or "").lower()))
 
 
-def caption_scores(captions: list[str | None]) -> np.ndarray:
-    """How typical each caption is of the group: the mean, over its distinct words, of the share of
-    the group's captions containing that word. Linear in the number of words, so large groups are cheap.
+def caption_scores(captions: list[str | None], sample: int = 256) -> np.ndarray:
+    """Mean word-set Jaccard similarity of each caption to the group's other captions.
+
+    The caption that overlaps most with the rest says what the copies have in common: neither a
+    decorated variant ("... | stock photo") nor a fragment ("barn"). Large groups are compared with
+    a fixed sample of ``sample`` members, so the cost stays linear.
     """
+    from scipy.sparse import csr_matrix
+
     sets = [_words(c) for c in captions]
-    df: dict[str, int] = {}
-    for words in sets:
+    n = len(sets)
+    if n < 2:
+        return np.zeros(n)
+    vocab: dict[str, int] = {}
+    rows, cols = [], []
+    for r, words in enumerate(sets):
         for w in words:
-            df[w] = df.get(w, 0) + 1
-    n = max(len(sets), 1)
-    return np.array([sum(df[w] for w in words) / (n * len(words)) if words else 0.0 for words in sets])
+            rows.append(r)
+            cols.append(vocab.setdefault(w, len(vocab)))
+    m = csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, max(len(vocab), 1)))
+    others = np.arange(n) if n <= sample else np.linspace(0, n - 1, sample).astype(int)
+    inter = (m @ m[others].T).toarray()
+    size = np.array([len(x) for x in sets], dtype=float)
+    union = size[:, None] + size[others][None, :] - inter
+    jac = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    jac[others, np.arange(len(others))] = 0.0  # not against itself
+    count = len(others) - np.isin(np.arange(n), others)
+    return jac.sum(axis=1) / np.maximum(count, 1)
 
 
 def rank(policy: str, members: np.ndarray, ctx: RankContext) -> np.ndarray:

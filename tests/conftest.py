@@ -49,3 +49,70 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subpro
 @pytest.fixture
 def cli():
     return run_cli
+
+
+def write_download_shard(work, shard: int, items: list[tuple[str, bytes | None, str, str]]) -> None:
+    """A shard in img2dataset's layout: ``items`` are (key, image bytes or None, caption, extension).
+
+    For tests that start after the download stage; the download tests use img2dataset itself.
+    """
+    import io as _io
+    import json
+    import tarfile
+    import time
+
+    import polars as pl
+
+    from dedup.layout import write_json
+
+    folder = work.download_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    with tarfile.open(work.download_tar(shard), "w") as tar:
+        for key, data, caption, ext in items:
+            meta = {
+                "key": key,
+                "url": f"http://127.0.0.1/{key}.{ext}",
+                "caption": caption,
+                "status": "success" if data is not None else "failed_to_download",
+            }
+            rows.append(meta)
+            if data is None:
+                continue
+            for suffix, payload in (
+                (ext, data),
+                ("txt", caption.encode()),
+                ("json", json.dumps(meta).encode()),
+            ):
+                info = tarfile.TarInfo(f"{key}.{suffix}")
+                info.size = len(payload)
+                info.mtime = 0
+                tar.addfile(info, _io.BytesIO(payload))
+    pl.DataFrame(rows).write_parquet(work.download_parquet(shard))
+    ok = sum(1 for r in rows if r["status"] == "success")
+    now = time.time()
+    write_json(
+        work.download_stats(shard),
+        {
+            "count": len(rows),
+            "successes": ok,
+            "failed_to_download": len(rows) - ok,
+            "failed_to_resize": 0,
+            "duration": 0.0,
+            "start_time": now,
+            "end_time": now,
+            "status_dict": {},
+        },
+    )
+
+
+@pytest.fixture(scope="session")
+def small_demo(tmp_path_factory):
+    """The demo pipeline on a small corpus (200 distinct tiles, real photos, real img2dataset)."""
+    from dedup.pipeline import demo_config, run_demo
+
+    cfg = demo_config()
+    cfg.demo.distinct = 200
+    cfg.download.processes = 1
+    work = run_demo(tmp_path_factory.mktemp("demo") / "w", cfg, ["download", "embed", "cluster", "write"])
+    return work

@@ -1,0 +1,140 @@
+"""Chaining policies and representative policies on constructed cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dedup.grouping import PairOracle, components, group
+from dedup.representatives import RankContext, caption_scores, rank
+
+
+def _unit(v):
+    v = np.asarray(v, dtype=np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def chain():
+    """A ~ B and B ~ C at cosine 0.98, but A and C only 0.92 (threshold 0.97)."""
+    a = np.array([1.0, 0.0, 0.0])
+    theta = np.arccos(0.98)
+    b = np.array([np.cos(theta), np.sin(theta), 0.0])
+    c = np.array([np.cos(2 * theta), np.sin(2 * theta), 0.0])
+    return _unit([a, b, c])
+
+
+def oracle(x, threshold=0.97):
+    n = len(x)
+    return PairOracle(
+        embeddings=x,
+        sha=np.arange(n),
+        phash=np.arange(n, dtype=np.uint64) * np.uint64(0xFFFF),
+        phash_mirror=None,
+        embedding_threshold=threshold,
+        phash_threshold=None,
+    )
+
+
+def ctx(x, area=None, captions=None):
+    n = len(x)
+    return RankContext(
+        x, np.asarray(area if area is not None else np.ones(n)), np.arange(n), captions or [None] * n
+    )
+
+
+EDGES = (np.array([0, 1]), np.array([1, 2]))
+
+
+def test_chain_under_components_is_one_group():
+    x = chain()
+    g = group(EDGES, 3, "components", oracle(x), ctx(x, area=[3, 2, 1]), "resolution")
+    assert g.representative.tolist() == [0, 0, 0]
+    assert g.signal[2] == "chain"  # C is in A's group only through B
+
+
+def test_chain_under_representative_splits_at_the_kept_image():
+    x = chain()
+    g = group(EDGES, 3, "representative", oracle(x), ctx(x, area=[3, 2, 1]), "resolution")
+    assert g.representative.tolist() == [0, 0, 2]  # A keeps B; C is not a duplicate of A
+    # With B kept (the middle of the chain), both A and C are its direct duplicates.
+    g = group(EDGES, 3, "representative", oracle(x), ctx(x, area=[2, 3, 1]), "resolution")
+    assert g.representative.tolist() == [1, 1, 1]
+    assert np.allclose(g.similarity[[0, 2]], 0.98, atol=1e-4)
+
+
+def test_chain_under_semdedup_drops_each_duplicate_of_a_higher_ranked_item():
+    x = chain()
+    g = group(EDGES, 3, "semdedup", oracle(x), ctx(x, area=[3, 2, 1]), "resolution")
+    # B duplicates A (dropped, joins A); C duplicates B, ranked above it (dropped, joins B's group: A).
+    assert g.representative.tolist() == [0, 0, 0]
+    assert g.signal.tolist() == ["self", "embedding", "embedding"]
+
+
+def test_oracle_signals_in_order_of_certainty():
+    x = _unit([[1, 0], [1, 0.01], [0, 1]])
+    o = PairOracle(
+        embeddings=x,
+        sha=np.array([0, 0, 1]),
+        phash=np.array([0, 0, 7], dtype=np.uint64),
+        phash_mirror=None,
+        embedding_threshold=0.97,
+        phash_threshold=2,
+    )
+    dup, sig, _ = o.decide(0, np.array([1, 2]))
+    assert dup.tolist() == [True, False] and sig[0] == "exact"
+
+
+def test_oracle_verifies_only_undecided_pairs_above_the_candidate_threshold():
+    x = _unit([[1, 0], [0.8, 0.6], [0, 1]])  # cos(0,1) = 0.8, cos(0,2) = 0
+    asked = []
+    o = PairOracle(
+        embeddings=x,
+        sha=np.arange(3),
+        phash=np.array([0, 0xFF00FF00FF, 0xFF00FF00FF << 24], dtype=np.uint64),
+        phash_mirror=None,
+        embedding_threshold=0.97,
+        phash_threshold=2,
+        candidate_threshold=0.5,
+        verify=lambda a, b: asked.append((a, b)) or True,
+    )
+    dup, sig, _ = o.decide(0, np.array([1, 2]))
+    assert dup.tolist() == [True, False] and sig[0] == "orb" and asked == [(0, 1)]
+    o.decide(1, np.array([0]))
+    assert asked == [(0, 1)]  # cached
+
+
+def test_components_of_disjoint_edges():
+    labels = components(6, np.array([0, 2, 3]), np.array([1, 3, 4]))
+    assert labels[0] == labels[1] and labels[2] == labels[3] == labels[4]
+    assert len(set(labels.tolist())) == 3
+
+
+GROUP = _unit([[1, 0.00, 0], [1, 0.05, 0], [1, 0.02, 0], [1, 0.10, 0.04]])
+CAPTIONS = ["red barn at dusk | stock photo", "red barn at dusk", "HD wallpaper: red barn at dusk", "barn"]
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        ("first", 0),  # first seen
+        ("resolution", 2),  # largest original
+        ("centroid", 1),  # nearest the mean direction
+        ("farthest", 3),  # SemDeDup "hard": the most atypical
+        ("caption", 1),  # the plain caption: neither a decorated variant nor a fragment
+    ],
+)
+def test_each_representative_policy_picks_the_expected_member(policy, expected):
+    c = ctx(GROUP, area=[100, 100, 400, 50], captions=CAPTIONS)
+    assert rank(policy, np.arange(4), c)[0] == expected
+
+
+def test_ties_fall_back_to_first_seen():
+    c = ctx(GROUP, area=[5, 5, 5, 5])
+    assert rank("resolution", np.array([3, 1, 2]), c).tolist() == [1, 2, 3]
+
+
+def test_caption_scores_prefer_the_common_caption():
+    scores = caption_scores(["a b c", "a b c d", "a b c", None])
+    assert scores[0] == scores[2] > scores[1] > scores[3] == 0.0
+    sampled = caption_scores(["a b c"] * 300 + ["a b"] * 10, sample=64)
+    assert sampled.shape == (310,) and sampled[0] > sampled[-1]
