@@ -324,6 +324,58 @@ def evaluate(
     typer.echo(format_evaluation(run_evaluate(work, ground_truth)))
 
 
+@app.command(rich_help_panel="Stages")
+def write(
+    workdir: WorkdirArg,
+    config: ConfigOpt = None,
+    samples_per_shard: Annotated[
+        int | None, typer.Option(help="Samples per output shard. [default: 10000]")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only say what would be removed (samples, bytes, by reason).")
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Write the deduplicated WebDataset and the ledger.
+
+    Kept samples are copied byte for byte (every member: image, txt, json, ...) into
+    WORKDIR/dedup/NNNNN.tar with img2dataset's per-shard parquet and _stats.json.
+    WORKDIR/ledger.parquet has one row per input sample: kept, or why not (duplicate of KEY with
+    cluster, signal and similarity; download failure; decode failure).
+    """
+    from dedup.config import override
+    from dedup.layout import WorkDir
+    from dedup.write import format_write_summary, run_write
+
+    cfg = override(_config(config).write, samples_per_shard=samples_per_shard)
+    typer.echo(format_write_summary(run_write(cfg, WorkDir(workdir), dry_run=dry_run, progress=progress)))
+
+
+@app.command("verify", rich_help_panel="Inspect")
+def verify_cmd(
+    workdir: WorkdirArg,
+    skip_bytes: Annotated[
+        bool, typer.Option("--skip-bytes", help="Skip the byte-for-byte member check.")
+    ] = False,
+) -> None:
+    """Check the write stage's invariants; exit 1 on any violation.
+
+    Every input key is in the ledger exactly once; every kept key is in the output shards exactly
+    once; every output member has the input's bytes (sha256); the counts add up.
+    """
+    from dedup.layout import WorkDir
+    from dedup.verify import verify
+
+    problems = verify(WorkDir(workdir), check_bytes=not skip_bytes)
+    if problems:
+        for p in problems[:50]:
+            typer.echo(f"violation: {p}", err=True)
+        if len(problems) > 50:
+            typer.echo(f"... and {len(problems) - 50} more", err=True)
+        raise typer.Exit(1)
+    typer.echo("ok: ledger, output shards and bytes are consistent")
+
+
 @app.command(rich_help_panel="Pipelines")
 def demo(
     workdir: Annotated[Path, typer.Argument(help="Where the demo corpus and all outputs go.")] = Path(

@@ -10,13 +10,11 @@ so any tool that reads img2dataset output reads ours.
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import re
 import shutil
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +24,10 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 import polars as pl
-from img2dataset.resizer import Resizer
-from PIL import Image, UnidentifiedImageError
 
 from dedup.config import DownloadConfig
 from dedup.errors import UserError
 from dedup.layout import WorkDir, read_json, write_json, write_marker
-
-# We apply our own area guard from the header; Pillow's warning about large images would be noise.
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 INPUT_FORMATS = ("parquet", "csv", "tsv", "jsonl", "json", "txt")
 DISALLOWED_DIRECTIVES = ["noai", "noimageai", "noindex", "noimageindex"]
@@ -140,44 +133,6 @@ def validate_url_list(config: DownloadConfig) -> tuple[list[Path], str, int]:
     return files, fmt, total
 
 
-# -- the strict resizer -------------------------------------------------------------------------------
-
-
-class StrictResizer(Resizer):  # type: ignore[misc]
-    """img2dataset's resizer, with the area guard moved before decoding and clearer failure messages."""
-
-    def __call__(self, img_stream: io.BytesIO, blurring_bbox_list: Any = None) -> tuple:
-        img_stream.seek(0)
-        try:
-            with Image.open(img_stream) as probe:
-                width, height = probe.size
-            if width * height > self.max_image_area:
-                return None, None, None, None, None, "image area too large"
-        except Image.DecompressionBombError:
-            return None, None, None, None, None, "image area too large"
-        except (UnidentifiedImageError, OSError, ValueError):
-            pass  # let OpenCV try: it reads some formats Pillow does not
-        img_stream.seek(0)
-        out = super().__call__(img_stream, blurring_bbox_list)
-        if out[-1] == "Image decoding error":
-            return (*out[:-1], _decode_failure(img_stream))
-        return out
-
-
-def _decode_failure(img_stream: io.BytesIO) -> str:
-    img_stream.seek(0)
-    try:
-        with Image.open(img_stream) as im:
-            im.load()
-    except UnidentifiedImageError:
-        return "not an image (unrecognised format)"
-    except OSError as err:
-        if "truncated" in str(err):
-            return "truncated image"
-        return f"image decoding error: {err}"
-    return "image decoding error"
-
-
 # -- run ----------------------------------------------------------------------------------------------
 
 
@@ -192,6 +147,8 @@ def run_download(config: DownloadConfig, work: WorkDir) -> dict[str, Any]:
     from img2dataset.downloader import Downloader
     from img2dataset.reader import Reader
     from img2dataset.writer import WebDatasetSampleWriter
+
+    from dedup.resizer import StrictResizer
 
     if config.distributor == "ray":
         from dedup.optional import require

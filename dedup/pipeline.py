@@ -31,6 +31,7 @@ DEMO_SETTINGS: dict[str, Any] = {
     },
     "embed": {"embedder": "descriptor", "batch_size": 128, "workers": 1},
     "cluster": {"ground_truth": "demo/ground_truth.parquet"},
+    "write": {"samples_per_shard": 1000},
     "demo": {"seed": 0, "distinct": 2000, "tile": 160},
     "stages": ["download", "embed", "cluster", "write", "attack", "report"],
 }
@@ -54,10 +55,18 @@ def _stage_runners() -> dict[str, Callable[[PipelineConfig, WorkDir], None]]:
 
     def cluster(cfg: PipelineConfig, work: WorkDir) -> None:
         from dedup.cluster import format_cluster_summary, run_cluster
+        from dedup.evaluate import format_evaluation, run_evaluate
 
         typer.echo(format_cluster_summary(run_cluster(cfg.cluster, work)))
+        if cfg.cluster.ground_truth:
+            typer.echo(format_evaluation(run_evaluate(work, Path(cfg.cluster.ground_truth))))
 
-    return {"download": download, "embed": embed, "cluster": cluster}
+    def write(cfg: PipelineConfig, work: WorkDir) -> None:
+        from dedup.write import format_write_summary, run_write
+
+        typer.echo(format_write_summary(run_write(cfg.write, work)))
+
+    return {"download": download, "embed": embed, "cluster": cluster, "write": write}
 
 
 def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> WorkDir:
@@ -101,7 +110,34 @@ def run_demo(workdir: Path, cfg: PipelineConfig | None = None, stages: list[str]
     port = ensure_port(work)
     with serve_directory(work.demo_dir / "site", port=port):
         run_pipeline(cfg, stages)
+    typer.echo(final_summary(work))
     return work
+
+
+def final_summary(work: WorkDir) -> str:
+    """What the run did, from the stages' own summary files: downloads, removals, scores."""
+    from dedup.layout import read_json
+
+    lines = ["", f"== summary of {work.root}"]
+    if work.download_summary.exists():
+        d = read_json(work.download_summary)
+        lines.append(f"   downloaded {d['successes']} of {d['rows']} URLs ({d['failed']} failed)")
+    if work.write_summary.exists():
+        w = read_json(work.write_summary)
+        by = ", ".join(f"{r} {v['samples']}" for r, v in w["by_reason"].items() if r != "kept")
+        lines.append(f"   kept {w['kept']} of {w['input_samples']} samples; removed {w['removed']} ({by})")
+        lines.append(f"   deduplicated WebDataset: {work.dedup_dir} ({w['output_shards']} shards)")
+        lines.append(f"   ledger (one row per input sample): {work.ledger}")
+    if work.evaluation.exists():
+        e = read_json(work.evaluation)
+        if "pairwise" in e:
+            pw, rm = e["pairwise"], e["removals"]
+            lines.append(
+                f"   against the planted duplicates: pairs precision {pw['precision']:.3f} "
+                f"recall {pw['recall']:.3f}; "
+                f"removals precision {rm['precision']:.3f} recall {rm['recall']:.3f}"
+            )
+    return "\n".join(lines)
 
 
 def _largest_group(work: WorkDir) -> int:

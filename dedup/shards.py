@@ -52,7 +52,9 @@ def iter_samples(path: Path) -> Iterator[Sample]:
             key, ext = _split(member.name)
             handle = tar.extractfile(member)
             data = handle.read() if handle is not None else b""
-            if current is None or key != current.key:
+            # A member name seen twice under one key is a second sample with the same key (which verify
+            # must see as a duplicate), not an overwrite.
+            if current is None or key != current.key or ext in current.members:
                 if current is not None:
                     yield current
                 current = Sample(key)
