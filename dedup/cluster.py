@@ -33,7 +33,7 @@ import numpy as np
 import polars as pl
 
 from dedup.config import ClusterConfig
-from dedup.embed import OK, load_embeddings
+from dedup.embed import OK, embeddings_memmap, load_metadata
 from dedup.errors import UserError
 from dedup.grouping import PairOracle, group
 from dedup.layout import WorkDir, atomic_path, read_json, write_json, write_marker
@@ -95,6 +95,21 @@ def _load_images(work: WorkDir, meta: pl.DataFrame, rows: np.ndarray) -> list[tu
     return out
 
 
+def pair_cosine(
+    x: np.ndarray, i: np.ndarray, j: np.ndarray, mirror: Any = None, block: int = 65_536
+) -> np.ndarray:
+    """Cosine of each pair (the better orientation with a mirror view), in float32 blocks."""
+    out = np.zeros(len(i), dtype=np.float32)
+    for lo in range(0, len(i), block):
+        a = np.asarray(x[i[lo : lo + block]], dtype=np.float32)
+        b = np.asarray(x[j[lo : lo + block]], dtype=np.float32)
+        sims = np.einsum("ij,ij->i", a, b)
+        if mirror is not None:
+            sims = np.maximum(sims, np.einsum("ij,ij->i", mirror(a), b))
+        out[lo : lo + block] = sims
+    return out
+
+
 def _top_k_mask(c: Candidates, k: int) -> np.ndarray:
     """Pairs that are among the k most similar candidates of either endpoint."""
     if not len(c):
@@ -114,15 +129,23 @@ def _top_k_mask(c: Candidates, k: int) -> np.ndarray:
 
 
 def run_cluster(config: ClusterConfig, work: WorkDir, progress: bool = True) -> dict[str, Any]:
+    """Find the groups and write pairs.parquet, clusters.parquet and the summary."""
+    try:
+        return _run_cluster(config, work, progress)
+    finally:
+        # the memory-mapped copies of the vectors are scratch: derived, and as large as the embeddings
+        for name in ("_embeddings.f16.npy", "_reference.f16.npy"):
+            (work.cluster_dir / name).unlink(missing_ok=True)
+
+
+def _run_cluster(config: ClusterConfig, work: WorkDir, progress: bool) -> dict[str, Any]:
     started = time.time()
     info = embed_info(work)
     embedder = str(info.get("embedder"))
     t_emb, t_cand = thresholds(config, embedder)
-    meta_all, emb_all = load_embeddings(work)
+    meta_all = load_metadata(work)
     ok = (meta_all["status"] == OK).to_numpy()
     meta = meta_all.filter(ok)
-    emb = emb_all[ok]
-    del emb_all
     n = meta.height
     if n == 0:
         raise UserError(f"{work.embed_dir}: no successfully embedded images to cluster")
@@ -138,7 +161,7 @@ def run_cluster(config: ClusterConfig, work: WorkDir, progress: bool = True) -> 
     unique = np.flatnonzero(canonical == np.arange(n))
     u_of_row = np.full(n, -1, dtype=np.int64)
     u_of_row[unique] = np.arange(len(unique))
-    x = emb[unique]
+    x = embeddings_memmap(work, np.flatnonzero(ok)[unique], work.cluster_dir / "_embeddings.f16.npy")
     phash = meta["phash"].to_numpy().astype(np.uint64)[unique]
     phash_m = meta["phash_mirror"].to_numpy().astype(np.uint64)[unique]
 
@@ -152,7 +175,7 @@ def run_cluster(config: ClusterConfig, work: WorkDir, progress: bool = True) -> 
             views=[mirror] if mirror else [],
             exact_max=config.exact_max,
             nlist=config.nlist,
-            margin=config.margin,
+            nprobe=config.nprobe,
             block_size=config.block_size,
             progress=progress,
         )
@@ -165,9 +188,7 @@ def run_cluster(config: ClusterConfig, work: WorkDir, progress: bool = True) -> 
         pi, pj = np.concatenate([pi, hi]), np.concatenate([pj, hj])
     pairs = pl.DataFrame({"i": pi, "j": pj}).unique().sort("i", "j")
     pi, pj = pairs["i"].to_numpy(), pairs["j"].to_numpy()
-    cos = np.einsum("ij,ij->i", x[pi], x[pj]) if len(pi) else np.zeros(0, np.float32)
-    if mirror is not None and len(pi):
-        cos = np.maximum(cos, np.einsum("ij,ij->i", mirror(x[pi]), x[pj]))
+    cos = pair_cosine(x, pi, pj, mirror)
     dist = pair_phash_distance(phash, phash_m, pi, pj)
     signal = np.full(len(pi), "", dtype=object)
     if "embedding" in use:
@@ -312,9 +333,10 @@ def match_reference(
             f"this work directory with {mine.get('model')} (dim {mine.get('dim')}); "
             "embed both with the same model"
         )
-    ref_meta_all, ref_emb_all = load_embeddings(ref)
+    ref_meta_all = load_metadata(ref)
     ok = (ref_meta_all["status"] == OK).to_numpy()
-    ref_meta, ref_emb = ref_meta_all.filter(ok), ref_emb_all[ok]
+    ref_meta = ref_meta_all.filter(ok)
+    ref_emb = embeddings_memmap(ref, np.flatnonzero(ok), work.cluster_dir / "_reference.f16.npy")
     ref_keys = ref_meta["key"].to_numpy()
     mirror = _mirror_view(mine)
     found: dict[str, tuple[str, float]] = {}
@@ -331,7 +353,7 @@ def match_reference(
         views=[mirror] if mirror else [],
         exact_max=config.exact_max,
         nlist=config.nlist,
-        margin=config.margin,
+        nprobe=config.nprobe,
         block_size=config.block_size,
     )
     if len(cand):

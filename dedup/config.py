@@ -81,9 +81,9 @@ class ClusterConfig(Section):
     orb_min_inliers: int = Field(15, ge=4)
     k: int = Field(32, gt=0, description="neighbours searched per sample")
     search: Literal["auto", "exact", "ivf"] = "auto"
-    exact_max: int = Field(200_000, gt=0, description="auto switches to IVF above this many samples")
-    nlist: int | None = Field(None, description="IVF partitions; None: about sqrt(N)")
-    margin: float = Field(0.05, ge=0, description="IVF border multi-assignment margin (cosine)")
+    exact_max: int = Field(50_000, gt=0, description="auto switches to IVF above this many samples")
+    nlist: int | None = Field(None, description="IVF partitions; None: about 2*sqrt(N)")
+    nprobe: int = Field(8, gt=0, description="IVF partitions each sample is compared against")
     block_size: int = Field(16_384, gt=0)
     grouping: Literal["components", "representative", "semdedup"] = "representative"
     representative: Literal["resolution", "first", "centroid", "farthest", "caption"] = "resolution"

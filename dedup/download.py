@@ -326,8 +326,9 @@ def download_rows(work: WorkDir) -> pl.DataFrame:
             }
         )
     df = pl.concat(frames, how="diagonal_relaxed")
-    if "caption" not in df.columns:
-        df = df.with_columns(pl.lit(None, dtype=pl.String).alias("caption"))
+    for column in ("caption", "error_message"):  # absent from shards that other tools wrote
+        if column not in df.columns:
+            df = df.with_columns(pl.lit(None, dtype=pl.String).alias(column))
     reasons = [
         failure_reason(s, e, u)
         for s, e, u in zip(

@@ -54,6 +54,8 @@ METADATA_SCHEMA = {
     "phash": pl.UInt64,
     "phash_mirror": pl.UInt64,
     "status": pl.String,
+    "tar_start": pl.Int64,
+    "tar_end": pl.Int64,
 }
 OK = "ok"
 
@@ -89,6 +91,8 @@ def _sample_facts(sample: Sample) -> dict[str, Any]:
             meta = {}
     return {
         "key": sample.key,
+        "tar_start": sample.start,
+        "tar_end": sample.end,
         "url": meta.get("url"),
         "caption": sample.caption if sample.caption is not None else meta.get("caption"),
         "original_width": meta.get("original_width"),
@@ -286,6 +290,39 @@ def load_embeddings(work: WorkDir) -> tuple[pl.DataFrame, np.ndarray]:
     if not metas:
         raise UserError(f"{work.embed_dir}: no embeddings; run `dedup embed {work.root}` first")
     return pl.concat(metas), np.concatenate([np.asarray(e, dtype=np.float32) for e in embs])
+
+
+def load_metadata(work: WorkDir) -> pl.DataFrame:
+    """All metadata rows, in shard then row order (the row order of every embedding array)."""
+    frames = []
+    for shard in work.download_shards():
+        if not work.metadata(shard).exists():
+            raise UserError(f"{work.metadata(shard)}: missing; run `dedup embed {work.root}` first")
+        frames.append(pl.read_parquet(work.metadata(shard)))
+    if not frames:
+        raise UserError(f"{work.embed_dir}: no embeddings; run `dedup embed {work.root}` first")
+    return pl.concat(frames)
+
+
+def embeddings_memmap(work: WorkDir, rows: np.ndarray, out: Path) -> np.ndarray:
+    """The embeddings of the given global rows (ascending), gathered shard by shard into one float16
+    file and memory-mapped, so that RAM holds one shard at a time, never all vectors."""
+    rows = np.asarray(rows, dtype=np.int64)
+    shards = work.download_shards()
+    dim = np.load(work.img_emb(shards[0]), mmap_mode="r").shape[1]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    dest = np.lib.format.open_memmap(out, mode="w+", dtype=np.float16, shape=(len(rows), dim))
+    offset, written = 0, 0
+    for shard in shards:
+        arr = np.load(work.img_emb(shard), mmap_mode="r")
+        lo, hi = np.searchsorted(rows, [offset, offset + len(arr)])
+        if hi > lo:
+            dest[written : written + hi - lo] = arr[rows[lo:hi] - offset]
+            written += hi - lo
+        offset += len(arr)
+    dest.flush()
+    del dest
+    return np.load(out, mmap_mode="r")
 
 
 class PrecomputedIndex:

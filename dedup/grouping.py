@@ -57,10 +57,11 @@ class PairOracle:
     known: dict[tuple[int, int], bool] = field(default_factory=dict)
 
     def cosine(self, a: int, bs: np.ndarray) -> np.ndarray:
-        x = self.embeddings[a]
-        sims = self.embeddings[bs] @ x
+        x = np.asarray(self.embeddings[a], dtype=np.float32)
+        others = np.asarray(self.embeddings[bs], dtype=np.float32)
+        sims = others @ x
         if self.mirror_view is not None:
-            sims = np.maximum(sims, self.mirror_view(self.embeddings[bs]) @ x)
+            sims = np.maximum(sims, self.mirror_view(others) @ x)
         return sims
 
     def decide(self, a: int, bs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

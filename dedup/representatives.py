@@ -73,7 +73,7 @@ def rank(policy: str, members: np.ndarray, ctx: RankContext) -> np.ndarray:
     elif policy == "resolution":
         keys = (seen, -ctx.area[members])
     elif policy in ("centroid", "farthest"):
-        x = ctx.embeddings[members]
+        x = np.asarray(ctx.embeddings[members], dtype=np.float32)
         centre = x.mean(axis=0)
         centre /= max(float(np.linalg.norm(centre)), 1e-12)
         cos = x @ centre

@@ -5,10 +5,9 @@ Two embedding searches, chosen by N (``search: auto``):
 * ``exact``: FAISS flat inner-product search over all vectors, queries in blocks (GPU index when
   faiss has GPUs). Finds the true top-k.
 * ``ivf``: the partitioned search of SemDeDup / NeMo: spherical k-means into ``nlist`` partitions,
-  then exact search (one GEMM) of each partition's points against the partition's members. A point
-  whose second-nearest centroid is almost as near as the first is also a member of that second
-  partition ("multi-assignment at the borders"), which is what keeps recall of near-duplicate pairs
-  (which sit very close together) at >= 0.99 of the exact search; bench/cluster.py measures it.
+  then exact search (one GEMM per partition) of each point against the members of its ``nprobe``
+  nearest partitions. Probing more than one partition is the multi-assignment at the borders that
+  keeps recall of near-duplicate pairs at >= 0.99 of the exact search; bench/cluster.py measures it.
 
 Queries can come in several views of the same points (a mirrored descriptor, for flipped copies);
 each view is searched and a pair keeps its best similarity.
@@ -119,52 +118,61 @@ def exact_search(
     return _merge(parts, symmetric)
 
 
-def _kmeans(x: np.ndarray, nlist: int, seed: int, sample: int) -> np.ndarray:
+def _kmeans(x: np.ndarray, nlist: int, seed: int, per_centroid: int = 40) -> np.ndarray:
     import faiss
 
     rng = np.random.default_rng(seed)
-    pick = np.sort(rng.choice(len(x), size=min(len(x), sample), replace=False))
+    pick = np.sort(rng.choice(len(x), size=min(len(x), per_centroid * nlist), replace=False))
     km = faiss.Kmeans(
-        x.shape[1], nlist, niter=12, seed=seed, spherical=True, gpu=_gpu_available(), verbose=False
+        x.shape[1],
+        nlist,
+        niter=10,
+        seed=seed,
+        spherical=True,
+        gpu=_gpu_available(),
+        verbose=False,
+        max_points_per_centroid=per_centroid,
     )
     km.train(_rows(x, pick))
     return np.asarray(km.centroids, dtype=np.float32)
 
 
-def _partitions(
-    x: np.ndarray, centroids: np.ndarray, margin: float, block_size: int, view: View | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """(partition, row) memberships: each row in its nearest partition, and in the second-nearest
-    too when that one is within ``margin`` of the nearest."""
+def _nearest_centroids(
+    x: np.ndarray, centroids: np.ndarray, probes: int, block_size: int, view: View | None = None
+) -> np.ndarray:
+    """(n, probes) indices of each row's nearest centroids, best first."""
     import faiss
 
     index = faiss.IndexFlatIP(centroids.shape[1])
     index.add(centroids)
-    parts, rows = [], []
+    out = []
     for lo in range(0, len(x), block_size):
-        s, i = index.search(_rows(x, slice(lo, min(len(x), lo + block_size)), view), min(2, len(centroids)))
-        r = np.arange(lo, lo + len(s))
-        parts.append(i[:, 0])
-        rows.append(r)
-        if i.shape[1] > 1:
-            border = (i[:, 1] >= 0) & (s[:, 0] - s[:, 1] < margin)
-            parts.append(i[border, 1])
-            rows.append(r[border])
-    part, row = np.concatenate(parts), np.concatenate(rows)
-    order = np.lexsort((row, part))
-    return part[order], row[order]
+        _, i = index.search(_rows(x, slice(lo, min(len(x), lo + block_size)), view), probes)
+        out.append(i)
+    return np.concatenate(out)
 
 
 def _topk_hits(sims: np.ndarray, k: int, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column indices of each row's top-k entries that reach the threshold."""
-    kk = min(k, sims.shape[1])
-    if kk < sims.shape[1]:
-        top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
-    else:
-        top = np.broadcast_to(np.arange(sims.shape[1]), sims.shape)
-    vals = np.take_along_axis(sims, top, axis=1)
-    r, c = np.nonzero(vals >= threshold)
-    return r, np.asarray(top[r, c])
+    """Row and column indices of each row's top-k entries that reach the threshold.
+
+    Thresholding first: near-duplicates are rare, so almost every row has fewer than k hits and
+    only the few crowded rows need sorting.
+    """
+    r, c = np.nonzero(sims >= threshold)
+    if not len(r):
+        return r, c
+    counts = np.bincount(r, minlength=sims.shape[0])
+    crowded = counts > k
+    if not crowded.any():
+        return r, c
+    keep = ~crowded[r]
+    extra_r, extra_c = [], []
+    for row in np.flatnonzero(crowded):
+        cols = c[r == row]
+        best = cols[np.argsort(-sims[row, cols], kind="stable")[:k]]
+        extra_r.append(np.full(len(best), row))
+        extra_c.append(best)
+    return np.concatenate([r[keep], *extra_r]), np.concatenate([c[keep], *extra_c])
 
 
 def ivf_search(
@@ -174,29 +182,44 @@ def ivf_search(
     queries: np.ndarray | None = None,
     views: Sequence[View] = (),
     nlist: int | None = None,
-    margin: float = 0.05,
+    nprobe: int = 8,
     block_size: int = 16_384,
     seed: int = 0,
     progress: bool = False,
 ) -> Candidates:
-    """Partitioned exact search (see the module docstring); ``margin`` sets the border multi-assignment."""
+    """Partitioned search: every base vector lives in its nearest k-means partition; every query is
+    compared, with one GEMM per partition, to the members of its ``nprobe`` nearest partitions.
+
+    Probing several partitions is the multi-assignment at the borders that keeps near-duplicate pairs
+    from being split by a partition boundary (bench/cluster.py measures the recall it buys).
+    """
     symmetric = queries is None
     q_all = base if queries is None else queries
     n = len(base)
     if n == 0 or len(q_all) == 0 or (symmetric and n < 2):
         return Candidates.empty()
-    nlist = min(nlist or max(1, round(np.sqrt(n))), max(1, n // 16))
-    centroids = _kmeans(base, nlist, seed, sample=min(n, 64 * nlist))
-    b_part, b_row = _partitions(base, centroids, margin, block_size)
-    b_bounds = np.searchsorted(b_part, np.arange(nlist + 1))
+    nlist = min(nlist or max(1, round(2 * np.sqrt(n))), max(1, n // 16))
+    nprobe = min(nprobe, nlist)
+    centroids = _kmeans(base, nlist, seed)
+    base_probes = _nearest_centroids(base, centroids, nprobe, block_size)
+    home = base_probes[:, 0]
+    b_order = np.argsort(home, kind="stable")
+    b_bounds = np.searchsorted(home[b_order], np.arange(nlist + 1))
     kk = k + int(symmetric)
     parts = []
     for view in [None, *views]:
-        q_part, q_row = _partitions(q_all, centroids, margin, block_size, view)
-        q_bounds = np.searchsorted(q_part, np.arange(nlist + 1))
+        probes = (
+            base_probes
+            if symmetric and view is None
+            else _nearest_centroids(q_all, centroids, nprobe, block_size, view)
+        )
+        q_part = probes.ravel()
+        q_row = np.repeat(np.arange(len(q_all)), nprobe)
+        q_order = np.argsort(q_part, kind="stable")
+        q_bounds = np.searchsorted(q_part[q_order], np.arange(nlist + 1))
         for p in tqdm(range(nlist), desc="search", unit="part", disable=not progress):
-            qs = q_row[q_bounds[p] : q_bounds[p + 1]]
-            ms = b_row[b_bounds[p] : b_bounds[p + 1]]
+            qs = q_row[q_order[q_bounds[p] : q_bounds[p + 1]]]
+            ms = b_order[b_bounds[p] : b_bounds[p + 1]]
             if not len(qs) or not len(ms):
                 continue
             m = _rows(base, ms)
@@ -215,9 +238,9 @@ def search(
     method: str,
     queries: np.ndarray | None = None,
     views: Sequence[View] = (),
-    exact_max: int = 200_000,
+    exact_max: int = 50_000,
     nlist: int | None = None,
-    margin: float = 0.05,
+    nprobe: int = 8,
     block_size: int = 16_384,
     progress: bool = False,
 ) -> tuple[Candidates, str]:
@@ -225,7 +248,7 @@ def search(
     used = method if method != "auto" else ("exact" if len(base) <= exact_max else "ivf")
     if used == "exact":
         return exact_search(base, k, threshold, queries, views, block_size, progress), used
-    return ivf_search(base, k, threshold, queries, views, nlist, margin, block_size, progress=progress), used
+    return ivf_search(base, k, threshold, queries, views, nlist, nprobe, block_size, progress=progress), used
 
 
 def _permute_bits(h: np.ndarray, perm: np.ndarray) -> np.ndarray:

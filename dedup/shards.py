@@ -19,6 +19,8 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")
 class Sample:
     key: str
     members: dict[str, bytes] = field(default_factory=dict)  # extension -> bytes, in tar order
+    start: int = 0  # byte offset of the first member's header in the tar
+    end: int = 0  # byte offset just past the last member's data blocks
 
     @property
     def image_ext(self) -> str | None:
@@ -57,8 +59,9 @@ def iter_samples(path: Path) -> Iterator[Sample]:
             if current is None or key != current.key or ext in current.members:
                 if current is not None:
                     yield current
-                current = Sample(key)
+                current = Sample(key, start=member.offset)
             current.members[ext] = data
+            current.end = member.offset_data + ((member.size + 511) // 512) * 512
     if current is not None:
         yield current
 

@@ -12,6 +12,7 @@ kill -9 writes only what is missing.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import tarfile
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from dedup.config import WriteConfig
@@ -53,31 +55,98 @@ class Span:
         return self.end - self.start
 
 
+def _number(field: bytes) -> int:
+    if field[:1] and field[0] & 0x80:  # GNU base-256, for members over 8 GB
+        return int.from_bytes(field[1:], "big")
+    text = field.split(b"\0", 1)[0].strip()
+    return int(text, 8) if text else 0
+
+
+def _pax_records(data: bytes) -> dict[str, str]:
+    out, pos = {}, 0
+    while pos < len(data):
+        space = data.index(b" ", pos)
+        length = int(data[pos:space])
+        key, _, value = data[space + 1 : pos + length - 1].partition(b"=")
+        out[key.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
+        pos += length
+    return out
+
+
 def index_tar(path: Path, shard: int) -> list[Span]:
-    """Spans of the samples of one tar, in tar order, from the headers only (data is not read)."""
+    """Spans of the samples of one tar, in tar order, from its headers (member data is skipped).
+
+    A minimal reader of ustar/GNU/pax headers: only what a span needs (name, size, where the member's
+    first header starts), with the header checksum checked, several times faster than ``tarfile``.
+    """
     spans: list[Span] = []
-    with tarfile.open(path, mode="r:") as tar:
-        for member in tar:
-            if not member.isfile():
+    size_on_disk = path.stat().st_size
+    if size_on_disk == 0:
+        return spans
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        pos, first_header, long_name, pax = 0, None, None, {}
+        while pos + 512 <= size_on_disk:
+            header = mm[pos : pos + 512]
+            if header.count(0) == 512:
+                break
+            stored = _number(header[148:156])
+            if stored != sum(header[:148]) + 256 + sum(header[156:]):
+                raise tarfile.ReadError(f"{path}: bad header checksum at byte {pos}")
+            size = _number(header[124:136])
+            kind = header[156:157]
+            data_end = pos + 512 + ((size + 511) // 512) * 512
+            if first_header is None:
+                first_header = pos
+            if kind in (b"L", b"x", b"g", b"K"):
+                data = mm[pos + 512 : pos + 512 + size]
+                if kind == b"L":
+                    long_name = data.split(b"\0", 1)[0].decode("utf-8", "replace")
+                elif kind == b"x":
+                    pax = _pax_records(data)
+                if kind == b"g":
+                    first_header = None
+                pos = data_end
                 continue
-            base = member.name.rsplit("/", 1)[-1]
-            key = member.name[: len(member.name) - len(base)] + base.split(".", 1)[0]
-            end = member.offset_data + ((member.size + 511) // 512) * 512
-            if spans and spans[-1].key == key and spans[-1].end == member.offset:
-                spans[-1] = Span(key, shard, spans[-1].start, end)
+            if "size" in pax:
+                size = int(pax["size"])
+                data_end = pos + 512 + ((size + 511) // 512) * 512
+            if long_name is not None:
+                name = long_name
+            elif "path" in pax:
+                name = pax["path"]
             else:
-                spans.append(Span(key, shard, member.offset, end))
+                prefix = header[345:500].split(b"\0", 1)[0] if header[257:262] == b"ustar" else b""
+                raw = header[:100].split(b"\0", 1)[0]
+                name = ((prefix + b"/" + raw) if prefix else raw).decode("utf-8", "replace")
+            if kind in (b"0", b"\0", b"7"):
+                base = name.rsplit("/", 1)[-1]
+                key = name[: len(name) - len(base)] + base.split(".", 1)[0]
+                if spans and spans[-1].key == key and spans[-1].end == first_header:
+                    spans[-1] = Span(key, shard, spans[-1].start, data_end)
+                else:
+                    spans.append(Span(key, shard, first_header, data_end))
+            pos, first_header, long_name, pax = data_end, None, None, {}
     return spans
 
 
-def plan_shards(work: WorkDir, kept: set[str], samples_per_shard: int) -> list[list[Span]]:
+def index_shards(work: WorkDir) -> dict[int, list[Span]]:
+    """Where every sample sits in its input tar. The embed stage recorded it while reading the tars;
+    shards embedded without those columns are indexed from their headers."""
+    out = {}
+    for shard in work.download_shards():
+        meta = work.metadata(shard)
+        cols = pq.ParquetFile(meta).schema_arrow.names if meta.exists() else []
+        if {"tar_start", "tar_end"} <= set(cols):
+            df = pl.read_parquet(meta, columns=["key", "tar_start", "tar_end"])
+            out[shard] = [Span(k, shard, a, b) for k, a, b in df.iter_rows()]
+        else:
+            out[shard] = index_tar(work.download_tar(shard), shard)
+    return out
+
+
+def plan_shards(index: dict[int, list[Span]], kept: set[str], samples_per_shard: int) -> list[list[Span]]:
     """Kept samples in input order, cut into output shards."""
-    ordered = [
-        s
-        for shard in work.download_shards()
-        for s in index_tar(work.download_tar(shard), shard)
-        if s.key in kept
-    ]
+    ordered = [s for shard in sorted(index) for s in index[shard] if s.key in kept]
     return [ordered[i : i + samples_per_shard] for i in range(0, len(ordered), samples_per_shard)]
 
 
@@ -90,29 +159,52 @@ def _shard_config(config: WriteConfig, spans: list[Span], work: WorkDir) -> dict
     return {"config": config.model_dump(), "plan": digest.hexdigest(), "inputs": sizes}
 
 
+def _ranges(spans: list[Span]) -> list[tuple[int, int, int]]:
+    """(input shard, start, end) byte ranges, adjacent spans of one input merged into one range."""
+    out: list[tuple[int, int, int]] = []
+    for sp in spans:
+        if out and out[-1][0] == sp.shard and out[-1][2] == sp.start:
+            out[-1] = (sp.shard, out[-1][1], sp.end)
+        else:
+            out.append((sp.shard, sp.start, sp.end))
+    return out
+
+
+def _copy_range(src: int, dst: int, start: int, length: int) -> None:
+    """Kernel-side copy where the OS offers it (copy_file_range), else read and write."""
+    offset = start
+    while length:
+        try:
+            done = os.copy_file_range(src, dst, min(length, 1 << 30), offset)
+        except (AttributeError, OSError):
+            os.lseek(src, offset, os.SEEK_SET)
+            block = os.read(src, min(length, _CHUNK))
+            done = len(block)
+            os.write(dst, block)
+        if done == 0:
+            raise OSError("input ended inside a sample")
+        offset += done
+        length -= done
+
+
 def copy_spans(spans: list[Span], work: WorkDir, out: Path) -> None:
     """Concatenate the spans' raw tar blocks into ``out`` and close the archive."""
-    handles: dict[int, Any] = {}
+    handles: dict[int, int] = {}
+    dst = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        with open(out, "wb") as dst:
-            for span in spans:
-                src = handles.get(span.shard)
-                if src is None:
-                    src = handles[span.shard] = open(work.download_tar(span.shard), "rb")  # noqa: SIM115
-                src.seek(span.start)
-                remaining = span.size
-                while remaining:
-                    block = src.read(min(_CHUNK, remaining))
-                    if not block:
-                        raise OSError(f"{work.download_tar(span.shard)}: ends inside sample {span.key}")
-                    dst.write(block)
-                    remaining -= len(block)
-            dst.write(END_OF_ARCHIVE)
-            dst.flush()
-            os.fsync(dst.fileno())
+        for shard, start, end in _ranges(spans):
+            if shard not in handles:
+                handles[shard] = os.open(work.download_tar(shard), os.O_RDONLY)
+            try:
+                _copy_range(handles[shard], dst, start, end - start)
+            except OSError as err:
+                raise OSError(f"{work.download_tar(shard)}: {err}") from None
+        os.write(dst, END_OF_ARCHIVE)
+        os.fsync(dst)
     finally:
+        os.close(dst)
         for h in handles.values():
-            h.close()
+            os.close(h)
 
 
 def _shard_table(rows: pl.DataFrame, spans: list[Span], ledger: pl.DataFrame) -> pl.DataFrame:
@@ -171,11 +263,9 @@ def shard_done(work: WorkDir, index: int, spans: list[Span], config: WriteConfig
     )
 
 
-def removal_report(ledger: pl.DataFrame, work: WorkDir) -> dict[str, Any]:
+def removal_report(ledger: pl.DataFrame, index: dict[int, list[Span]]) -> dict[str, Any]:
     """Samples and bytes by reason (bytes: the sample's size in the input tar)."""
-    sizes = {
-        s.key: s.size for shard in work.download_shards() for s in index_tar(work.download_tar(shard), shard)
-    }
+    sizes = {s.key: s.size for spans in index.values() for s in spans}
     df = ledger.with_columns(
         pl.col("key").replace_strict(sizes, default=0, return_dtype=pl.Int64).alias("bytes")
     )
@@ -193,13 +283,14 @@ def run_write(
 ) -> dict[str, Any]:
     started = time.time()
     ledger = build_ledger(work).sort("key")
-    report = removal_report(ledger, work)
+    index = index_shards(work)
+    report = removal_report(ledger, index)
     if dry_run:
         return {**report, "dry_run": True}
     with atomic_path(work.ledger) as tmp:
         ledger.write_parquet(tmp)
     kept = set(ledger.filter(pl.col("kept"))["key"].to_list())
-    plan = plan_shards(work, kept, config.samples_per_shard)
+    plan = plan_shards(index, kept, config.samples_per_shard)
     remove_stale_temporaries(work.dedup_dir)
     work.dedup_dir.mkdir(parents=True, exist_ok=True)
     rows = pl.concat(
@@ -251,12 +342,3 @@ def format_write_summary(s: dict[str, Any]) -> str:
             f"{s['output_bytes'] / 1e6:.2f} MB, in {s['seconds']:.1f} s"
         )
     return "\n".join(lines)
-
-
-def read_output_keys(work: WorkDir) -> list[str]:
-    from dedup.layout import shards_in
-
-    keys = []
-    for shard in shards_in(work.dedup_dir):
-        keys.extend(s.key for s in index_tar(work.dedup_tar(shard), shard))
-    return keys

@@ -36,15 +36,15 @@ def test_exact_and_ivf_find_planted_groups():
     assert truth <= exact
     approx = _pairs(ivf_search(x, k=8, threshold=0.9))
     assert len(truth & approx) / len(truth) >= 0.99
-    assert len(exact & approx) / len(exact) >= 0.99  # approximate recall vs exact, at default margin
+    assert len(exact & approx) / len(exact) >= 0.99  # approximate recall vs exact, at defaults
 
 
-def test_ivf_without_border_assignment_loses_pairs():
-    # The border multi-assignment is what carries recall: with no margin, pairs split across partitions.
+def test_ivf_probing_one_partition_loses_pairs_at_the_borders():
+    # Probing several partitions is what carries recall: with one, pairs split across a border are lost.
     x, truth = planted(20_000, 64, groups=300, size=4, noise=0.35, seed=1)
-    with_margin = _pairs(ivf_search(x, k=8, threshold=0.8, nlist=400))
-    without = _pairs(ivf_search(x, k=8, threshold=0.8, nlist=400, margin=0.0))
-    assert len(truth & with_margin) > len(truth & without)
+    probed = _pairs(ivf_search(x, k=8, threshold=0.8, nlist=400))
+    single = _pairs(ivf_search(x, k=8, threshold=0.8, nlist=400, nprobe=1))
+    assert len(truth & probed) > len(truth & single)
 
 
 def test_views_find_mirrored_copies():
