@@ -9,12 +9,12 @@ features and a geometric fit, which is what recovers cropped copies without merg
 Default thresholds (per embedder, used when the config leaves them unset) and what they are based on:
 
 * descriptor (weight-free 16x16 colour thumbnail): cosine 0.97; candidates from 0.5; pHash 10.
-  Measured on the demo corpus (3,429 real-photo samples, 142 planted groups, bench/RESULTS.md): the
-  thumbnail alone at 0.95 gives pair precision 0.98 / recall 0.82, pHash <= 10 gives 0.999 / 0.69;
-  neither survives crops (recall 0.44-0.73 on cropped copies), which ORB verification (>= 15
-  inliers) accepts 85-92% of the time while accepting 5% of the most similar look-alike pairs.
-  With verification and the representative policy, 0.95 / 0.97 / 0.98 give removal precision
-  0.93 / 0.96 / 0.98 at recall 0.98 / 0.99 / 0.99, and pairwise recall 0.99 / 0.98 / 0.95: 0.97.
+  Measured on the demo corpus (3,429 real-photo samples, 142 planted groups; bench/RESULTS.md,
+  bench/quality.py): at 0.95 / 0.97 / 0.98, removal precision 0.93 / 0.96 / 0.98; the thumbnail and
+  pHash both miss crops (recall 0.44-0.73 on cropped copies), which ORB verification (>= 15 inliers)
+  accepts 85-92% of the time while accepting 5% of the most similar look-alike pairs. Requiring ORB
+  to confirm pairs that only one of pHash and cosine accepts (``confirm``) takes removal precision
+  from 0.962 to 0.996 at removal recall 0.985 -> 0.984.
 * clip (open_clip): cosine 0.95, candidates from 0.85. Not measurable here (no pretrained weights
   offline); 0.95 on L2-normalised CLIP image embeddings is a conservative near-duplicate cut. Pick
   yours from data with ``dedup evaluate`` on labelled pairs, which prints a threshold sweep.
@@ -241,6 +241,7 @@ def _run_cluster(config: ClusterConfig, work: WorkDir, progress: bool) -> dict[s
         if verifier is not None
         else None,
         known=oracle_known,
+        confirm=config.confirm,
     )
     if verifier is not None:
         # The grouping may verify any member against its representative: load those images too.
@@ -477,6 +478,7 @@ def _summary(config, info, method, t_emb, t_cand, rows, clusters, pairs, inliers
         "phash_threshold": config.phash_threshold,
         "signals": list(config.signals),
         "verify": config.verify,
+        "confirm": config.confirm,
         "grouping": config.grouping,
         "representative": config.representative,
         "seconds": round(seconds, 2),

@@ -78,6 +78,9 @@ class ClusterConfig(Section):
     )
     phash_threshold: int = Field(10, ge=0, le=64)
     verify: Literal["none", "orb"] = "orb"
+    confirm: bool = Field(
+        True, description="with verify: orb, a pair only one of pHash and embedding accepts must pass ORB too"
+    )
     orb_min_inliers: int = Field(15, ge=4)
     k: int = Field(32, gt=0, description="neighbours searched per sample")
     search: Literal["auto", "exact", "ivf"] = "auto"

@@ -55,6 +55,7 @@ class PairOracle:
     candidate_threshold: float | None = None
     verify: Callable[[int, int], bool] | None = None
     known: dict[tuple[int, int], bool] = field(default_factory=dict)
+    confirm: bool = True
 
     def cosine(self, a: int, bs: np.ndarray) -> np.ndarray:
         x = np.asarray(self.embeddings[a], dtype=np.float32)
@@ -65,34 +66,45 @@ class PairOracle:
         return sims
 
     def decide(self, a: int, bs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(is duplicate, signal name, cosine) of ``a`` against each of ``bs``."""
+        """(is duplicate, signal name, cosine) of ``a`` against each of ``bs``.
+
+        Same bytes decide alone. With ``confirm`` and a verifier, a pair that only one of pHash and
+        embedding calls a duplicate must also pass the verifier (both agreeing is enough); pairs that
+        neither calls a duplicate but are similar enough (``candidate_threshold``) go to the verifier.
+        """
         from dedup.search import pair_phash_distance
 
         bs = np.asarray(bs, dtype=np.int64)
+        n = len(bs)
         cos = self.cosine(a, bs)
-        signal = np.full(len(bs), "", dtype=object)
-        if self.embedding_threshold is not None:
-            signal[cos >= self.embedding_threshold] = "embedding"
+        by_emb = (
+            cos >= self.embedding_threshold if self.embedding_threshold is not None else np.zeros(n, bool)
+        )
         if self.phash_threshold is not None:
-            dist = pair_phash_distance(self.phash, self.phash_mirror, np.full(len(bs), a), bs)
-            signal[dist <= self.phash_threshold] = "phash"
-        signal[self.sha[bs] == self.sha[a]] = "exact"
+            dist = pair_phash_distance(self.phash, self.phash_mirror, np.full(n, a), bs)
+            by_hash = dist <= self.phash_threshold
+        else:
+            by_hash = np.zeros(n, bool)
+        exact = self.sha[bs] == self.sha[a]
+        signal = np.full(n, "", dtype=object)
+        signal[by_emb] = "embedding"
+        signal[by_hash] = "phash"
+        signal[exact] = "exact"
+        both_used = self.embedding_threshold is not None and self.phash_threshold is not None
+        needs_check = (by_emb ^ by_hash) & ~exact if (self.confirm and both_used) else np.zeros(n, bool)
         for t, b in enumerate(bs):
-            if signal[t]:
+            undecided = (
+                not signal[t] and self.candidate_threshold is not None and cos[t] >= self.candidate_threshold
+            )
+            if not (needs_check[t] or undecided) or self.verify is None:
                 continue
             pair = (min(a, int(b)), max(a, int(b)))
-            if pair in self.known:
-                ok = self.known[pair]
-            elif (
-                self.verify is not None
-                and self.candidate_threshold is not None
-                and cos[t] >= self.candidate_threshold
-            ):
-                ok = self.known[pair] = bool(self.verify(*pair))
+            if pair not in self.known:
+                self.known[pair] = bool(self.verify(*pair))
+            if self.known[pair]:
+                signal[t] = signal[t] or "orb"
             else:
-                continue
-            if ok:
-                signal[t] = "orb"
+                signal[t] = ""
         return signal != "", signal, cos
 
 
