@@ -8,30 +8,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from typer.core import TyperGroup
 
 from dedup.errors import UserError
-
-
-class _Group(TyperGroup):
-    """Turns :class:`UserError` into ``error: ...`` on stderr and exit code 2, with no traceback."""
-
-    def invoke(self, ctx: Any) -> Any:
-        try:
-            return super().invoke(ctx)
-        except UserError as err:
-            typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            typer.echo("interrupted: rerun the same command to resume", err=True)
-            raise typer.Exit(130) from None
-
+from dedup.options import ConfigOpt, Group, WorkdirArg, load_pipeline_config
 
 app = typer.Typer(
-    cls=_Group,
+    cls=Group,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
@@ -43,20 +28,6 @@ app = typer.Typer(
         "them offline on a bundled corpus."
     ),
 )
-
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--config", "-c", help="YAML pipeline config (see configs/); options given here override it."
-    ),
-]
-WorkdirArg = Annotated[Path, typer.Argument(help="Work directory shared by all stages.")]
-
-
-def _config(path: Path | None) -> Any:
-    from dedup.config import PipelineConfig, load_config
-
-    return load_config(path) if path is not None else PipelineConfig()
 
 
 @app.command(rich_help_panel="Stages")
@@ -133,7 +104,7 @@ def download(
     from dedup.layout import WorkDir
 
     cfg = override(
-        _config(config).download,
+        load_pipeline_config(config).download,
         url_list=str(url_list),
         input_format=input_format,
         url_col=url_col,
@@ -204,7 +175,7 @@ def embed(
     from dedup.layout import WorkDir
 
     cfg = override(
-        _config(config).embed,
+        load_pipeline_config(config).embed,
         embedder=embedder,
         model=model,
         pretrained=pretrained,
@@ -286,7 +257,7 @@ def cluster(
     from dedup.layout import WorkDir
 
     cfg = override(
-        _config(config).cluster,
+        load_pipeline_config(config).cluster,
         signals=signals.split(",") if signals else None,
         embedding_threshold=embedding_threshold,
         candidate_threshold=candidate_threshold,
@@ -347,7 +318,7 @@ def write(
     from dedup.layout import WorkDir
     from dedup.write import format_write_summary, run_write
 
-    cfg = override(_config(config).write, samples_per_shard=samples_per_shard)
+    cfg = override(load_pipeline_config(config).write, samples_per_shard=samples_per_shard)
     typer.echo(format_write_summary(run_write(cfg, WorkDir(workdir), dry_run=dry_run, progress=progress)))
 
 
@@ -376,6 +347,21 @@ def verify_cmd(
     typer.echo("ok: ledger, output shards and bytes are consistent")
 
 
+@app.command(rich_help_panel="Stages")
+def report(workdir: WorkdirArg, config: ConfigOpt = None) -> None:
+    """Write WORKDIR/report/index.html (opens from disk, no network), summary.json and PNG plots: download
+    outcome, duplicate-group sizes, threshold sweep, galleries of the largest groups and borderline pairs,
+    memorization before/after dedup, and the settings behind them. Shows what exists, says what did not run.
+    """
+    from dedup.layout import WorkDir
+    from dedup.report import run_report
+
+    work = WorkDir(workdir)
+    summary = run_report(load_pipeline_config(config).report, work)
+    ran = [k for k, v in summary["stages"].items() if v]
+    typer.echo(f"report: {work.report_dir / 'index.html'} (stages shown: {', '.join(ran) or 'none'})")
+
+
 @app.command(rich_help_panel="Pipelines")
 def demo(
     workdir: Annotated[Path, typer.Argument(help="Where the demo corpus and all outputs go.")] = Path(
@@ -394,7 +380,7 @@ def demo(
     """
     from dedup.pipeline import run_demo
 
-    run_demo(workdir, _config(config) if config else None, stages.split(",") if stages else None)
+    run_demo(workdir, load_pipeline_config(config) if config else None, stages.split(",") if stages else None)
 
 
 @app.command(rich_help_panel="Pipelines")
@@ -435,6 +421,15 @@ def status(workdir: WorkdirArg) -> None:
         )
         done = f"{len(shards)} shard(s)" if shards else "complete"
         typer.echo(f"{stage:<10} {done:<14} config {', '.join(h for h in hashes if h)}")
+
+
+def _register_attack() -> None:
+    from attack.cli import app as attack_app
+
+    app.add_typer(attack_app, name="attack", rich_help_panel="Stages")
+
+
+_register_attack()
 
 
 def main() -> None:

@@ -99,22 +99,66 @@ class WriteConfig(Section):
 
 
 class AttackConfig(Section):
-    """Before/after training of a reference DDPM and the extraction test (attack.md)."""
+    """Before/after training of a reference DDPM and the extraction test (../shared/docs/attack.md).
 
-    budget: Literal["demo", "gpu", "custom"] = "demo"
+    ``budget`` picks a preset (``demo``: ~15 minutes on 2 CPU cores; ``gpu``: larger images, model and
+    run); any field set explicitly in the YAML or on the command line overrides the preset.
+    """
+
+    budget: Literal["demo", "gpu"] = "demo"
     resolution: int = Field(16, ge=8)
     channels: int = Field(32, gt=0)
     channel_mults: list[int] = Field(default_factory=lambda: [1, 2, 2])
+    attention: bool = True
     steps: int = Field(3000, gt=0)
     batch_size: int = Field(64, gt=0)
     lr: float = Field(2e-3, gt=0)
+    warmup: int = Field(100, ge=0)
+    ema: float = Field(0.999, gt=0, lt=1)
+    schedule: Literal["linear", "cosine"] = "linear"
     seed: int = 0
     conditional: bool = True
+    caption_dropout: float = Field(0.1, ge=0, le=1)
     guidance: float = Field(3.0, ge=0)
     samples: int = Field(1000, gt=0)
     sample_steps: int = Field(25, gt=0)
-    calibrated_threshold: float = Field(1 / 3, gt=0, description="attack.md §1 (setting); default 1/3")
+    max_distinct: int | None = Field(
+        None, gt=1, description="train on at most this many near-duplicate groups (all duplicated ones kept)"
+    )
+    calibrated_threshold: float = Field(1 / 3, gt=0, description="attack.md §1 (setting): default 1/3")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+ATTACK_BUDGETS: dict[str, dict[str, Any]] = {
+    "demo": {
+        "resolution": 16,
+        "channels": 32,
+        "channel_mults": [1, 2, 2],
+        "steps": 3000,
+        "batch_size": 64,
+        "lr": 2e-3,
+        "samples": 1000,
+        "sample_steps": 25,
+        "max_distinct": 600,
+    },
+    "gpu": {
+        "resolution": 32,
+        "channels": 64,
+        "channel_mults": [1, 2, 2, 2],
+        "steps": 30000,
+        "batch_size": 128,
+        "lr": 2e-4,
+        "samples": 10000,
+        "sample_steps": 50,
+        "max_distinct": None,
+    },
+}
+
+
+def resolve_attack(cfg: AttackConfig) -> AttackConfig:
+    """The budget preset, with every field the user set explicitly on top."""
+    explicit = {k: getattr(cfg, k) for k in cfg.model_fields_set if k != "budget"}
+    return AttackConfig.model_validate({"budget": cfg.budget, **ATTACK_BUDGETS[cfg.budget], **explicit})
 
 
 class ReportConfig(Section):
@@ -184,7 +228,8 @@ def override(section: S, **options: Any) -> S:
     if not given:
         return section
     try:
-        return type(section).model_validate({**section.model_dump(), **given})
+        # only explicitly set fields carry over, so "unset" stays distinguishable (attack budgets)
+        return type(section).model_validate({**section.model_dump(exclude_unset=True), **given})
     except ValidationError as err:
         raise UserError(f"option {_first_error(err)}") from None
 

@@ -14,7 +14,7 @@ config. Layout (``NNNNN`` is a 5-digit shard id, as img2dataset names shards)::
       cluster/pairs.parquet, clusters.parquet, cluster_summary.json, evaluation.json
       dedup/NNNNN.tar, NNNNN.parquet, NNNNN_stats.json      deduplicated WebDataset
       ledger.parquet, write_summary.json
-      attack/...                                            see attack/layout.py
+      attack/{before,after}/model.pt, generations.npz, *.parquet; summary.json    (AttackDir)
       report/index.html, summary.json, *.png
       _manifest/<stage>/NNNNN.json, _manifest/<stage>.json  completion markers
 """
@@ -168,6 +168,37 @@ class WorkDir:
     @property
     def config_copy(self) -> Path:
         return self.root / "config.yaml"
+
+
+@dataclass(frozen=True)
+class AttackDir:
+    """Paths of one before/after attack run (``WORKDIR/attack`` in a pipeline)."""
+
+    root: Path
+
+    def model(self, which: str) -> Path:
+        return self.root / which / "model.pt"
+
+    def generations(self, which: str) -> Path:
+        return self.root / which / "generations.npz"
+
+    def generation_table(self, which: str) -> Path:
+        return self.root / which / "generations.parquet"
+
+    def image_table(self, which: str) -> Path:
+        return self.root / which / "training_images.parquet"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def pairs_png(self) -> Path:
+        return self.root / "extracted_pairs.png"
+
+    @property
+    def reference(self) -> Path:
+        return self.root / "reference.npz"
 
 
 def shards_in(folder: Path) -> list[int]:

@@ -66,7 +66,25 @@ def _stage_runners() -> dict[str, Callable[[PipelineConfig, WorkDir], None]]:
 
         typer.echo(format_write_summary(run_write(cfg.write, work)))
 
-    return {"download": download, "embed": embed, "cluster": cluster, "write": write}
+    def attack(cfg: PipelineConfig, work: WorkDir) -> None:
+        from attack.compare import format_compare, run_compare
+
+        typer.echo(format_compare(run_compare(work.root, work.root, work.attack_dir, cfg.attack)))
+
+    def report(cfg: PipelineConfig, work: WorkDir) -> None:
+        from dedup.report import run_report
+
+        run_report(cfg.report, work)
+        typer.echo(f"   report: {work.report_dir / 'index.html'}")
+
+    return {
+        "download": download,
+        "embed": embed,
+        "cluster": cluster,
+        "write": write,
+        "attack": attack,
+        "report": report,
+    }
 
 
 def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> WorkDir:

@@ -1,0 +1,289 @@
+"""``dedup attack ...``: train, sample, extract, compare (attack.md §4) and generate-and-filter (§3)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from dedup.errors import UserError
+from dedup.options import ConfigOpt, Group, load_pipeline_config
+
+app = typer.Typer(
+    cls=Group,
+    no_args_is_help=True,
+    help=(
+        "Measure memorization with the extraction attacks of Carlini et al. 2023 (definitions in "
+        "shared/docs/attack.md): train a reference DDPM before and after dedup and count extracted "
+        "training images, or run generate-and-filter on any generator."
+    ),
+)
+
+Budget = Annotated[
+    str | None,
+    typer.Option(help="demo (~15 min on 2 CPU cores) | gpu (32 px, larger model, longer). [default: demo]"),
+]
+Steps = Annotated[int | None, typer.Option(help="Optimizer steps. [default: from the budget]")]
+Batch = Annotated[int | None, typer.Option(help="Batch size. [default: from the budget]")]
+Resolution = Annotated[int | None, typer.Option(help="Image side in pixels. [default: from the budget]")]
+Seed = Annotated[int | None, typer.Option(help="Seed for initialisation, batches and sampling. [default: 0]")]
+Device = Annotated[str | None, typer.Option(help="auto | cpu | cuda. [default: auto]")]
+
+
+def _attack_cfg(config: Path | None, **options: Any) -> Any:
+    from dedup.config import override
+
+    return override(load_pipeline_config(config).attack, **options)
+
+
+@app.command("train")
+def train_cmd(
+    data: Annotated[
+        Path,
+        typer.Argument(help="Training shards: a folder of NNNNN.tar, or a work directory (its download/)."),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Checkpoint to write (resumes if it exists).")],
+    config: ConfigOpt = None,
+    budget: Budget = None,
+    steps: Steps = None,
+    batch_size: Batch = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (warm-up, then cosine decay).")] = None,
+    resolution: Resolution = None,
+    channels: Annotated[int | None, typer.Option(help="UNet base channels.")] = None,
+    conditional: Annotated[
+        bool | None, typer.Option(help="Condition on captions (classifier-free guidance).")
+    ] = None,
+    seed: Seed = None,
+    device: Device = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar with the loss.")] = True,
+) -> None:
+    """Train the reference DDPM on a set of shards. Checkpoints load with torch.load(weights_only=True)."""
+    from attack.compare import train_config
+    from attack.data import read_images, shard_folder
+    from attack.train import train
+    from dedup.config import resolve_attack
+
+    cfg = resolve_attack(
+        _attack_cfg(
+            config,
+            budget=budget,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            resolution=resolution,
+            channels=channels,
+            conditional=conditional,
+            seed=seed,
+            device=device,
+        )
+    )
+    images = read_images(shard_folder(data, "before"), cfg.resolution)
+    s = train(images.images, images.captions, train_config(cfg), out, progress=progress)
+    typer.echo(
+        f"trained {s['parameters'] / 1e6:.2f}M parameters on {s['images']} images for {s['steps']} steps "
+        f"in {s['seconds']:.0f} s; final loss {s['final_loss']}; checkpoint {out}"
+    )
+
+
+@app.command("sample")
+def sample_cmd(
+    model: Annotated[Path, typer.Argument(help="A checkpoint from `dedup attack train`.")],
+    n: Annotated[int, typer.Option("-n", help="Number of images.")],
+    out: Annotated[Path, typer.Option("--out", help="Generations file to write (.npz).")],
+    prompts_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="Use the captions of these shards (folder or work directory) as prompts, in order, cycled."
+        ),
+    ] = None,
+    steps: Annotated[int, typer.Option(help="DDIM steps.")] = 25,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 3.0,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+) -> None:
+    """Generate images with DDIM (deterministic for a seed)."""
+    from attack.data import read_images, shard_folder
+    from attack.sample import sample_to_file
+    from attack.train import load_checkpoint
+
+    if not model.exists():
+        raise UserError(f"{model}: no such checkpoint")
+    captions = None
+    if prompts_from is not None:
+        res = load_checkpoint(model)["config"]["unet"]["resolution"]
+        captions = read_images(shard_folder(prompts_from, "before"), res).captions
+    sample_to_file(model, out, n, captions, steps, guidance, seed, device)
+    typer.echo(f"wrote {n} generations to {out}")
+
+
+@app.command("extract")
+def extract_cmd(
+    generations: Annotated[Path, typer.Argument(help="Generations (.npz from `dedup attack sample`).")],
+    train: Annotated[
+        Path, typer.Option("--train", help="The training work directory (its download/ and clusters).")
+    ],
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for the per-generation and per-image tables.")
+    ] = None,
+    clusters: Annotated[
+        Path | None, typer.Option(help="clusters.parquet (default: the work directory's).")
+    ] = None,
+) -> None:
+    """Count training images extracted by the generations: nearest training image, l2, tiled l2,
+    calibrated l2 (alpha 0.5, n 50) and the verdicts; per training image its duplicate count k."""
+    from attack.data import reference_set
+    from attack.extract import extract
+    from attack.sample import load_generations
+    from dedup.layout import atomic_path
+
+    images, prompts = load_generations(generations)
+    reference, k, _ = reference_set(train, images.shape[1], clusters)
+    ex = extract(images, prompts, reference.images, reference.keys, k)
+    out = out or generations.parent
+    for name, table in (("generations.parquet", ex.generations), ("training_images.parquet", ex.images)):
+        with atomic_path(out / name) as tmp:
+            table.write_parquet(tmp)
+    counts = ex.counts()
+    for crit, row in counts["by_criterion"].items():
+        typer.echo(
+            f"{crit:<18} extracted {row['total']:>5}  ("
+            + ", ".join(f"k {b}: {row[b]}" for b in ("1", "2-4", "5-19", "20+"))
+            + ")"
+        )
+    c = counts["continuous"]
+    typer.echo(
+        f"generations whose nearest training image is duplicated: {c['share_nearest_duplicated']:.1%}; "
+        f"best calibrated score {c['min_calibrated']}; tables in {out}"
+    )
+
+
+@app.command("compare")
+def compare_cmd(
+    before: Annotated[
+        Path, typer.Option(help="Data as downloaded: a work directory (its download/) or shards.")
+    ],
+    after: Annotated[Path, typer.Option(help="Data after dedup: a work directory (its dedup/) or shards.")],
+    out: Annotated[Path | None, typer.Option(help="Output folder. [default: BEFORE/attack]")] = None,
+    clusters: Annotated[
+        Path | None, typer.Option(help="clusters.parquet of the before set (default: BEFORE's).")
+    ] = None,
+    config: ConfigOpt = None,
+    budget: Budget = None,
+    steps: Steps = None,
+    batch_size: Batch = None,
+    resolution: Resolution = None,
+    samples: Annotated[int | None, typer.Option(help="Generations per model.")] = None,
+    max_distinct: Annotated[
+        int | None,
+        typer.Option(help="Train on at most this many near-duplicate groups (all duplicated ones kept)."),
+    ] = None,
+    seed: Seed = None,
+    device: Device = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """The before/after experiment (attack.md §4): same model, steps, batch, seed and samples on the data
+    before and after dedup; unique training images extracted, split by duplicate count.
+
+    Writes OUT/summary.json, OUT/extracted_pairs.png and per-model tables and checkpoints.
+    """
+    from attack.compare import format_compare, run_compare
+    from dedup.layout import WorkDir
+
+    cfg = _attack_cfg(
+        config,
+        budget=budget,
+        steps=steps,
+        batch_size=batch_size,
+        resolution=resolution,
+        samples=samples,
+        max_distinct=max_distinct,
+        seed=seed,
+        device=device,
+    )
+    out = out or WorkDir(before).attack_dir
+    summary = run_compare(before, after, out, cfg, clusters, progress=progress)
+    typer.echo(format_compare(summary))
+    typer.echo(f"summary: {out / 'summary.json'}; pairs: {out / 'extracted_pairs.png'}")
+
+
+@app.command("candidates")
+def candidates_cmd(
+    workdir: Annotated[Path, typer.Argument(help="A clustered work directory.")],
+    top: Annotated[int, typer.Option(help="How many of the most-duplicated groups.")] = 100,
+    out: Annotated[
+        Path | None, typer.Option(help="Parquet to write. [default: WORKDIR/attack/candidates.parquet]")
+    ] = None,
+) -> None:
+    """The captions of the most-duplicated groups (duplicate count, kept sample, caption variants): the
+    prompts generate-and-filter tries first, as the paper took the most duplicated LAION images."""
+    from attack.generate_filter import candidates
+    from dedup.layout import WorkDir, atomic_path
+
+    work = WorkDir(workdir)
+    table = candidates(work, top)
+    out = out or work.attack_dir / "candidates.parquet"
+    with atomic_path(out) as tmp:
+        table.write_parquet(tmp)
+    typer.echo(
+        f"{table.height} candidate captions (duplicate counts {table['duplicate_count'].max()} .. "
+        f"{table['duplicate_count'].min()}) -> {out}"
+    )
+
+
+@app.command("generate-filter")
+def generate_filter_cmd(
+    generator: Annotated[
+        str,
+        typer.Option(
+            help="ddpm:CHECKPOINT | diffusers:NAME_OR_PATH | dir:FOLDER (one sub-folder per caption)."
+        ),
+    ],
+    candidates: Annotated[Path, typer.Option(help="Parquet from `dedup attack candidates`.")],
+    k: Annotated[int, typer.Option("-k", help="Generations per caption (paper: 500).")] = 50,
+    tau: Annotated[float, typer.Option(help="Edge threshold on tiled l2 (setting).")] = 0.15,
+    m: Annotated[
+        int | None, typer.Option(help="Clique size that flags a caption. [default: max(3, ceil(10K/500))]")
+    ] = None,
+    size: Annotated[
+        int | None, typer.Option(help="Compare at this resolution. [default: the generator's, <= 128]")
+    ] = None,
+    min_detail: Annotated[
+        float, typer.Option(help="Leave out generations flatter than this (0 keeps all).")
+    ] = 0.01,
+    train: Annotated[
+        Path | None,
+        typer.Option(help="Training work directory for verification. [default: the candidates' own]"),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder. [default: beside the candidates file]")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Sampling steps for ddpm/diffusers generators.")] = None,
+    guidance: Annotated[
+        float | None, typer.Option(help="Guidance scale for ddpm/diffusers generators.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Base seed; each caption gets its own range.")] = 0,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Generate K images per caption, flag captions whose generations collapse to one image (largest clique
+    of the tiled-l2 graph >= m), and verify the clique's medoid against the training images. Resumable."""
+    from attack.generate_filter import Settings, format_generate_filter, run_generate_filter
+    from attack.generators import make_generator
+
+    if k < 2:
+        raise UserError("-k must be at least 2: a clique needs generations to compare")
+    gen = make_generator(generator, steps, guidance, device)
+    out = out or candidates.parent / "generate_filter"
+    summary = run_generate_filter(
+        candidates,
+        gen,
+        Settings(k=k, tau=tau, m=m, size=size, min_detail=min_detail, seed=seed),
+        out,
+        train,
+        progress,
+    )
+    typer.echo(format_generate_filter(summary))
+    typer.echo(
+        f"per caption: {out / 'results.parquet'}; medoids and nearest training images: {out / 'captions'}"
+    )

@@ -1,0 +1,687 @@
+"""Report stage: one HTML page (works from disk: inline CSS, local thumbnails, no script, no network),
+``summary.json`` and PNG plots, for whatever stages of a work directory have run.
+
+Every number in ``summary.json`` is recomputed from the stages' parquet and JSON outputs, never copied
+from memory, and every string that came from the web (captions, URLs, keys) is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from PIL import Image
+
+from dedup.config import ReportConfig
+from dedup.errors import UserError
+from dedup.layout import AttackDir, WorkDir, atomic_path, read_json, write_json
+
+THUMB = 112
+KEPT_TAG = "<span class='tag kept'>kept</span>"
+BUCKETS = (("1", 1, 1), ("2-4", 2, 4), ("5-19", 5, 19), ("20+", 20, 10**12))
+
+
+def esc(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+# -- numbers ------------------------------------------------------------------------------------------
+
+
+def stages_present(work: WorkDir) -> dict[str, bool]:
+    attack = AttackDir(work.attack_dir)
+    return {
+        "download": bool(work.download_shards()),
+        "embed": work.embed_summary.exists(),
+        "cluster": work.clusters.exists(),
+        "evaluate": work.evaluation.exists(),
+        "write": work.ledger.exists(),
+        "attack": attack.summary.exists(),
+        "generate_filter": (work.attack_dir / "generate_filter" / "summary.json").exists(),
+    }
+
+
+def download_numbers(work: WorkDir) -> dict[str, Any]:
+    from dedup.download import FAILURE_LABELS, download_rows
+
+    rows = download_rows(work)
+    by = dict(rows.group_by("reason").len().rows())
+    return {
+        "rows": rows.height,
+        "successes": int(by.pop("success", 0)),
+        "failures": {FAILURE_LABELS.get(k, k): int(v) for k, v in sorted(by.items(), key=lambda kv: -kv[1])},
+    }
+
+
+def cluster_numbers(clusters: pl.DataFrame) -> dict[str, Any]:
+    sizes = clusters.group_by("cluster_id").agg(pl.len().alias("n"))["n"].to_numpy()
+    hist = dict(zip(*np.unique(sizes, return_counts=True), strict=True))
+    share = {}
+    for name, lo, hi in BUCKETS:
+        in_bucket = sizes[(sizes >= lo) & (sizes <= hi)]
+        share[name] = {
+            "groups": len(in_bucket),
+            "samples": int(in_bucket.sum()),
+            "share_of_samples": round(float(in_bucket.sum()) / max(1, int(sizes.sum())), 4),
+        }
+    return {
+        "samples": clusters.height,
+        "groups": len(sizes),
+        "duplicate_groups": int((sizes > 1).sum()),
+        "removed": int((~clusters["is_representative"]).sum()),
+        "largest_group": int(sizes.max()) if len(sizes) else 0,
+        "group_size_histogram": {str(int(k)): int(v) for k, v in hist.items()},
+        "by_bucket": share,
+    }
+
+
+def ledger_numbers(ledger: pl.DataFrame) -> dict[str, Any]:
+    return {
+        "input_samples": ledger.height,
+        "kept": int(ledger["kept"].sum()),
+        "removed": int((~ledger["kept"]).sum()),
+        "by_reason": dict(sorted(ledger.group_by("reason").len().rows())),
+    }
+
+
+def attack_numbers(work: WorkDir) -> dict[str, Any] | None:
+    paths = AttackDir(work.attack_dir)
+    if not paths.summary.exists():
+        return None
+    s = read_json(paths.summary)
+    out: dict[str, Any] = {
+        "settings": s["settings"],
+        "reference_images": s["reference_images"],
+        "reference_by_bucket": s["reference_by_bucket"],
+    }
+    for which in ("before", "after"):
+        table = paths.image_table(which)
+        if not table.exists():
+            continue
+        imgs = pl.read_parquet(table)
+        crits = {c[len("extracted[") : -1]: c for c in imgs.columns if c.startswith("extracted[")}
+        out[which] = {
+            "training_images": s[which]["training_images"],
+            "extracted": {
+                crit: {
+                    "total": int(imgs[col].sum()),
+                    **{name: int(imgs.filter(pl.col("bucket") == name)[col].sum()) for name, _, _ in BUCKETS},
+                }
+                for crit, col in crits.items()
+            },
+            "continuous": s[which]["continuous"],
+            "train": s[which]["train"],
+        }
+    return out
+
+
+# -- plots --------------------------------------------------------------------------------------------
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 9, "axes.spines.top": False, "axes.spines.right": False})
+    return plt
+
+
+def _save(fig, path: Path) -> str:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    return path.name
+
+
+def plot_download(numbers: dict[str, Any], out: Path) -> str:
+    plt = _plt()
+    labels = ["downloaded", *numbers["failures"]]
+    values = [numbers["successes"], *numbers["failures"].values()]
+    fig, ax = plt.subplots(figsize=(6, 0.35 * len(labels) + 0.8))
+    colors = ["#2a9d8f"] + ["#e76f51"] * (len(labels) - 1)
+    ax.barh(labels[::-1], values[::-1], color=colors[::-1])
+    for i, v in enumerate(values[::-1]):
+        ax.text(v, i, f" {v}", va="center", fontsize=8)
+    ax.set_xlabel("URLs")
+    ax.set_title("Download outcome")
+    return _save(fig, out / "download_outcome.png")
+
+
+def plot_groups(numbers: dict[str, Any], out: Path) -> str:
+    plt = _plt()
+    hist = {int(k): v for k, v in numbers["group_size_histogram"].items()}
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+    a.loglog(list(hist), list(hist.values()), "o", color="#264653", markersize=4)
+    a.set_xlabel("group size (copies of one image)")
+    a.set_ylabel("number of groups")
+    a.set_title("Duplicate-group sizes (log-log)")
+    names = [n for n, _, _ in BUCKETS]
+    shares = [numbers["by_bucket"][n]["share_of_samples"] * 100 for n in names]
+    b.bar(names, shares, color=["#8ab17d", "#e9c46a", "#f4a261", "#e76f51"])
+    for i, v in enumerate(shares):
+        b.text(i, v, f"{v:.1f}%", ha="center", va="bottom", fontsize=8)
+    b.set_xlabel("group size")
+    b.set_ylabel("% of all samples")
+    b.set_title("Share of the dataset in groups of each size")
+    fig.tight_layout()
+    return _save(fig, out / "group_sizes.png")
+
+
+def plot_sweep(sweep: pl.DataFrame, threshold: float | None, out: Path) -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot(sweep["threshold"], sweep["removed"], "o-", color="#264653", label="samples removed")
+    ax.set_xlabel("embedding cosine threshold")
+    ax.set_ylabel("samples removed")
+    if threshold is not None:
+        ax.axvline(threshold, color="#999", linestyle="--", linewidth=1)
+    if "precision" in sweep.columns:
+        ax2 = ax.twinx()
+        ax2.plot(
+            sweep["threshold"], sweep["precision"], "s-", color="#2a9d8f", label="precision", markersize=3
+        )
+        ax2.plot(sweep["threshold"], sweep["recall"], "^-", color="#e76f51", label="recall", markersize=3)
+        ax2.set_ylim(0, 1.05)
+        ax2.set_ylabel("pairwise precision / recall")
+        ax2.legend(loc="lower left", fontsize=8)
+    ax.set_title("Threshold sweep (connected components of accepted pairs)")
+    return _save(fig, out / "threshold_sweep.png")
+
+
+def plot_memorization(numbers: dict[str, Any], out: Path) -> str:
+    plt = _plt()
+    names = [n for n, _, _ in BUCKETS]
+    crits = list(numbers["before"]["extracted"])
+    fig, axes = plt.subplots(1, len(crits), figsize=(2.6 * len(crits), 3), squeeze=False)
+    for ax, crit in zip(axes[0], crits, strict=True):
+        x = np.arange(len(names))
+        b = [numbers["before"]["extracted"][crit][n] for n in names]
+        a = [numbers["after"]["extracted"][crit][n] for n in names]
+        ax.bar(x - 0.2, b, 0.4, label="before dedup", color="#e76f51")
+        ax.bar(x + 0.2, a, 0.4, label="after dedup", color="#2a9d8f")
+        ax.set_xticks(x, names)
+        ax.set_title(crit, fontsize=9)
+        ax.set_xlabel("copies in training set")
+    axes[0][0].set_ylabel("unique training images extracted")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Memorization before and after dedup")
+    fig.tight_layout()
+    return _save(fig, out / "memorization.png")
+
+
+# -- thumbnails ---------------------------------------------------------------------------------------
+
+
+def thumbnails(work: WorkDir, keys: set[str], folder: Path) -> dict[str, str]:
+    """Small JPEG files for the given sample keys (one pass over the shards); key -> relative path."""
+    from dedup.shards import iter_samples
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out: dict[str, str] = {}
+    if not keys:
+        return out
+    for shard in work.download_shards():
+        for sample in iter_samples(work.download_tar(shard)):
+            if sample.key not in keys or sample.image is None:
+                continue
+            try:
+                with Image.open(io.BytesIO(sample.image)) as im:
+                    im = im.convert("RGB")
+                    im.thumbnail((THUMB, THUMB))
+                    name = f"{len(out):05d}.jpg"
+                    im.save(folder / name, "JPEG", quality=85)
+                    out[sample.key] = f"{folder.name}/{name}"
+            except Exception:  # an undecodable image simply has no thumbnail
+                continue
+    return out
+
+
+def array_thumb(image: np.ndarray, path: Path) -> str:
+    im = Image.fromarray(image)
+    scale = max(1, THUMB // max(im.size))
+    im.resize((im.width * scale, im.height * scale), Image.NEAREST).save(path, "PNG")
+    return f"{path.parent.name}/{path.name}"
+
+
+# -- HTML ---------------------------------------------------------------------------------------------
+
+
+def _css() -> str:
+    return (Path(__file__).with_name("report.css")).read_text(encoding="utf-8")
+
+
+SECTIONS = (
+    ("download", "Download"),
+    ("duplicates", "Duplicates"),
+    ("ledger", "Ledger"),
+    ("galleries", "Galleries"),
+    ("memorization", "Memorization"),
+    ("settings", "Settings"),
+)
+NAV = "<nav>" + "".join(f'<a href="#{a}">{t}</a>' for a, t in SECTIONS) + "</nav>"
+
+
+def _card(value: str, label: str) -> str:
+    return f'<div class="card"><b>{esc(value)}</b><span>{esc(label)}</span></div>'
+
+
+def _img(src: str, alt: str) -> str:
+    return f'<img class="plot" src="{esc(src)}" alt="{esc(alt)}">'
+
+
+def _figure(src: str | None, caption: str, kept: bool = False) -> str:
+    img = f'<img src="{esc(src)}" alt="">' if src else '<img alt="no image">'
+    return f'<figure class="{"kept" if kept else ""}">{img}<figcaption>{caption}</figcaption></figure>'
+
+
+def _missing(stage: str, command: str) -> str:
+    return (
+        f'<p class="missing">The {esc(stage)} stage has not run for this work directory: '
+        f"<code>{esc(command)}</code> produces it.</p>"
+    )
+
+
+def _table(headers: list[str], rows: list[list[Any]], numeric: set[int] = frozenset()) -> str:
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>"
+        + "".join(f'<td class="{"num" if i in numeric else ""}">{esc(c)}</td>' for i, c in enumerate(r))
+        + "</tr>"
+        for r in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def run_report(config: ReportConfig, work: WorkDir) -> dict[str, Any]:
+    if not work.root.is_dir():
+        raise UserError(f"{work.root}: no such work directory")
+    out = work.report_dir
+    if out.exists():
+        shutil.rmtree(out)
+    (out / "thumbs").mkdir(parents=True)
+    present = stages_present(work)
+    summary: dict[str, Any] = {"workdir": str(work.root), "stages": present}
+    parts: list[str] = []
+    cards: list[tuple[str, str]] = []
+    settings: dict[str, Any] = {}
+
+    # download
+    if present["download"]:
+        dl = download_numbers(work)
+        summary["download"] = dl
+        cards.append((f"{dl['successes']:,}", f"of {dl['rows']:,} URLs downloaded"))
+        plot = plot_download(dl, out)
+        parts.append(
+            f'<section id="download"><h2>Download</h2><img class="plot" src="{plot}" alt="download outcome">'
+            + _table(
+                ["outcome", "URLs"],
+                [["downloaded", dl["successes"]], *[[k, v] for k, v in dl["failures"].items()]],
+                {1},
+            )
+            + "</section>"
+        )
+    else:
+        parts.append(
+            '<section id="download"><h2>Download</h2>'
+            + _missing("download", f"dedup download URL_LIST {work.root}")
+            + "</section>"
+        )
+    if work.embed_summary.exists():
+        settings["embed"] = {
+            k: v
+            for k, v in read_json(work.embed_summary).items()
+            if k in ("embedder", "model", "dim", "device", "precision")
+        }
+
+    # clusters
+    clusters = pl.read_parquet(work.clusters) if present["cluster"] else None
+    if clusters is not None:
+        cn = cluster_numbers(clusters)
+        summary["clusters"] = cn
+        cards.append((f"{cn['duplicate_groups']:,}", "groups with duplicates"))
+        cards.append((f"{cn['removed']:,}", "duplicates to remove"))
+        cs = read_json(work.cluster_summary) if work.cluster_summary.exists() else {}
+        settings["cluster"] = {
+            k: cs.get(k)
+            for k in (
+                "signals",
+                "embedding_threshold",
+                "candidate_threshold",
+                "phash_threshold",
+                "verify",
+                "confirm",
+                "grouping",
+                "representative",
+                "search",
+            )
+        }
+        plot = plot_groups(cn, out)
+        section = [
+            '<section id="duplicates"><h2>Duplicate groups</h2><div class="cards">'
+            + _card(f"{cn['groups']:,}", f"groups among {cn['samples']:,} images")
+            + _card(f"{cn['largest_group']:,}", "copies in the largest group")
+            + "</div>"
+            f'<img class="plot" src="{plot}" alt="group sizes">'
+        ]
+        if work.sweep.exists():
+            sweep = pl.read_parquet(work.sweep)
+            section.append(
+                "<h3>Threshold sweep</h3>"
+                + _img(plot_sweep(sweep, cs.get("embedding_threshold"), out), "threshold sweep")
+            )
+            headers = ["threshold", "pairs", "removed"] + (
+                ["precision", "recall"] if "precision" in sweep.columns else []
+            )
+            section.append(
+                _table(
+                    headers, [[r.get(h) for h in headers] for r in sweep.to_dicts()], set(range(len(headers)))
+                )
+            )
+        if present["evaluate"]:
+            ev = read_json(work.evaluation)
+            summary["evaluation"] = {k: ev[k] for k in ("pairwise", "removals", "per_transform") if k in ev}
+            if "pairwise" in ev:
+                pw, rm = ev["pairwise"], ev["removals"]
+                section.append(
+                    "<h3>Against the ground truth</h3>"
+                    + _table(
+                        ["", "precision", "recall"],
+                        [
+                            ["duplicate pairs", pw["precision"], pw["recall"]],
+                            ["removals", rm["precision"], rm["recall"]],
+                        ],
+                        {1, 2},
+                    )
+                )
+                if ev.get("per_transform"):
+                    section.append(
+                        _table(
+                            ["copy made by", "copies", "found", "recall"],
+                            [
+                                [t, v["copies"], v["found"], v["recall"]]
+                                for t, v in ev["per_transform"].items()
+                            ],
+                            {1, 2, 3},
+                        )
+                    )
+        section.append("</section>")
+        parts.append("".join(section))
+    else:
+        parts.append(
+            '<section id="duplicates"><h2>Duplicate groups</h2>'
+            + _missing("cluster", f"dedup cluster {work.root}")
+            + "</section>"
+        )
+
+    # write
+    if present["write"]:
+        ledger = pl.read_parquet(work.ledger)
+        ln = ledger_numbers(ledger)
+        summary["write"] = ln
+        cards.append((f"{ln['kept']:,}", f"of {ln['input_samples']:,} samples kept"))
+        parts.append(
+            '<section id="ledger"><h2>Clean dataset and ledger</h2>'
+            f"<p>{ln['kept']:,} samples kept in <code>{esc(work.dedup_dir)}</code>; "
+            "every input sample has a row in "
+            f"<code>{esc(work.ledger)}</code>.</p>"
+            + _table(["reason", "samples"], [[k, v] for k, v in ln["by_reason"].items()], {1})
+            + "</section>"
+        )
+    else:
+        parts.append(
+            '<section id="ledger"><h2>Clean dataset and ledger</h2>'
+            + _missing("write", f"dedup write {work.root}")
+            + "</section>"
+        )
+
+    # galleries (need clusters and shards)
+    attack = attack_numbers(work)
+    if clusters is not None and present["download"]:
+        parts.append(_galleries(work, clusters, config, out, attack))
+
+    # memorization
+    parts.append(_memorization(work, out, attack, summary, settings))
+
+    stage_rows = [[name, "ran" if ok else "not run"] for name, ok in present.items()]
+    summary["settings"] = settings
+    body = "".join(parts)
+    cards_html = "".join(
+        f'<div class="card"><b>{esc(v)}</b><span>{esc(label)}</span></div>' for v, label in cards
+    )
+    page = (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>dedup report: {esc(work.root.name)}</title><style>{_css()}</style></head><body>"
+        f"<header><h1>dedup report</h1><p>{esc(work.root)}</p></header>"
+        + NAV
+        + f'<main><div class="cards">{cards_html}</div>{body}'
+        '<section id="settings"><h2>Settings that produced this</h2>'
+        + _table(["stage", "status"], stage_rows)
+        + "".join(
+            f"<h3>{esc(k)}</h3><pre>{esc(json.dumps(v, indent=2, default=str))}</pre>"
+            for k, v in settings.items()
+        )
+        + "</section></main></body></html>"
+    )
+    with atomic_path(out / "index.html") as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def _galleries(
+    work: WorkDir, clusters: pl.DataFrame, config: ReportConfig, out: Path, attack: dict | None
+) -> str:
+    meta = pl.concat(
+        [
+            pl.read_parquet(work.metadata(s), columns=["key", "caption", "url", "width", "height"])
+            for s in work.download_shards()
+            if work.metadata(s).exists()
+        ]
+    )
+    df = clusters.join(meta, on="key", how="left")
+    largest = (
+        df.group_by("cluster_id")
+        .agg(pl.len().alias("n"))
+        .filter(pl.col("n") > 1)
+        .sort(["n", "cluster_id"], descending=[True, False])
+        .head(config.gallery_groups)
+    )
+    groups = df.filter(pl.col("cluster_id").is_in(largest["cluster_id"].to_list()))
+    shown = (
+        groups.sort(
+            ["cluster_id", "is_representative", "similarity_to_representative"],
+            descending=[False, True, False],
+        )
+        .group_by("cluster_id", maintain_order=True)
+        .head(9)
+    )
+    pairs = pl.read_parquet(work.pairs) if work.pairs.exists() else None
+    border = pl.DataFrame()
+    if pairs is not None:
+        cs = read_json(work.cluster_summary) if work.cluster_summary.exists() else {}
+        t = float(cs.get("embedding_threshold", 0.95))
+        border = (
+            pairs.filter(pl.col("signal") != "exact")
+            .with_columns((pl.col("similarity") - t).abs().alias("gap"))
+            .sort("gap")
+            .head(config.borderline_pairs)
+        )
+    keys = set(shown["key"].to_list()) | (
+        set(border["key_a"].to_list()) | set(border["key_b"].to_list()) if border.height else set()
+    )
+    thumbs = thumbnails(work, keys, out / "thumbs")
+    info = {r["key"]: r for r in df.iter_rows(named=True)}
+    html_parts = [
+        '<section id="galleries"><h2>Galleries</h2><h3>Largest duplicate groups</h3>'
+        "<p>The kept image has a green frame; the others are removed as its duplicates.</p>"
+    ]
+    for cid in largest["cluster_id"].to_list():
+        members = shown.filter(pl.col("cluster_id") == cid)
+        n = int(largest.filter(pl.col("cluster_id") == cid)["n"][0])
+        figs = []
+        for r in members.iter_rows(named=True):
+            label = (
+                KEPT_TAG
+                if r["is_representative"]
+                else f"<span class='tag dup'>{esc(r['signal'])} "
+                f"{r['similarity_to_representative']:.3f}</span>"
+            )
+            figs.append(_figure(thumbs.get(r["key"]), f"{label}{esc(r['caption'])}", r["is_representative"]))
+        more = f"<p>… and {n - members.height} more copies</p>" if n > members.height else ""
+        html_parts.append(
+            f'<div class="group"><b>group {cid}</b>: {n} copies'
+            f'<div class="strip">{"".join(figs)}</div>{more}</div>'
+        )
+    if border.height:
+        html_parts.append("<h3>Borderline pairs near the threshold</h3><div class='pairs'>")
+        for r in border.iter_rows(named=True):
+            verdict = "duplicate" if r["duplicate"] else "kept apart"
+            cells = []
+            for side in ("key_a", "key_b"):
+                k = r[side]
+                kept = bool(info.get(k, {}).get("is_representative"))
+                tag = KEPT_TAG if kept else ""
+                cells.append(_figure(thumbs.get(k), tag + esc(info.get(k, {}).get("caption")), kept))
+            orb = f", ORB inliers {r['orb_inliers']}" if r.get("orb_inliers") is not None else ""
+            html_parts.append(
+                f"<div class='pair'>{''.join(cells)}<div><b>{esc(verdict)}</b>"
+                f"<br>cosine {r['similarity']:.3f}"
+                f"<br>pHash distance {r['phash_distance']}{esc(orb)}<br>signal {esc(r['signal'])}</div></div>"
+            )
+        html_parts.append("</div>")
+    html_parts.append("</section>")
+    return "".join(html_parts)
+
+
+def _memorization(work: WorkDir, out: Path, attack: dict | None, summary: dict, settings: dict) -> str:
+    parts = ['<section id="memorization"><h2>Memorization risk</h2>']
+    clusters = pl.read_parquet(work.clusters) if work.clusters.exists() else None
+    if attack is None:
+        parts.append(_missing("attack", f"dedup attack compare --before {work.root} --after {work.root}"))
+    else:
+        summary["attack"] = attack
+        settings["attack"] = attack["settings"]
+        if "before" in attack and "after" in attack:
+            parts.append(_img(plot_memorization(attack, out), "memorization before and after"))
+            names = [n for n, _, _ in BUCKETS]
+            rows = []
+            for crit in attack["before"]["extracted"]:
+                for which in ("before", "after"):
+                    e = attack[which]["extracted"][crit]
+                    rows.append(
+                        [crit if which == "before" else "", which, *[e[n] for n in names], e["total"]]
+                    )
+            parts.append(
+                "<h3>Unique training images extracted, by copies in the training set before dedup</h3>"
+                + _table(["criterion", "model", *names, "total"], rows, {2, 3, 4, 5, 6})
+            )
+            cb, ca = attack["before"]["continuous"], attack["after"]["continuous"]
+            parts.append(
+                f"<p>Generations whose nearest training image is a duplicated one: before "
+                f"{cb['share_nearest_duplicated']:.1%}, after {ca['share_nearest_duplicated']:.1%}. "
+                f"Best calibrated score: before {esc(cb['min_calibrated'])}, "
+                f"after {esc(ca['min_calibrated'])} "
+                f"(extracted at ≤ {esc(attack['settings'].get('primary_threshold'))}).</p>"
+            )
+            parts.append(_extracted_pairs(work, out))
+    if clusters is not None:
+        parts.append(_risk_table(work, clusters, out))
+    gf = work.attack_dir / "generate_filter" / "summary.json"
+    if gf.exists():
+        g = read_json(gf)
+        summary["generate_filter"] = g
+        settings["generate_filter"] = g["settings"]
+        parts.append(
+            f"<h3>Generate-and-filter ({esc(g['generator'])})</h3>"
+            + _table(
+                ["copies", "captions", "flagged", "verified"],
+                [[n, v["captions"], v["flagged"], v["verified"]] for n, v in g["by_bucket"].items()],
+                {1, 2, 3},
+            )
+        )
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _extracted_pairs(work: WorkDir, out: Path) -> str:
+    from attack.sample import load_generations
+
+    paths = AttackDir(work.attack_dir)
+    if not paths.reference.exists():
+        return ""
+    with np.load(paths.reference, allow_pickle=True) as ref:
+        ref_images = ref["images"]
+    html_parts = ["<h3>Closest (training image, generation) pairs</h3><div class='pairs'>"]
+    for which in ("before", "after"):
+        if not paths.image_table(which).exists() or not paths.generations(which).exists():
+            continue
+        gens, _ = load_generations(paths.generations(which))
+        imgs = (
+            pl.read_parquet(paths.image_table(which))
+            .filter(pl.col("best_generation").is_not_null())
+            .sort("best_calibrated")
+            .head(6)
+        )
+        for r in imgs.iter_rows(named=True):
+            a = array_thumb(ref_images[r["index"]], out / "thumbs" / f"{which}_train_{r['index']}.png")
+            b = array_thumb(
+                gens[r["best_generation"]], out / "thumbs" / f"{which}_gen_{r['best_generation']}.png"
+            )
+            flag = "extracted" if r.get("extracted[calibrated<=1/3]") else "not extracted"
+            pair = _figure(a, "training, k=" + esc(r["k"])) + _figure(b, esc(which) + " model")
+            html_parts.append(
+                f"<div class='pair'>{pair}<div><b>{esc(flag)}</b><br>calibrated {r['best_calibrated']:.3f}"
+                f"<br>l2 {r['best_l2']:.3f}</div></div>"
+            )
+    html_parts.append("</div>")
+    return "".join(html_parts)
+
+
+def _risk_table(work: WorkDir, clusters: pl.DataFrame, out: Path) -> str:
+    """Per-group risk: duplicate count, and the attack's verdict on the group's kept image where it ran."""
+    paths = AttackDir(work.attack_dir)
+    top = (
+        clusters.filter(pl.col("is_representative"))
+        .sort(["cluster_size", "cluster_id"], descending=[True, False])
+        .head(15)
+        .select("key", "cluster_id", "cluster_size")
+    )
+    results: dict[str, dict[str, Any]] = {}
+    for which in ("before", "after"):
+        if paths.image_table(which).exists():
+            t = pl.read_parquet(paths.image_table(which))
+            for r in t.iter_rows(named=True):
+                results.setdefault(r["key"], {})[which] = r
+    rows = []
+    for r in top.iter_rows(named=True):
+        res = results.get(r["key"], {})
+        cells = [r["cluster_id"], r["cluster_size"]]
+        for which in ("before", "after"):
+            x = res.get(which)
+            cells.append(
+                "-"
+                if x is None or x.get("best_calibrated") is None
+                else f"{x['best_calibrated']:.2f}"
+                + (" extracted" if x.get("extracted[calibrated<=1/3]") else "")
+            )
+        rows.append(cells)
+    note = (
+        ""
+        if results
+        else "<p>The attack has not scored these groups; the duplicate count alone is the risk "
+        "(extraction concentrates on images duplicated ~100 times or more, attack.md §3).</p>"
+    )
+    return (
+        "<h3>Risk per duplicate group (most copies first)</h3>"
+        + note
+        + _table(["group", "copies", "best calibrated l2, before", "after"], rows, {1})
+    )

@@ -1,0 +1,55 @@
+"""Extraction on constructed generations: noisy copies of some training images among unrelated ones."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from attack.extract import extract
+
+
+def test_exactly_the_copied_images_are_extracted_with_their_k():
+    rng = np.random.default_rng(0)
+    n_train = 80
+    # smooth random training images at 16x16 (upsampled 4x4 noise): realistic neighbourhood distances
+    small = rng.random((n_train, 4, 4, 3))
+    train = np.repeat(np.repeat(small, 4, axis=1), 4, axis=2)
+    train = (np.clip(train, 0, 1) * 255).astype(np.uint8)
+    keys = [f"img{i:03d}" for i in range(n_train)]
+    k = np.ones(n_train, dtype=int)
+    k[[3, 10, 11]] = [40, 7, 2]
+    copied = [3, 10, 11, 50]  # 50 is a singleton that gets copied too
+    gens, prompts = [], []
+    for i in copied:  # two near-verbatim generations of each copied image
+        for _ in range(2):
+            noisy = train[i].astype(float) + rng.normal(0, 1.0, train[i].shape)
+            gens.append(np.clip(noisy, 0, 255).astype(np.uint8))
+            prompts.append(f"prompt {i}")
+    unrelated = (rng.random((30, 16, 16, 3)) * 255).astype(np.uint8)  # noise: near nothing
+    gens.extend(unrelated)
+    prompts.extend(["noise"] * len(unrelated))
+    ex = extract(np.stack(gens), prompts, train, keys, k)
+
+    col = "extracted[calibrated<=1/3]"
+    extracted = ex.images.filter(pl.col(col)).sort("index")
+    assert extracted["index"].to_list() == copied
+    assert extracted["k"].to_list() == [40, 7, 2, 1]
+    assert extracted["times_nearest"].min() >= 2
+    counts = ex.counts()["by_criterion"]["calibrated<=1/3"]
+    assert counts == {"total": 4, "1": 1, "2-4": 1, "5-19": 1, "20+": 1}  # unique images, not generations
+    gen = ex.generations
+    assert gen.filter(pl.col("prompt") == "noise")[col].sum() == 0
+    assert (gen["tiled_l2"] >= gen["l2"] - 1e-9).all()
+    # the per-image table agrees with the per-generation table
+    for row in extracted.iter_rows(named=True):
+        best = gen.filter(pl.col("generation") == row["best_generation"])
+        assert best["nearest_index"][0] == row["index"] and best["calibrated"][0] == row["best_calibrated"]
+    assert ex.settings["neighbours_used"] == 50 and ex.settings["alpha"] == 0.5
+
+
+def test_small_reference_sets_say_they_used_every_image():
+    rng = np.random.default_rng(1)
+    train = (rng.random((10, 16, 16, 3)) * 255).astype(np.uint8)
+    ex = extract(train[:2], ["a", "b"], train, [str(i) for i in range(10)], np.ones(10, dtype=int))
+    assert ex.settings["neighbours_used"] == 9 and "all 9 others" in ex.settings["note"]
+    assert ex.generations["l2"].to_list() == [0.0, 0.0]
