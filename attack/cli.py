@@ -14,10 +14,11 @@ app = typer.Typer(
     cls=Group,
     no_args_is_help=True,
     help=(
-        "Measure memorization with the extraction attacks of Carlini et al. 2023 (definitions in "
-        "shared/docs/attack.md): train a reference DDPM before and after dedup and count extracted "
-        "training images, or run generate-and-filter on any generator."
+        "Measure memorization with the extraction attacks of Carlini et al. 2023.\n\n"
+        "Definitions in shared/docs/attack.md: train a reference DDPM before and after dedup and count "
+        "extracted training images (compare), or run generate-and-filter on any generator."
     ),
+    short_help="Measure memorization: before/after DDPM extraction, generate-and-filter.",
 )
 
 Budget = Annotated[
@@ -130,8 +131,11 @@ def extract_cmd(
         Path | None, typer.Option(help="clusters.parquet (default: the work directory's).")
     ] = None,
 ) -> None:
-    """Count training images extracted by the generations: nearest training image, l2, tiled l2,
-    calibrated l2 (alpha 0.5, n 50) and the verdicts; per training image its duplicate count k."""
+    """Count the training images a set of generations extracts.
+
+    Per generation: nearest training image, l2, tiled l2, calibrated l2 (alpha 0.5, n 50) and the
+    verdicts; per training image: its duplicate count k, its best generation, extracted or not.
+    """
     from attack.data import reference_set
     from attack.extract import extract
     from attack.sample import load_generations
@@ -182,10 +186,11 @@ def compare_cmd(
     device: Device = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
-    """The before/after experiment (attack.md §4): same model, steps, batch, seed and samples on the data
-    before and after dedup; unique training images extracted, split by duplicate count.
+    """Train the same DDPM before and after dedup and count the training images each one leaks.
 
-    Writes OUT/summary.json, OUT/extracted_pairs.png and per-model tables and checkpoints.
+    The protocol of attack.md §4: same architecture, resolution, steps, batch, seed, prompts and sample
+    count; unique training images extracted, split by duplicate count. Writes OUT/summary.json,
+    OUT/extracted_pairs.png, per-model tables and checkpoints.
     """
     from attack.compare import format_compare, run_compare
     from dedup.layout import WorkDir
@@ -215,8 +220,11 @@ def candidates_cmd(
         Path | None, typer.Option(help="Parquet to write. [default: WORKDIR/attack/candidates.parquet]")
     ] = None,
 ) -> None:
-    """The captions of the most-duplicated groups (duplicate count, kept sample, caption variants): the
-    prompts generate-and-filter tries first, as the paper took the most duplicated LAION images."""
+    """List the captions of the most-duplicated groups, the prompts to attack first.
+
+    Duplicate count, kept sample and caption variants per group, as the paper took the most duplicated
+    LAION images.
+    """
     from attack.generate_filter import candidates
     from dedup.layout import WorkDir, atomic_path
 
@@ -266,8 +274,11 @@ def generate_filter_cmd(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Generate K images per caption, flag captions whose generations collapse to one image (largest clique
-    of the tiled-l2 graph >= m), and verify the clique's medoid against the training images. Resumable."""
+    """Black-box generate-and-filter on any generator (attack.md §3).
+
+    K images per caption; a caption is flagged when its generations collapse to one image (largest clique
+    of the tiled-l2 graph >= m) and verified when the clique's medoid matches a training image. Resumable.
+    """
     from attack.generate_filter import Settings, format_generate_filter, run_generate_filter
     from attack.generators import make_generator
 

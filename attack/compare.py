@@ -23,9 +23,9 @@ from attack.data import AttackSets, attack_sets
 from attack.extract import BUCKETS, Extraction, extract
 from attack.model import UNetConfig
 from attack.sample import load_generations, sample_to_file
-from attack.train import TrainConfig, train
+from attack.train import TrainConfig, data_digest, train
 from dedup.config import AttackConfig, resolve_attack
-from dedup.layout import AttackDir, atomic_path, write_json
+from dedup.layout import AttackDir, atomic_path, config_hash, read_json, write_json
 
 WHICH = ("before", "after")
 
@@ -70,6 +70,18 @@ def run_compare(
     paths = AttackDir(out)
     started = time.time()
     sets = attack_sets(before, after, cfg.resolution, clusters, cfg.max_distinct, cfg.seed)
+    stage_key = config_hash(
+        {
+            "config": cfg.model_dump(mode="json"),
+            "before": data_digest(sets.before.images, sets.before.captions),
+            "after": data_digest(sets.after.images, sets.after.captions),
+            "reference": sets.reference.keys,
+        }
+    )
+    if paths.summary.exists():
+        previous = read_json(paths.summary)
+        if previous.get("stage_key") == stage_key:
+            return {**previous, "skipped": True}
     with atomic_path(paths.reference) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(
             f,
@@ -121,6 +133,7 @@ def run_compare(
             **ex.counts(),
         }
     summary = {
+        "stage_key": stage_key,
         "protocol": "Carlini et al. 2023 §5/§7.1 as in attack.md §4",
         "settings": {
             **cfg.model_dump(mode="json"),
@@ -235,4 +248,8 @@ def format_compare(summary: dict[str, Any]) -> str:
     )
     if summary["settings"].get("note"):
         lines.append(f"  note: {summary['settings']['note']}")
+    if summary.get("skipped"):
+        lines.insert(
+            0, "up to date: same settings and training data as the last run (models and samples reused)"
+        )
     return "\n".join(lines)

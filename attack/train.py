@@ -9,6 +9,7 @@ batch size and seed).
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import time
 from contextlib import nullcontext
@@ -91,15 +92,17 @@ def train(
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     start, seconds, losses = 0, 0.0, []
+    digest = data_digest(images, captions)
     if out.exists():
         ckpt = load_checkpoint(out, device)
-        if ckpt["config"] == _config_dict(cfg) and ckpt["step"] < cfg.steps:
+        same = ckpt["config"] == _config_dict(cfg) and ckpt.get("data") == digest
+        if same and ckpt["step"] < cfg.steps:
             model.load_state_dict(ckpt["model"])
             ema.load_state_dict(ckpt["ema"])
             opt.load_state_dict(ckpt["optimizer"])
             gen.set_state(ckpt["generator"].to(gen.get_state().device))
             start, seconds, losses = ckpt["step"], ckpt["seconds"], list(ckpt["losses"])
-        elif ckpt["config"] == _config_dict(cfg):
+        elif same:
             return summary(ckpt)
     x = to_tensor(images).to(device)
     tokens = tokenize(captions, cfg.unet.vocab, cfg.unet.max_tokens).to(device)
@@ -132,13 +135,21 @@ def train(
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         done = step + 1
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            _save(out, model, ema, opt, gen, cfg, done, seconds + time.time() - began, losses, len(x))
+            _save(out, model, ema, opt, gen, cfg, done, seconds + time.time() - began, losses, len(x), digest)
     return summary(load_checkpoint(out))
 
 
-def _save(out, model, ema, opt, gen, cfg, step, seconds, losses, n_images) -> None:
+def data_digest(images: np.ndarray, captions: list[str]) -> str:
+    """What the model was trained on: a checkpoint only resumes on the same images and captions."""
+    h = hashlib.sha256(np.ascontiguousarray(images).tobytes())
+    h.update("\n".join(captions).encode())
+    return h.hexdigest()[:16]
+
+
+def _save(out, model, ema, opt, gen, cfg, step, seconds, losses, n_images, digest) -> None:
     state = {
         "config": _config_dict(cfg),
+        "data": digest,
         "step": step,
         "seconds": seconds,
         "losses": [float(v) for v in losses],

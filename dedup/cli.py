@@ -245,6 +245,7 @@ def cluster(
         ),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    force: Annotated[bool, typer.Option("--force", help="Recompute even if nothing changed.")] = False,
 ) -> None:
     """Find near-duplicate groups and choose one image to keep per group.
 
@@ -269,7 +270,7 @@ def cluster(
         representative=representative,
         against=str(against) if against else None,
     )
-    typer.echo(format_cluster_summary(run_cluster(cfg, WorkDir(workdir), progress=progress)))
+    typer.echo(format_cluster_summary(run_cluster(cfg, WorkDir(workdir), progress=progress, force=force)))
 
 
 @app.command(rich_help_panel="Inspect")
@@ -283,7 +284,9 @@ def evaluate(
         ),
     ] = None,
 ) -> None:
-    """Score the clusters against ground truth (precision, recall, F1; per transformation) and print a
+    """Score the groups against ground truth and sweep the threshold.
+
+    Prints precision, recall and F1 (pairwise and of the removals, per transformation where known) and a
     threshold sweep (threshold -> pairs, samples removed, precision, recall) to choose a threshold from data.
     """
     from dedup.evaluate import format_evaluation, run_evaluate
@@ -349,9 +352,11 @@ def verify_cmd(
 
 @app.command(rich_help_panel="Stages")
 def report(workdir: WorkdirArg, config: ConfigOpt = None) -> None:
-    """Write WORKDIR/report/index.html (opens from disk, no network), summary.json and PNG plots: download
-    outcome, duplicate-group sizes, threshold sweep, galleries of the largest groups and borderline pairs,
-    memorization before/after dedup, and the settings behind them. Shows what exists, says what did not run.
+    """Write the HTML report, summary.json and plots for WORKDIR.
+
+    WORKDIR/report/index.html opens from disk (no server, no network): download outcome, duplicate-group
+    sizes, threshold sweep, galleries of the largest groups and borderline pairs, memorization before
+    and after dedup, and the settings behind them. It shows what exists and says what did not run.
     """
     from dedup.layout import WorkDir
     from dedup.report import run_report

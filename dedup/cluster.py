@@ -36,7 +36,7 @@ from dedup.config import ClusterConfig
 from dedup.embed import OK, embeddings_memmap, load_metadata
 from dedup.errors import UserError
 from dedup.grouping import PairOracle, group
-from dedup.layout import WorkDir, atomic_path, read_json, write_json, write_marker
+from dedup.layout import WorkDir, atomic_path, is_complete, read_json, read_marker, write_json, write_marker
 from dedup.representatives import RankContext
 from dedup.search import Candidates, pair_phash_distance, phash_candidates, search
 
@@ -128,10 +128,43 @@ def _top_k_mask(c: Candidates, k: int) -> np.ndarray:
     return mask
 
 
-def run_cluster(config: ClusterConfig, work: WorkDir, progress: bool = True) -> dict[str, Any]:
-    """Find the groups and write pairs.parquet, clusters.parquet and the summary."""
+def _stage_key(config: ClusterConfig, work: WorkDir) -> dict[str, Any]:
+    """The config and the embed outputs it reads: the cluster stage is done while both are unchanged."""
+    embedded = [
+        (
+            s,
+            (read_marker(work, "embed", s) or {}).get("config_hash"),
+            (read_marker(work, "embed", s) or {}).get("rows"),
+        )
+        for s in work.download_shards()
+    ]
+    reference = None
+    if config.against:
+        other = WorkDir(config.against)
+        reference = [
+            (s, (read_marker(other, "embed", s) or {}).get("config_hash")) for s in other.download_shards()
+        ]
+    return {"config": config.model_dump(mode="json"), "embedded": embedded, "reference": reference}
+
+
+def run_cluster(
+    config: ClusterConfig, work: WorkDir, progress: bool = True, force: bool = False
+) -> dict[str, Any]:
+    """Find the groups and write pairs.parquet, clusters.parquet and the summary (skipped when the config
+    and the embeddings are what produced the files already there)."""
+    key = _stage_key(config, work)
+    if (
+        not force
+        and is_complete(work, "cluster", None, key)
+        and work.clusters.exists()
+        and work.pairs.exists()
+    ):
+        summary = read_json(work.cluster_summary)
+        return {**summary, "skipped": True}
     try:
-        return _run_cluster(config, work, progress)
+        summary = _run_cluster(config, work, progress)
+        write_marker(work, "cluster", None, key, clusters=summary["clusters"], removed=summary["removed"])
+        return summary
     finally:
         # the memory-mapped copies of the vectors are scratch: derived, and as large as the embeddings
         for name in ("_embeddings.f16.npy", "_reference.f16.npy"):
@@ -299,7 +332,6 @@ def _run_cluster(config: ClusterConfig, work: WorkDir, progress: bool) -> dict[s
         summary["reference_matches"] = reference.height
         summary["reference_removed"] = int(clusters["reference_key"].is_not_null().sum())
     write_json(work.cluster_summary, summary)
-    write_marker(work, "cluster", None, config, clusters=summary["clusters"], removed=summary["removed"])
     return summary
 
 
@@ -486,6 +518,11 @@ def _summary(config, info, method, t_emb, t_cand, rows, clusters, pairs, inliers
 
 
 def format_cluster_summary(s: dict[str, Any]) -> str:
+    if s.get("skipped"):
+        return (
+            f"up to date: {s['clusters']} groups, {s['removed']} duplicates to remove "
+            "(config and embeddings unchanged since the last run; --force reruns)"
+        )
     by = ", ".join(f"{k} {v}" for k, v in s["removed_by_signal"].items()) or "-"
     return (
         f"{s['clustered']} images in {s['clusters']} groups; {s['duplicate_clusters']} groups have "

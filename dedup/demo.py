@@ -79,6 +79,74 @@ _SUBJECTS = {
     "mvtbdata": "scene",
 }
 
+# Scraped captions are mostly unique phrases; numbers alone would make every caption look alike to a
+# caption-conditioned model. Each base gets a distinct three-word phrase.
+_ADJECTIVES = (
+    "amber",
+    "ancient",
+    "bright",
+    "calm",
+    "cozy",
+    "crisp",
+    "dusty",
+    "faded",
+    "gentle",
+    "golden",
+    "hazy",
+    "hidden",
+    "lonely",
+    "misty",
+    "modern",
+    "muted",
+    "narrow",
+    "pale",
+    "quiet",
+    "rough",
+    "rustic",
+    "shaded",
+    "silver",
+    "soft",
+    "sunlit",
+    "tidy",
+    "vivid",
+    "warm",
+    "weathered",
+    "wild",
+    "woven",
+    "airy",
+)
+_NOUNS = (
+    "afternoon",
+    "alcove",
+    "arch",
+    "balcony",
+    "bench",
+    "corner",
+    "courtyard",
+    "doorway",
+    "field",
+    "garden",
+    "hallway",
+    "harbor",
+    "horizon",
+    "lantern",
+    "meadow",
+    "morning",
+    "orchard",
+    "passage",
+    "porch",
+    "ridge",
+    "shelf",
+    "shore",
+    "stairway",
+    "studio",
+    "terrace",
+    "thicket",
+    "valley",
+    "village",
+    "window",
+    "workshop",
+)
 CAPTION_VARIANTS = (
     "{c}",
     "{c} | stock photo",
@@ -187,12 +255,27 @@ def make_bases(config: DemoConfig) -> list[Base]:
         candidates.append([tiles[i] for i in order])
     bases: list[Base] = []
     depth = 0
+    phrases = _phrases(config.distinct, np.random.default_rng(config.seed + 1))
     while len(bases) < config.distinct and any(depth < len(c) for c in candidates):
         bases.extend(c[depth] for c in candidates if depth < len(c))
         depth += 1
     if len(bases) < config.distinct:
         raise UserError(f"demo: only {len(bases)} distinct tiles available, {config.distinct} asked for")
-    return bases[: config.distinct]
+    return [
+        Base(b.image, f"{phrase}, {b.caption}", b.source) for b, phrase in zip(bases, phrases, strict=False)
+    ]
+
+
+def _phrases(n: int, rng: np.random.Generator) -> list[str]:
+    seen: set[str] = set()
+    out = []
+    while len(out) < n:
+        a, b = rng.choice(len(_ADJECTIVES), size=2, replace=False)
+        phrase = f"{_ADJECTIVES[a]} {_ADJECTIVES[b]} {_NOUNS[rng.integers(len(_NOUNS))]}"
+        if phrase not in seen:
+            seen.add(phrase)
+            out.append(phrase)
+    return out
 
 
 def copy_counts(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -269,8 +352,9 @@ def build_corpus(config: DemoConfig, work: WorkDir, failures: bool = True) -> di
     site = demo / "site"
     site.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
+    hostile = int(np.argmax(counts))  # untrusted text on the most visible group: the report must escape it
     for gid, (base, n) in enumerate(zip(bases, counts, strict=True)):
-        caption = HOSTILE_CAPTION if gid == 7 else base.caption
+        caption = HOSTILE_CAPTION if gid == hostile else base.caption
         original = _encode(base.image, "jpg", 90)
         name = f"img/{gid:05d}_00.jpg"
         (site / name).parent.mkdir(parents=True, exist_ok=True)
