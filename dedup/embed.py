@@ -274,6 +274,8 @@ def format_embed_summary(s: dict[str, Any]) -> str:
         f"embedded {s['run_images']} images in {s['run_seconds']:.1f} s ({ips} images/s) on {s['device']} "
         f"[{s['precision']}] with {s['model']} (dim {s['dim']}); {s['skipped_shards']} shard(s) already done"
     )
+    if s["embedder"] == "descriptor":
+        line += "\n  weight-free descriptors (no CLIP weights): a standardised colour thumbnail per image"
     if bad:
         line += "\n  not embedded: " + ", ".join(f"{k} x{v}" for k, v in sorted(bad.items()))
     return line
