@@ -53,9 +53,20 @@ def train_config(cfg: AttackConfig) -> TrainConfig:
 
 
 def prompts_for(sets: AttackSets, cfg: AttackConfig) -> list[str] | None:
-    """One prompt per reference image (its kept caption), cycled to the sample count: the same list
-    for both models."""
-    return list(sets.reference.captions) if cfg.conditional else None
+    """The prompt list both models are sampled with, cycled to the sample count: every reference
+    image's kept caption once, and the captions of duplicated groups ``duplicated_prompt_repeats``
+    times.
+
+    Spending more generations on duplicated captions follows the paper's targeting (attack.md §3.1:
+    the attack goes after the most-duplicated captions): on the demo budget one generation per
+    caption rarely lands on its image even when the model has memorized it, while the best of 8 does
+    (bench/RESULTS.md, "Attack"). Singletons still get one generation each, and the list is the same
+    for the before and after model, so the comparison stays like for like.
+    """
+    if not cfg.conditional:
+        return None
+    repeats = np.where(sets.k > 1, cfg.duplicated_prompt_repeats, 1)
+    return [c for c, r in zip(sets.reference.captions, repeats, strict=True) for _ in range(int(r))]
 
 
 def run_compare(
@@ -246,8 +257,16 @@ def format_compare(summary: dict[str, Any]) -> str:
         f"threshold {summary['settings']['primary_threshold']}, alpha {summary['settings']['alpha']}, "
         f"n {summary['settings']['neighbours_used']} (centre: the training image)"
     )
-    if summary["settings"].get("note"):
-        lines.append(f"  note: {summary['settings']['note']}")
+    st = summary["settings"]
+    if st.get("conditional", True):
+        lines.append(
+            f"  {st['samples']} generations per model ({st['sample_steps']} DDIM steps, "
+            f"guidance {st['guidance']}), "
+            f"prompted with every reference caption once and each duplicated group's caption "
+            f"{st.get('duplicated_prompt_repeats', 1)} times"
+        )
+    if st.get("note"):
+        lines.append(f"  note: {st['note']}")
     if summary.get("skipped"):
         lines.insert(
             0, "up to date: same settings and training data as the last run (models and samples reused)"

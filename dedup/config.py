@@ -107,10 +107,10 @@ class AttackConfig(Section):
 
     budget: Literal["demo", "gpu"] = "demo"
     resolution: int = Field(16, ge=8)
-    channels: int = Field(32, gt=0)
+    channels: int = Field(24, gt=0)
     channel_mults: list[int] = Field(default_factory=lambda: [1, 2, 2])
     attention: bool = True
-    steps: int = Field(3000, gt=0)
+    steps: int = Field(1200, gt=0)
     batch_size: int = Field(64, gt=0)
     lr: float = Field(2e-3, gt=0)
     warmup: int = Field(100, ge=0)
@@ -120,8 +120,11 @@ class AttackConfig(Section):
     conditional: bool = True
     caption_dropout: float = Field(0.1, ge=0, le=1)
     guidance: float = Field(3.0, ge=0)
-    samples: int = Field(1000, gt=0)
-    sample_steps: int = Field(25, gt=0)
+    samples: int = Field(1700, gt=0)
+    duplicated_prompt_repeats: int = Field(
+        8, ge=1, description="prompts per caption of a duplicated group (singletons get one); attack.md §3.1"
+    )
+    sample_steps: int = Field(15, gt=0)
     max_distinct: int | None = Field(
         None, gt=1, description="train on at most this many near-duplicate groups (all duplicated ones kept)"
     )
@@ -131,14 +134,18 @@ class AttackConfig(Section):
 
 ATTACK_BUDGETS: dict[str, dict[str, Any]] = {
     "demo": {
+        # Measured on the 2-core machine (bench/RESULTS.md, "Attack"): a 1.4M-parameter UNet at
+        # ~0.31 s per step and ~45 ms per 15-step DDIM sample, so two models of 1200 steps and 1,700
+        # generations each (600 reference captions: 446 singletons once, 154 duplicated ones 8 times)
+        # take about 15 minutes together.
         "resolution": 16,
-        "channels": 32,
+        "channels": 24,
         "channel_mults": [1, 2, 2],
-        "steps": 3000,
+        "steps": 1200,
         "batch_size": 64,
         "lr": 2e-3,
-        "samples": 1000,
-        "sample_steps": 25,
+        "samples": 1700,
+        "sample_steps": 15,
         "max_distinct": 600,
     },
     "gpu": {
