@@ -104,7 +104,7 @@ def _best(fn, repeats: int = 3) -> float:
     return min(times)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work, keys = build(Path(tmp) / "w")
         tars = [work.download_tar(s) for s in range(SHARDS)]

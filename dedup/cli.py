@@ -305,6 +305,10 @@ def write(
     samples_per_shard: Annotated[
         int | None, typer.Option(help="Samples per output shard. [default: 10000]")
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Shards written at once; the output does not depend on it. [default: 4]"),
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Only say what would be removed (samples, bytes, by reason).")
     ] = False,
@@ -321,7 +325,7 @@ def write(
     from dedup.layout import WorkDir
     from dedup.write import format_write_summary, run_write
 
-    cfg = override(load_pipeline_config(config).write, samples_per_shard=samples_per_shard)
+    cfg = override(load_pipeline_config(config).write, samples_per_shard=samples_per_shard, workers=workers)
     typer.echo(format_write_summary(run_write(cfg, WorkDir(workdir), dry_run=dry_run, progress=progress)))
 
 

@@ -96,6 +96,7 @@ class ClusterConfig(Section):
 
 class WriteConfig(Section):
     samples_per_shard: int = Field(10_000, gt=0)
+    workers: int = Field(4, ge=1, description="shards written at once (copies overlap other shards' fsync)")
 
 
 class AttackConfig(Section):

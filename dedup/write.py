@@ -16,6 +16,7 @@ import mmap
 import os
 import tarfile
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,7 +157,7 @@ def _shard_config(config: WriteConfig, spans: list[Span], work: WorkDir) -> dict
         digest.update(f"{s.key}:{s.shard}:{s.start}:{s.end};".encode())
     inputs = sorted({s.shard for s in spans})
     sizes = {shard_name(i): work.download_tar(i).stat().st_size for i in inputs}
-    return {"config": config.model_dump(), "plan": digest.hexdigest(), "inputs": sizes}
+    return {"config": config.model_dump(exclude={"workers"}), "plan": digest.hexdigest(), "inputs": sizes}
 
 
 def _ranges(spans: list[Span]) -> list[tuple[int, int, int]]:
@@ -297,12 +298,21 @@ def run_write(
         [pl.read_parquet(work.download_parquet(s)) for s in work.download_shards()], how="diagonal_relaxed"
     ).filter(pl.col("key").is_in(list(kept)))
     todo = [i for i, spans in enumerate(plan) if not shard_done(work, i, spans, config)]
-    with tqdm(
-        total=sum(len(plan[i]) for i in todo), unit="sample", desc="write", disable=not progress or not todo
-    ) as bar:
-        for i in todo:
-            write_shard(work, i, plan[i], rows, ledger, config)
-            bar.update(len(plan[i]))
+    with (
+        tqdm(
+            total=sum(len(plan[i]) for i in todo),
+            unit="sample",
+            desc="write",
+            disable=not progress or not todo,
+        ) as bar,
+        ThreadPoolExecutor(max_workers=max(1, config.workers)) as pool,
+    ):
+        # Shards are independent files: while one waits on fsync, the kernel copies the next. Each
+        # shard's bytes depend only on the plan, so the output is identical for any worker count.
+        futures = {pool.submit(write_shard, work, i, plan[i], rows, ledger, config): i for i in todo}
+        for done in as_completed(futures):
+            done.result()
+            bar.update(len(plan[futures[done]]))
     _remove_extra_shards(work, len(plan))
     summary = {
         **report,
@@ -312,7 +322,14 @@ def run_write(
         "seconds": round(time.time() - started, 3),
     }
     write_json(work.write_summary, summary)
-    write_marker(work, "write_stage", None, config, kept=summary["kept"], removed=summary["removed"])
+    write_marker(
+        work,
+        "write_stage",
+        None,
+        config.model_dump(exclude={"workers"}),
+        kept=summary["kept"],
+        removed=summary["removed"],
+    )
     return summary
 
 

@@ -88,6 +88,18 @@ def test_same_input_same_bytes(small_demo, tmp_path):
         assert work.dedup_tar(s).read_bytes() == small_demo.dedup_tar(s).read_bytes()
 
 
+def test_output_does_not_depend_on_writer_count(small_demo, tmp_path):
+    outputs = []
+    for workers in (1, 4):
+        work = _copy(small_demo, tmp_path / f"w{workers}")
+        shutil.rmtree(work.dedup_dir)
+        shutil.rmtree(work.manifest_dir / "write")
+        run_write(WriteConfig(samples_per_shard=40, workers=workers), work, progress=False)
+        outputs.append({s: work.dedup_tar(s).read_bytes() for s in shards_in(work.dedup_dir)})
+    assert len(outputs[0]) > 4
+    assert outputs[0] == outputs[1]
+
+
 @pytest.mark.parametrize("corruption", ["missing key", "duplicated key", "changed byte"])
 def test_verify_catches_planted_corruption(small_demo, tmp_path, cli, corruption):
     work = _copy(small_demo, tmp_path / "w")
