@@ -675,7 +675,9 @@ def _risk_table(work: WorkDir, clusters: pl.DataFrame, out: Path) -> str:
             )
         rows.append(cells)
     note = (
-        ""
+        "<p>Best calibrated l2 among the generations whose nearest training image is the group's kept "
+        "image (lower is closer to a copy; extracted at 1/3). A dash: no generation of that model "
+        "landed nearest to it.</p>"
         if results
         else "<p>The attack has not scored these groups; the duplicate count alone is the risk "
         "(extraction concentrates on images duplicated ~100 times or more, attack.md §3).</p>"
