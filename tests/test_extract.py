@@ -53,3 +53,16 @@ def test_small_reference_sets_say_they_used_every_image():
     ex = extract(train[:2], ["a", "b"], train, [str(i) for i in range(10)], np.ones(10, dtype=int))
     assert ex.settings["neighbours_used"] == 9 and "all 9 others" in ex.settings["note"]
     assert ex.generations["l2"].to_list() == [0.0, 0.0]
+
+
+def test_prompt_list_weights_duplicated_captions():
+    from attack.compare import prompts_for
+    from attack.data import AttackSets, ImageSet
+    from dedup.config import AttackConfig
+
+    images = np.zeros((3, 4, 4, 3), np.uint8)
+    ref = ImageSet(images, ["a", "b", "c"], ["one copy", "twenty copies", "two copies"])
+    sets = AttackSets(ref, ref, ref, np.array([1, 20, 2]), "")
+    prompts = prompts_for(sets, AttackConfig(duplicated_prompt_repeats=3))
+    assert sorted(prompts) == sorted(["one copy"] + ["twenty copies"] * 3 + ["two copies"] * 3)
+    assert prompts_for(sets, AttackConfig(conditional=False)) is None
