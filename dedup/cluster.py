@@ -176,9 +176,10 @@ def _run_cluster(config: ClusterConfig, work: WorkDir, progress: bool) -> dict[s
     info = embed_info(work)
     embedder = str(info.get("embedder"))
     t_emb, t_cand = thresholds(config, embedder)
-    meta_all = load_metadata(work)
-    ok = (meta_all["status"] == OK).to_numpy()
-    meta = meta_all.filter(ok)
+    meta_all = load_metadata(work).with_row_index("_embed_row")
+    # Key order, not shard order: img2dataset writes samples in download-completion order, while its
+    # keys follow the URL list, so "first seen" and every tie-break mean the same on any rerun.
+    meta = meta_all.filter(pl.col("status") == OK).sort("key")
     n = meta.height
     if n == 0:
         raise UserError(f"{work.embed_dir}: no successfully embedded images to cluster")
@@ -194,7 +195,8 @@ def _run_cluster(config: ClusterConfig, work: WorkDir, progress: bool) -> dict[s
     unique = np.flatnonzero(canonical == np.arange(n))
     u_of_row = np.full(n, -1, dtype=np.int64)
     u_of_row[unique] = np.arange(len(unique))
-    x = embeddings_memmap(work, np.flatnonzero(ok)[unique], work.cluster_dir / "_embeddings.f16.npy")
+    embed_rows = meta["_embed_row"].to_numpy().astype(np.int64)
+    x = embeddings_memmap(work, embed_rows[unique], work.cluster_dir / "_embeddings.f16.npy")
     phash = meta["phash"].to_numpy().astype(np.uint64)[unique]
     phash_m = meta["phash_mirror"].to_numpy().astype(np.uint64)[unique]
 

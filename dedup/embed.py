@@ -307,9 +307,11 @@ def load_metadata(work: WorkDir) -> pl.DataFrame:
 
 
 def embeddings_memmap(work: WorkDir, rows: np.ndarray, out: Path) -> np.ndarray:
-    """The embeddings of the given global rows (ascending), gathered shard by shard into one float16
-    file and memory-mapped, so that RAM holds one shard at a time, never all vectors."""
+    """The embeddings of the given global rows (in the order given), gathered shard by shard into one
+    float16 file and memory-mapped, so that RAM holds one shard at a time, never all vectors."""
     rows = np.asarray(rows, dtype=np.int64)
+    order = np.argsort(rows, kind="stable")
+    rows = rows[order]
     shards = work.download_shards()
     dim = np.load(work.img_emb(shards[0]), mmap_mode="r").shape[1]
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -319,7 +321,7 @@ def embeddings_memmap(work: WorkDir, rows: np.ndarray, out: Path) -> np.ndarray:
         arr = np.load(work.img_emb(shard), mmap_mode="r")
         lo, hi = np.searchsorted(rows, [offset, offset + len(arr)])
         if hi > lo:
-            dest[written : written + hi - lo] = arr[rows[lo:hi] - offset]
+            dest[order[written : written + hi - lo]] = arr[rows[lo:hi] - offset]
             written += hi - lo
         offset += len(arr)
     dest.flush()

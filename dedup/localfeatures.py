@@ -21,6 +21,7 @@ import numpy as np
 SIDE = 256
 RATIO = 0.8
 RANSAC_PX = 3.0
+RANSAC_SEED = 12345
 MAX_ROTATION_DEG = 20.0
 SCALE_RANGE = (0.5, 2.0)
 
@@ -81,6 +82,9 @@ class OrbVerifier:
             return 0
         src = fa.points[[m.queryIdx for m in good]]
         dst = fb.points[[m.trainIdx for m in good]]
+        # RANSAC draws from OpenCV's per-thread RNG; reseeding per pair makes a pair's verdict
+        # independent of how many pairs were checked before it (input order, resumed runs).
+        cv2.setRNGSeed(RANSAC_SEED)
         transform, mask = cv2.estimateAffinePartial2D(
             src, dst, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PX
         )

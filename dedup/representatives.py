@@ -4,7 +4,8 @@ Each policy orders a group best-first; ties always fall back to first-seen order
 deterministic.
 
 * ``resolution``: the largest original image (pixels), the copy least degraded by resizing.
-* ``first``: the first seen (shard, then row order): stable across reruns and easy to reason about.
+* ``first``: the first seen, in key order (img2dataset's keys follow the URL list): stable across
+  reruns and easy to reason about.
 * ``centroid``: closest to the group's mean embedding, the most typical member.
 * ``farthest``: farthest from the mean (SemDeDup's "hard" variant), keeping the most unusual member.
 * ``caption``: the member whose caption overlaps most with the others' captions (mean word Jaccard),

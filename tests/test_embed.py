@@ -217,3 +217,12 @@ def test_precomputed_import_round_trips(tmp_path):
     meta2, emb2 = load_embeddings(other)
     assert meta2["key"].to_list() == meta["key"].to_list()
     assert np.allclose(emb2, emb, atol=2e-3)
+
+
+def test_embeddings_memmap_returns_rows_in_the_order_asked(small_demo, tmp_path):
+    from dedup.embed import embeddings_memmap
+
+    whole = np.concatenate([np.load(small_demo.img_emb(s)) for s in small_demo.download_shards()])
+    rows = np.array([len(whole) - 1, 0, 7, 3])
+    got = embeddings_memmap(small_demo, rows, tmp_path / "x.npy")
+    assert np.array_equal(np.asarray(got), whole[rows])
