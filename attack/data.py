@@ -78,7 +78,9 @@ def read_images(folder: Path, resolution: int, keys: set[str] | None = None) -> 
             captions.append(sample.caption or "")
     if not images:
         raise UserError(f"{folder}: no decodable images")
-    return ImageSet(np.stack(images), out_keys, captions)
+    # key order: shards hold samples in download-completion order, which must not change the model
+    order = sorted(range(len(out_keys)), key=out_keys.__getitem__)
+    return ImageSet(np.stack(images)[order], [out_keys[i] for i in order], [captions[i] for i in order])
 
 
 @dataclass
