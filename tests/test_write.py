@@ -154,7 +154,8 @@ def test_sigkill_during_write_then_rerun_is_byte_identical(small_demo, tmp_path)
         stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 120
-    while not killed.marker("write", 5).exists():
+    markers = killed.manifest_dir / "write"
+    while len(list(markers.glob("*.json"))) < 6:  # shards finish out of order with several writers
         assert proc.poll() is None and time.time() < deadline
         time.sleep(0.002)
     os.kill(proc.pid, signal.SIGKILL)
