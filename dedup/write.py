@@ -151,13 +151,18 @@ def plan_shards(index: dict[int, list[Span]], kept: set[str], samples_per_shard:
     return [ordered[i : i + samples_per_shard] for i in range(0, len(ordered), samples_per_shard)]
 
 
+def _output_config(config: WriteConfig) -> dict[str, Any]:
+    """The settings the output depends on (not the writer count)."""
+    return config.model_dump(exclude={"workers"})
+
+
 def _shard_config(config: WriteConfig, spans: list[Span], work: WorkDir) -> dict[str, Any]:
     digest = hashlib.sha256()
     for s in spans:
         digest.update(f"{s.key}:{s.shard}:{s.start}:{s.end};".encode())
     inputs = sorted({s.shard for s in spans})
     sizes = {shard_name(i): work.download_tar(i).stat().st_size for i in inputs}
-    return {"config": config.model_dump(exclude={"workers"}), "plan": digest.hexdigest(), "inputs": sizes}
+    return {"config": _output_config(config), "plan": digest.hexdigest(), "inputs": sizes}
 
 
 def _ranges(spans: list[Span]) -> list[tuple[int, int, int]]:
@@ -305,7 +310,7 @@ def run_write(
             desc="write",
             disable=not progress or not todo,
         ) as bar,
-        ThreadPoolExecutor(max_workers=max(1, config.workers)) as pool,
+        ThreadPoolExecutor(max_workers=config.workers) as pool,
     ):
         # Shards are independent files: while one waits on fsync, the kernel copies the next. Each
         # shard's bytes depend only on the plan, so the output is identical for any worker count.
@@ -326,7 +331,7 @@ def run_write(
         work,
         "write_stage",
         None,
-        config.model_dump(exclude={"workers"}),
+        _output_config(config),
         kept=summary["kept"],
         removed=summary["removed"],
     )
