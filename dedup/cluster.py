@@ -223,36 +223,6 @@ def _run_cluster(config: ClusterConfig, work: WorkDir, progress: bool) -> dict[s
         pi, pj = np.concatenate([pi, hi]), np.concatenate([pj, hj])
     pairs = pl.DataFrame({"i": pi, "j": pj}).unique().sort("i", "j")
     pi, pj = pairs["i"].to_numpy(), pairs["j"].to_numpy()
-    cos = pair_cosine(x, pi, pj, mirror)
-    dist = pair_phash_distance(phash, phash_m, pi, pj)
-    signal = np.full(len(pi), "", dtype=object)
-    if "embedding" in use:
-        signal[cos >= t_emb] = "embedding"
-    if "phash" in use:
-        signal[dist <= config.phash_threshold] = "phash"
-
-    # local-feature verification of undecided pairs
-    inliers = np.full(len(pi), -1, dtype=np.int64)
-    verifier = None
-    oracle_known: dict[tuple[int, int], bool] = {}
-    if config.verify == "orb":
-        from dedup.localfeatures import OrbVerifier
-
-        undecided = (signal == "") & (cos >= t_cand)
-        band = Candidates(pi[undecided], pj[undecided], cos[undecided])
-        chosen = np.flatnonzero(undecided)[_top_k_mask(band, VERIFY_TOP_K)]
-        verifier = OrbVerifier(min_inliers=config.orb_min_inliers)
-        involved = (
-            np.unique(np.concatenate([pi[chosen], pj[chosen]])) if len(chosen) else np.zeros(0, np.int64)
-        )
-        _add_images(work, meta, unique, u_of_row, verifier, involved)
-        for t in chosen:
-            inliers[t] = verifier.verify(int(pi[t]), int(pj[t]))
-            oracle_known[(int(pi[t]), int(pj[t]))] = bool(inliers[t] >= config.orb_min_inliers)
-        signal[(inliers >= config.orb_min_inliers) & (signal == "")] = "orb"
-    accepted = signal != ""
-
-    # group the unique images, then hang exact copies on their first-seen copy
     area = (
         meta.select(
             pl.coalesce(pl.col("original_width"), pl.col("width")).cast(pl.Int64)
@@ -263,6 +233,11 @@ def _run_cluster(config: ClusterConfig, work: WorkDir, progress: bool) -> dict[s
         .to_numpy()
     )
     ctx = RankContext(x, area[unique], unique.astype(np.int64), [meta["caption"][int(r)] for r in unique])
+    verifier = None
+    if config.verify == "orb":
+        from dedup.copydetect import CopyVerifier
+
+        verifier = CopyVerifier(min_inliers=config.orb_min_inliers)
     oracle = PairOracle(
         embeddings=x,
         sha=np.arange(len(unique)),
@@ -272,12 +247,27 @@ def _run_cluster(config: ClusterConfig, work: WorkDir, progress: bool) -> dict[s
         phash_threshold=config.phash_threshold if "phash" in use else None,
         mirror_view=mirror,
         candidate_threshold=t_cand if verifier is not None else None,
-        verify=(lambda a, b: verifier.verify(a, b) >= config.orb_min_inliers)
-        if verifier is not None
-        else None,
-        known=oracle_known,
+        examine=verifier.examine if verifier is not None else None,
         confirm=config.confirm,
+        derived=config.derived,
     )
+    signal, check, cos = oracle.proposed(pi, pj)
+    dist = pair_phash_distance(phash, phash_m, pi, pj)
+    if verifier is not None:
+        # Undecided pairs are verified only among each sample's most similar candidates; every pair
+        # a global signal proposed is verified (under confirm).
+        band = check & (signal == "")
+        chosen_band = np.flatnonzero(band)[
+            _top_k_mask(Candidates(pi[band], pj[band], cos[band]), VERIFY_TOP_K)
+        ]
+        check = (check & (signal != "")) | np.isin(np.arange(len(pi)), chosen_band)
+        involved = np.unique(np.concatenate([pi[check], pj[check]])) if check.any() else np.zeros(0, np.int64)
+        _add_images(work, meta, unique, u_of_row, verifier, involved)
+        _verify_pairs(oracle, pi[check], pj[check], progress)
+    proposed = signal.copy()
+    _, signal, _ = oracle.decide_pairs(pi, pj, verify=check)
+    accepted = signal != ""
+
     if verifier is not None:
         # The grouping may verify any member against its representative: load those images too.
         from dedup.grouping import components
@@ -311,7 +301,9 @@ def _run_cluster(config: ClusterConfig, work: WorkDir, progress: bool) -> dict[s
             pl.lit(None, dtype=pl.Float32).alias("reference_similarity"),
         )
 
-    pair_table = _pair_table(keys, unique, pi, pj, signal, cos, dist, inliers, canonical, exact_copy)
+    pair_table = _pair_table(
+        keys, unique, pi, pj, proposed, signal, cos, dist, oracle.evidence, canonical, exact_copy
+    )
     with atomic_path(work.pairs) as tmp:
         pair_table.write_parquet(tmp)
     with atomic_path(work.clusters) as tmp:
@@ -326,7 +318,7 @@ def _run_cluster(config: ClusterConfig, work: WorkDir, progress: bool) -> dict[s
         meta_all.height,
         clusters,
         pair_table,
-        inliers,
+        oracle.evidence,
         time.time() - started,
     )
     if reference is not None:
@@ -335,6 +327,15 @@ def _run_cluster(config: ClusterConfig, work: WorkDir, progress: bool) -> dict[s
         summary["reference_removed"] = int(clusters["reference_key"].is_not_null().sum())
     write_json(work.cluster_summary, summary)
     return summary
+
+
+def _verify_pairs(oracle: PairOracle, i: np.ndarray, j: np.ndarray, progress: bool) -> None:
+    """Fill the oracle's evidence for these pairs (the slow part: decoding, keypoints, alignment)."""
+    from tqdm import tqdm
+
+    for a, b in tqdm(zip(i.tolist(), j.tolist(), strict=True), total=len(i), unit="pair",
+                     desc="verify", disable=not progress or len(i) < 200):  # fmt: skip
+        oracle.check(a, b)
 
 
 def _add_images(work, meta, unique, u_of_row, verifier, ids: np.ndarray) -> None:
@@ -454,42 +455,73 @@ def _cluster_table(keys, rep_keys, link, link_sim) -> pl.DataFrame:
     return df.select(list(CLUSTER_SCHEMA)).cast(CLUSTER_SCHEMA).sort("cluster_id", "key")
 
 
-def _pair_table(keys, unique, pi, pj, signal, cos, dist, inliers, canonical, exact_copy) -> pl.DataFrame:
-    ka, kb = keys[unique[pi]], keys[unique[pj]]
+EVIDENCE_COLUMNS = {
+    "orb_inliers": pl.Int64,
+    "inlier_ratio": pl.Float32,
+    "coverage": pl.Float32,
+    "pixel_match": pl.Float32,
+    "color_match": pl.Float32,
+    "verdict": pl.String,
+}
+
+
+def _evidence_columns(pi: np.ndarray, pj: np.ndarray, evidence: dict) -> dict[str, list]:
+    """The copy verifier's evidence per pair (nulls where a pair was not verified)."""
+    cols: dict[str, list] = {c: [] for c in EVIDENCE_COLUMNS}
+    for a, b in zip(pi.tolist(), pj.tolist(), strict=True):
+        e = evidence.get((min(a, b), max(a, b)))
+        cols["orb_inliers"].append(e.inliers if e else None)
+        cols["inlier_ratio"].append(round(e.inlier_ratio, 4) if e else None)
+        cols["coverage"].append(round(e.coverage, 4) if e else None)
+        cols["pixel_match"].append(round(e.pixel_match, 4) if e else None)
+        cols["color_match"].append(round(e.color_match, 4) if e else None)
+        cols["verdict"].append(e.verdict if e else None)
+    return cols
+
+
+def _pair_table(
+    keys, unique, pi, pj, proposed, signal, cos, dist, evidence, canonical, exact_copy
+) -> pl.DataFrame:
+    """Every candidate pair with its signals, the verifier's evidence and the final decision."""
+    schema = {
+        "key_a": pl.String,
+        "key_b": pl.String,
+        "proposed_by": pl.String,
+        "signal": pl.String,
+        "similarity": pl.Float32,
+        "phash_distance": pl.Int64,
+        **EVIDENCE_COLUMNS,
+    }
     cand = pl.DataFrame(
         {
-            "key_a": ka,
-            "key_b": kb,
+            "key_a": keys[unique[pi]],
+            "key_b": keys[unique[pj]],
+            "proposed_by": [s if s else "none" for s in proposed],
             "signal": [s if s else "none" for s in signal],
             "similarity": cos.astype(np.float32),
             "phash_distance": dist.astype(np.int64),
-            "orb_inliers": pl.Series(inliers, dtype=pl.Int64).replace(-1, None),
+            **_evidence_columns(pi, pj, evidence),
         },
-        schema={
-            "key_a": pl.String,
-            "key_b": pl.String,
-            "signal": pl.String,
-            "similarity": pl.Float32,
-            "phash_distance": pl.Int64,
-            "orb_inliers": pl.Int64,
-        },
+        schema=schema,
     )
     copies = np.flatnonzero(exact_copy)
+    n = len(copies)
     exact = pl.DataFrame(
         {
             "key_a": keys[canonical[copies]],
             "key_b": keys[copies],
-            "signal": ["exact"] * len(copies),
-            "similarity": np.ones(len(copies), dtype=np.float32),
-            "phash_distance": np.zeros(len(copies), dtype=np.int64),
-            "orb_inliers": pl.Series([None] * len(copies), dtype=pl.Int64),
+            "proposed_by": ["exact"] * n,
+            "signal": ["exact"] * n,
+            "similarity": np.ones(n, dtype=np.float32),
+            "phash_distance": np.zeros(n, dtype=np.int64),
+            **{c: [None] * n for c in EVIDENCE_COLUMNS},
         },
-        schema=cand.schema,
+        schema=schema,
     )
     return pl.concat([exact, cand]).with_columns((pl.col("signal") != "none").alias("duplicate"))
 
 
-def _summary(config, info, method, t_emb, t_cand, rows, clusters, pairs, inliers, seconds) -> dict[str, Any]:
+def _summary(config, info, method, t_emb, t_cand, rows, clusters, pairs, evidence, seconds) -> dict[str, Any]:
     multi = clusters.filter(pl.col("cluster_size") > 1)
     by_signal = clusters.filter(~pl.col("is_representative")).group_by("signal").len().sort("signal").rows()
     return {
@@ -502,8 +534,9 @@ def _summary(config, info, method, t_emb, t_cand, rows, clusters, pairs, inliers
         "removed_by_signal": {s: c for s, c in by_signal},
         "candidate_pairs": int((pairs["signal"] != "exact").sum()),
         "duplicate_pairs": int(pairs["duplicate"].sum()),
-        "verified_pairs": int((inliers >= 0).sum()),
-        "verified_passed": int((inliers >= config.orb_min_inliers).sum()),
+        "verified_pairs": len(evidence),
+        "verified_copies": sum(e.verdict == "copy" for e in evidence.values()),
+        "verified_derived": sum(e.verdict == "derived" for e in evidence.values()),
         "search": method,
         "embedder": info.get("embedder"),
         "model": info.get("model"),
@@ -513,6 +546,7 @@ def _summary(config, info, method, t_emb, t_cand, rows, clusters, pairs, inliers
         "signals": list(config.signals),
         "verify": config.verify,
         "confirm": config.confirm,
+        "derived": config.derived,
         "grouping": config.grouping,
         "representative": config.representative,
         "seconds": round(seconds, 2),
@@ -530,7 +564,8 @@ def format_cluster_summary(s: dict[str, Any]) -> str:
         f"{s['clustered']} images in {s['clusters']} groups; {s['duplicate_clusters']} groups have "
         f"duplicates (largest {s['largest_cluster']}); {s['removed']} duplicates to remove ({by})\n"
         f"  search {s['search']}, {s['candidate_pairs']} candidate pairs, {s['verified_pairs']} verified "
-        f"with local features ({s['verified_passed']} passed); "
+        f"by aligned pixels ({s['verified_copies']} copies, {s['verified_derived']} derived: "
+        f"{s['derived']}); "
         f"thresholds: cosine {s['embedding_threshold']}, pHash {s['phash_threshold']}; "
         f"grouping {s['grouping']}, keep {s['representative']}; "
         f"{s['seconds']:.1f} s"

@@ -79,9 +79,16 @@ class ClusterConfig(Section):
     phash_threshold: int = Field(10, ge=0, le=64)
     verify: Literal["none", "orb"] = "orb"
     confirm: bool = Field(
-        True, description="with verify: orb, a pair only one of pHash and embedding accepts must pass ORB too"
+        True,
+        description="with verify: orb, every pair pHash or the embedding proposes must also be verified "
+        "as a copy (aligned pixels agree); off: global signals alone accept",
     )
-    orb_min_inliers: int = Field(15, ge=4)
+    derived: Literal["keep", "remove"] = Field(
+        "keep",
+        description="images derived from another (recoloured, an element added or removed, a large "
+        "overlay): keep them as distinct (default), or remove them as duplicates",
+    )
+    orb_min_inliers: int = Field(8, ge=4, description="ORB inliers for a keypoint alignment to be tried")
     k: int = Field(32, gt=0, description="neighbours searched per sample")
     search: Literal["auto", "exact", "ivf"] = "auto"
     exact_max: int = Field(50_000, gt=0, description="auto switches to IVF above this many samples")

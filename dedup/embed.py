@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from dedup.config import EmbedConfig
 from dedup.errors import UserError
-from dedup.hashing import phash_pair, sha256
+from dedup.hashing import phash_pair, sha256, trim_border
 from dedup.layout import (
     WorkDir,
     atomic_path,
@@ -58,11 +58,14 @@ METADATA_SCHEMA = {
     "tar_end": pl.Int64,
 }
 OK = "ok"
+VIEW = "trim-border-v2"
 
 
 def _stage_config(config: EmbedConfig) -> dict[str, Any]:
     # Workers and batch size change speed, not results: leave them out of the marker's config.
-    return config.model_dump(exclude={"workers", "batch_size", "device"})
+    # ``view`` names how an image is looked at before hashing and embedding (borders trimmed since
+    # v2): embeddings made another way are redone, never mixed with new ones.
+    return {**config.model_dump(exclude={"workers", "batch_size", "device"}), "view": VIEW}
 
 
 def shard_done(work: WorkDir, shard: int, config: EmbedConfig) -> bool:
@@ -118,6 +121,7 @@ def prepare_sample(sample: Sample, prepare: Callable[[Image.Image], np.ndarray] 
         facts["status"] = f"decode_error: {str(err).strip()[:120] or type(err).__name__}"
         return facts, None
     facts["width"], facts["height"] = rgb.size
+    rgb = trim_border(rgb)  # a letterboxed or padded copy hashes and embeds like its original
     facts["phash"], facts["phash_mirror"] = phash_pair(rgb)
     facts["status"] = OK
     return facts, (prepare(rgb) if prepare is not None else None)

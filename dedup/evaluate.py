@@ -97,6 +97,37 @@ def removal_scores(df: pl.DataFrame) -> dict[str, float | int]:
     }
 
 
+def group_outcomes(df: pl.DataFrame) -> dict[str, float | int]:
+    """What a user loses and keeps, by true group: a group is *lost* when none of its members is kept
+    (a distinct image deleted as a copy of another), and *left with copies* when two or more are."""
+    kept = df.with_columns((pl.col("key") == pl.col("representative_key")).alias("_kept"))
+    per = kept.group_by("group").agg(pl.col("_kept").sum().alias("kept"), pl.len().alias("size"))
+    groups = per.height
+    lost = int((per["kept"] == 0).sum())
+    left = int((per["kept"] >= 2).sum())
+    duplicated = int((per["size"] >= 2).sum())
+    return {
+        "groups": groups,
+        "distinct_lost": lost,
+        "distinct_lost_share": round(lost / groups, 4) if groups else 0.0,
+        "duplicated_groups": duplicated,
+        "copies_left": left,
+        "copies_left_share": round(left / duplicated, 4) if duplicated else 0.0,
+    }
+
+
+def per_column(df: pl.DataFrame, column: str) -> dict[str, dict[str, float | int]]:
+    """Distinct images lost and copies found, per value of ``column`` (a source, a family)."""
+    if column not in df.columns:
+        return {}
+    out = {}
+    for (value,), part in df.group_by(column):
+        groups = part["group"].unique()
+        whole = df.filter(pl.col("group").is_in(groups.to_list()))
+        out[str(value)] = group_outcomes(whole)
+    return dict(sorted(out.items()))
+
+
 def per_transform(df: pl.DataFrame) -> dict[str, dict[str, float | int]]:
     """Share of copies grouped with their original, by how the copy was made."""
     if "transform" not in df.columns or "copy" not in df.columns:
@@ -114,7 +145,7 @@ def _join_truth(samples: pl.DataFrame, truth: pl.DataFrame, path: Path) -> pl.Da
     on = "key" if "key" in truth.columns else "url" if "url" in truth.columns else None
     if on is None or "group" not in truth.columns:
         raise UserError(f"{path}: ground truth needs 'group' and 'key' or 'url' columns (or labelled pairs)")
-    keep = [c for c in (on, "group", "transform", "copy") if c in truth.columns]
+    keep = [c for c in (on, "group", "transform", "copy", "source") if c in truth.columns]
     t = truth.select(keep).filter(pl.col("group") >= 0).unique(on, keep="first")
     return samples.join(t, on=on, how="inner")
 
@@ -179,6 +210,8 @@ def run_evaluate(work: WorkDir, ground_truth: Path | None) -> dict[str, Any]:
                 truth_df["cluster_id"].to_numpy(), truth_df["group"].to_numpy()
             )
             result["removals"] = removal_scores(truth_df)
+            result["outcomes"] = group_outcomes(truth_df)
+            result["per_source"] = per_column(truth_df, "source")
             result["per_transform"] = per_transform(truth_df)
     table = sweep(work, samples, truth_df, summary)
     table.write_parquet(work.sweep)
@@ -218,6 +251,12 @@ def format_evaluation(r: dict[str, Any]) -> str:
             f"  removals          precision {rm['precision']:.3f}  recall {rm['recall']:.3f}  "
             f"({rm['removed_correctly']} of {rm['removed']} removals right; "
             f"{rm['true_duplicates']} duplicates planted)"
+        )
+        oc = r["outcomes"]
+        lines.append(
+            f"  distinct images lost {oc['distinct_lost']} of {oc['groups']} "
+            f"({100 * oc['distinct_lost_share']:.1f} %); groups left with copies {oc['copies_left']} "
+            f"of {oc['duplicated_groups']} duplicated"
         )
         if r["per_transform"]:
             lines.append(

@@ -4,20 +4,22 @@ If A~B and B~C but A and C are not alike, plain connected components put all thr
 on real photos chains through look-alikes (two grass tiles, two views of one wall) can merge
 unrelated images into one giant group. The policies:
 
-* ``components``: connected components of the accepted pairs, the loosest reading.
+* ``components``: connected components of the accepted pairs, the loosest reading (the pairs are
+  still the oracle's: with a verifier, only verified pairs link).
 * ``representative`` (default): within a component, the best-ranked member is the representative and
   keeps only members that are *directly* duplicates of it; the rest are split off and grouped again
   the same way among themselves. Every member of a group is a direct duplicate of what is kept.
 * ``semdedup``: SemDeDup's rule: walk the component best-ranked first; a member is dropped when it is
   a duplicate of any member ranked above it, and joins that member's group.
 
-"Directly duplicates" is decided per pair by :class:`PairOracle` from the same signals as the pairs.
+"Directly duplicates" is decided per pair by :class:`PairOracle`, the same decision as the pairs'.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy.sparse import coo_matrix
@@ -37,12 +39,19 @@ def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     return labels.astype(np.int64)
 
 
+DERIVED_POLICIES = ("keep", "remove")
+
+
 @dataclass
 class PairOracle:
-    """Decides whether two samples are duplicates, and by which signal.
+    """The one place that decides whether two samples are duplicates, and by which signal.
 
-    ``verify`` (optional) is called for pairs that the cheap signals leave undecided but that are
-    similar enough (``candidate_threshold``) to deserve a look; its answers are cached.
+    Every grouping policy and the pair table ask it. Same bytes decide alone. The global signals
+    (pHash distance, embedding cosine) *propose* a pair; with a copy verifier (``examine``) and
+    ``confirm``, a proposed pair is a duplicate only when the verifier calls it a copy (or a derived
+    image under ``derived: remove``): global signals cannot tell a copy from another photo of the
+    same subject. Pairs no global signal proposes but similar enough (``candidate_threshold``) are
+    verified too, which recovers crops. Verdicts are cached in ``evidence``.
     """
 
     embeddings: np.ndarray
@@ -53,59 +62,84 @@ class PairOracle:
     phash_threshold: int | None
     mirror_view: Callable[[np.ndarray], np.ndarray] | None = None
     candidate_threshold: float | None = None
-    verify: Callable[[int, int], bool] | None = None
-    known: dict[tuple[int, int], bool] = field(default_factory=dict)
+    examine: Callable[[int, int], Any] | None = None  # (a, b) -> copydetect.Evidence
     confirm: bool = True
+    derived: str = "keep"
+    evidence: dict[tuple[int, int], Any] = field(default_factory=dict)
 
-    def cosine(self, a: int, bs: np.ndarray) -> np.ndarray:
-        x = np.asarray(self.embeddings[a], dtype=np.float32)
-        others = np.asarray(self.embeddings[bs], dtype=np.float32)
-        sims = others @ x
-        if self.mirror_view is not None:
-            sims = np.maximum(sims, self.mirror_view(others) @ x)
+    def cosine_pairs(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        a = np.asarray(self.embeddings[i], dtype=np.float32).reshape(len(i), -1)
+        b = np.asarray(self.embeddings[j], dtype=np.float32).reshape(len(j), -1)
+        sims = np.einsum("ij,ij->i", a, b)
+        if self.mirror_view is not None and len(i):
+            sims = np.maximum(sims, np.einsum("ij,ij->i", self.mirror_view(a), b))
         return sims
 
-    def decide(self, a: int, bs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(is duplicate, signal name, cosine) of ``a`` against each of ``bs``.
+    def cosine(self, a: int, bs: np.ndarray) -> np.ndarray:
+        bs = np.asarray(bs, dtype=np.int64)
+        return self.cosine_pairs(np.full(len(bs), a, dtype=np.int64), bs)
 
-        Same bytes decide alone. With ``confirm`` and a verifier, a pair that only one of pHash and
-        embedding calls a duplicate must also pass the verifier (both agreeing is enough); pairs that
-        neither calls a duplicate but are similar enough (``candidate_threshold``) go to the verifier.
-        """
+    def accepts(self, evidence: Any) -> bool:
+        return evidence.verdict == "copy" or (evidence.verdict == "derived" and self.derived == "remove")
+
+    def check(self, a: int, b: int) -> Any:
+        """The verifier's evidence for a pair, computed once."""
+        pair = (min(a, b), max(a, b))
+        if pair not in self.evidence:
+            self.evidence[pair] = self.examine(*pair)  # type: ignore[misc]
+        return self.evidence[pair]
+
+    def proposed(self, i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(signal name or "", needs verification, cosine) per pair, from the cheap signals alone."""
         from dedup.search import pair_phash_distance
 
-        bs = np.asarray(bs, dtype=np.int64)
-        n = len(bs)
-        cos = self.cosine(a, bs)
+        n = len(i)
+        cos = self.cosine_pairs(i, j)
         by_emb = (
             cos >= self.embedding_threshold if self.embedding_threshold is not None else np.zeros(n, bool)
         )
         if self.phash_threshold is not None:
-            dist = pair_phash_distance(self.phash, self.phash_mirror, np.full(n, a), bs)
-            by_hash = dist <= self.phash_threshold
+            by_hash = pair_phash_distance(self.phash, self.phash_mirror, i, j) <= self.phash_threshold
         else:
             by_hash = np.zeros(n, bool)
-        exact = self.sha[bs] == self.sha[a]
+        exact = self.sha[i] == self.sha[j]
         signal = np.full(n, "", dtype=object)
         signal[by_emb] = "embedding"
         signal[by_hash] = "phash"
         signal[exact] = "exact"
-        both_used = self.embedding_threshold is not None and self.phash_threshold is not None
-        needs_check = (by_emb ^ by_hash) & ~exact if (self.confirm and both_used) else np.zeros(n, bool)
-        for t, b in enumerate(bs):
-            undecided = (
-                not signal[t] and self.candidate_threshold is not None and cos[t] >= self.candidate_threshold
-            )
-            if not (needs_check[t] or undecided) or self.verify is None:
-                continue
-            pair = (min(a, int(b)), max(a, int(b)))
-            if pair not in self.known:
-                self.known[pair] = bool(self.verify(*pair))
-            if self.known[pair]:
-                signal[t] = signal[t] or "orb"
+        if self.examine is None:
+            return signal, np.zeros(n, bool), cos
+        band = (signal == "") & (
+            cos >= self.candidate_threshold if self.candidate_threshold is not None else np.zeros(n, bool)
+        )
+        check = band | ((signal != "") & ~exact & self.confirm)
+        return signal, check, cos
+
+    def decide_pairs(
+        self, i: np.ndarray, j: np.ndarray, verify: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(is duplicate, signal name, cosine) for each pair (i[t], j[t]).
+
+        ``verify`` (a mask) limits which pairs the verifier may look at; a pair that needs a check
+        and is outside it is not a duplicate (a bound on verification work, never a free pass).
+        """
+        i = np.asarray(i, dtype=np.int64)
+        j = np.asarray(j, dtype=np.int64)
+        signal, check, cos = self.proposed(i, j)
+        if verify is not None:
+            signal[check & ~verify] = ""
+            check = check & verify
+        for t in np.flatnonzero(check):
+            if self.accepts(self.check(int(i[t]), int(j[t]))):
+                signal[t] = signal[t] or "verified"
             else:
                 signal[t] = ""
         return signal != "", signal, cos
+
+    def decide(self, a: int, bs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(is duplicate, signal name, cosine) of ``a`` against each of ``bs``."""
+        bs = np.asarray(bs, dtype=np.int64)
+        return self.decide_pairs(np.full(len(bs), a, dtype=np.int64), bs)
 
 
 @dataclass
@@ -160,8 +194,13 @@ def _assign_star(members, oracle, ctx, policy, rep, signal, sim, require_direct:
     """Make the best-ranked member the representative; return the members it does not directly cover."""
     ordered = rank(policy, members, ctx)
     head, rest = int(ordered[0]), ordered[1:]
-    dup, sig, cos = oracle.decide(head, rest)
-    take = dup if require_direct else np.ones(len(rest), dtype=bool)
+    if require_direct:
+        dup, sig, cos = oracle.decide(head, rest)
+        take = dup
+    else:
+        # components: membership comes from the (already decided) pairs; label only, verify nothing
+        sig, _, cos = oracle.proposed(np.full(len(rest), head, dtype=np.int64), np.asarray(rest, np.int64))
+        take = np.ones(len(rest), dtype=bool)
     rep[rest[take]] = head
     signal[rest[take]] = np.where(sig[take] != "", sig[take], "chain")
     sim[rest[take]] = cos[take]

@@ -1,0 +1,355 @@
+"""Is B a copy of A, an image derived from it, or another photograph of the same subject?
+
+Keypoints in the same geometric arrangement are not enough: two portraits of one person aligned on
+the face, two frames of one room, or one product template with a different product all share
+keypoints in a consistent arrangement. What only a copy has is *the same pixels*: once one image
+is aligned onto the other with the fitted transform (and brightness/contrast are normalised), a
+copy agrees everywhere up to resampling and compression noise, and a different photograph does
+not. The evidence per pair, each a number a user can read in ``pairs.parquet``:
+
+* ``inliers`` / ``inlier_ratio``: ORB matches consistent with one similarity transform;
+* ``coverage``: the share of the *contained* image (the crop, the un-letterboxed original) that the
+  other image covers once aligned; a copy contains the other image, two overlapping shots of a
+  panorama or an aerial survey do not;
+* ``pixel_match``: the share of informative patches (textured in at least one image) whose aligned
+  pixels agree (normalised cross-correlation after blur, same local brightness);
+* ``color_match``: whether the colours agree once aligned (a recoloured image is derived, not a copy).
+
+Verdicts: ``copy`` (covered, nearly every patch agrees, same colours), ``derived`` (covered, most
+patches agree but a region or the colours changed: an element added or removed, a recolour, a large
+overlay), ``distinct`` (anything else). Whether a derived image counts as a duplicate is the
+``derived`` policy of the cluster stage. Two alignments are tried, each straight and mirrored: the
+ORB similarity fit (crops, rotations, borders) and a plain stretch of one frame onto the other
+(re-encodes, rescales, aspect changes, and images too smooth for keypoints).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+SIDE = 256  # longest side images are normalised to before features and alignment
+COMPARE_SIDE = 128  # longest side of the contained image when pixels are compared
+PATCH = 8  # patch side (pixels at COMPARE_SIDE)
+BLUR_SIGMA = 1.0  # suppresses JPEG blocks and resampling differences before comparing
+RATIO = 0.8  # Lowe's ratio test
+RANSAC_PX = 3.0
+RANSAC_SEED = 12345
+MAX_ROTATION_DEG = 20.0
+SCALE_RANGE = (0.25, 4.0)  # between the two normalised frames (crops of 30 % a side need ~2.5)
+MIN_FIT_INLIERS = 8
+ECC_ITERATIONS = 30
+ECC_MAX_SHIFT = 8.0  # pixels of the compared image a refinement may move a corner
+
+# Decision thresholds, measured on bench/copydetect.py (hard negatives from real photographs) and the
+# demo corpus; see bench/RESULTS.md, "Copy detection".
+PATCH_NCC = 0.75  # a textured patch agrees when its aligned pixels correlate at least this well
+PATCH_MEAN = 0.35  # ... and its local brightness differs by at most this (in global standard deviations)
+TEXTURE = 0.12  # a patch is informative when its std exceeds this in either image (global std units)
+MIN_COVERAGE = 0.85  # the contained image must be covered this much by the other
+COPY_MATCH = 0.93  # share of informative patches that must agree for a copy
+DERIVED_MATCH = 0.55  # ... for a derived image (a region or the colours changed)
+COLOR_MATCH = 0.60  # colour agreement below this makes a pixel-identical pair derived (recoloured)
+MIN_INFORMATIVE = 12  # fewer informative patches than this: decided on the whole overlap instead
+
+VERDICTS = ("copy", "derived", "distinct")
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Why a pair was, or was not, called a copy."""
+
+    inliers: int = 0
+    inlier_ratio: float = 0.0
+    coverage: float = 0.0
+    pixel_match: float = 0.0
+    color_match: float = 0.0
+    alignment: str = "none"  # orb, orb-mirrored, stretch, stretch-mirrored
+    verdict: str = "distinct"
+
+    @property
+    def score(self) -> float:
+        """One number to rank alignments of one pair: covered, then agreeing pixels."""
+        return min(self.coverage / MIN_COVERAGE, 1.0) + self.pixel_match
+
+
+@dataclass
+class Prepared:
+    """One decoded image at the working resolution: gray for features, Lab for pixels and colour."""
+
+    gray: np.ndarray  # (h, w) uint8, longest side SIDE
+    lab: np.ndarray  # (h, w, 3) uint8 (OpenCV's 8-bit Lab: chroma centred on 128)
+    points: np.ndarray | None = None  # ORB keypoints, computed lazily
+    descriptors: np.ndarray | None = None
+    mirrored: Prepared | None = None
+
+
+def prepare(data: bytes) -> Prepared | None:
+    """Decode and normalise one image (``None`` when it cannot be decoded)."""
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None or img.size == 0:
+        return None
+    return prepare_array(img)
+
+
+def prepare_array(bgr: np.ndarray) -> Prepared:
+    h, w = bgr.shape[:2]
+    s = SIDE / max(h, w)
+    if abs(s - 1) > 1e-3:
+        interp = cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC
+        bgr = cv2.resize(bgr, (max(8, round(w * s)), max(8, round(h * s))), interpolation=interp)
+    gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    return Prepared(gray, cv2.cvtColor(bgr, cv2.COLOR_BGR2LAB))
+
+
+def _mirror(p: Prepared) -> Prepared:
+    if p.mirrored is None:
+        p.mirrored = Prepared(cv2.flip(p.gray, 1), cv2.flip(p.lab, 1))
+    return p.mirrored
+
+
+class Features:
+    """ORB keypoints per prepared image (one detector, reused)."""
+
+    def __init__(self, nfeatures: int = 500) -> None:
+        self._orb = cv2.ORB_create(nfeatures=nfeatures, fastThreshold=10, edgeThreshold=15, patchSize=15)
+        self._matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
+
+    def compute(self, p: Prepared) -> None:
+        if p.points is None:
+            kp, des = self._orb.detectAndCompute(p.gray, None)
+            p.points = np.float32([k.pt for k in kp]).reshape(-1, 2)
+            p.descriptors = des
+
+    def fit(self, a: Prepared, b: Prepared) -> tuple[np.ndarray | None, int, float]:
+        """Similarity transform mapping b's pixels onto a's, its inlier count and inlier ratio."""
+        self.compute(a)
+        self.compute(b)
+        if a.descriptors is None or b.descriptors is None or len(a.points) < 4 or len(b.points) < 4:
+            return None, 0, 0.0
+        matches = self._matcher.knnMatch(b.descriptors, a.descriptors, k=2)
+        good = [m[0] for m in matches if len(m) == 2 and m[0].distance < RATIO * m[1].distance]
+        if len(good) < 4:
+            return None, 0, 0.0
+        src = b.points[[m.queryIdx for m in good]]
+        dst = a.points[[m.trainIdx for m in good]]
+        # RANSAC draws from OpenCV's per-thread RNG; reseeding per pair makes a pair's verdict
+        # independent of how many pairs were checked before it (input order, resumed runs).
+        cv2.setRNGSeed(RANSAC_SEED)
+        m, mask = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PX)
+        if m is None or mask is None:
+            return None, 0, 0.0
+        inliers = int(mask.sum())
+        scale = math.hypot(m[0, 0], m[1, 0])
+        angle = abs(math.degrees(math.atan2(m[1, 0], m[0, 0])))
+        if not (SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]) or angle > MAX_ROTATION_DEG:
+            return None, inliers, inliers / len(good)
+        return m, inliers, inliers / len(good)
+
+
+def stretch(a: Prepared, b: Prepared) -> np.ndarray:
+    """The transform that stretches b's frame onto a's (same content, other size or aspect)."""
+    ha, wa = a.gray.shape
+    hb, wb = b.gray.shape
+    return np.array([[wa / wb, 0.0, 0.0], [0.0, ha / hb, 0.0]], dtype=np.float64)
+
+
+def _invert(m: np.ndarray) -> np.ndarray:
+    return cv2.invertAffineTransform(m)
+
+
+def _coverage(m: np.ndarray, src_shape: tuple[int, int], dst_shape: tuple[int, int]) -> float:
+    """Share of the destination frame covered by the source frame mapped through ``m``."""
+    h, w = dst_shape
+    mask = cv2.warpAffine(np.ones(src_shape, np.uint8), m, (w, h), flags=cv2.INTER_NEAREST, borderValue=0)
+    return float(mask.mean())
+
+
+def compare(a: Prepared, b: Prepared, m: np.ndarray) -> tuple[float, float, float]:
+    """(coverage, pixel_match, color_match) of b aligned onto a by ``m`` (b -> a pixels).
+
+    Pixels are compared in the frame of the *contained* image, so a small crop is compared at its
+    own resolution rather than as a few pixels of the original.
+    """
+    cov_a = _coverage(m, b.gray.shape, a.gray.shape)
+    inv = _invert(m)
+    cov_b = _coverage(inv, a.gray.shape, b.gray.shape)
+    # compare in the frame of whichever image is better covered (the contained one)
+    if cov_b > cov_a:
+        a, b, m, coverage = b, a, inv, cov_b
+    else:
+        coverage = cov_a
+    h, w = a.gray.shape
+    s = min(1.0, COMPARE_SIDE / max(h, w))
+    size = (max(PATCH, round(w * s)), max(PATCH, round(h * s)))
+    scale = np.array([[s, 0, 0], [0, s, 0]], dtype=np.float64)
+    m_small = scale @ np.vstack([m, [0, 0, 1]])
+    la = cv2.resize(a.lab, size, interpolation=cv2.INTER_AREA).astype(np.float32)
+    lab_b = b.lab.astype(np.float32)
+    back = _refine(la[..., 0], lab_b[..., 0], _invert(m_small))  # a's pixels -> b's pixels
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    lb = cv2.warpAffine(lab_b, back, size, flags=flags, borderMode=cv2.BORDER_CONSTANT)
+    valid = cv2.warpAffine(np.ones(b.gray.shape, np.float32), back, size, flags=flags, borderValue=0)
+    valid = valid > 0.99
+    if valid.sum() < PATCH * PATCH:
+        return coverage, 0.0, 0.0
+    la = cv2.GaussianBlur(la, (0, 0), BLUR_SIGMA)
+    lb = cv2.GaussianBlur(lb, (0, 0), BLUR_SIGMA)
+    return coverage, _pixel_match(la[..., 0], lb[..., 0], valid), _color_match(la, lb, valid)
+
+
+def _refine(template: np.ndarray, image: np.ndarray, warp: np.ndarray) -> np.ndarray:
+    """Sub-pixel refinement of an alignment (ECC, affine): a keypoint fit is off by a pixel or two,
+    enough to decorrelate fine texture; a failed refinement keeps the fit."""
+    w = warp.astype(np.float32)
+    try:
+        _, w = cv2.findTransformECC(
+            template.astype(np.float32),
+            image.astype(np.float32),
+            w,
+            cv2.MOTION_AFFINE,
+            (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, ECC_ITERATIONS, 1e-4),
+            None,
+            3,
+        )
+    except cv2.error:
+        return warp
+    # a refinement that moved far from the fit found something else; keep the fit
+    corners = np.array([[0, 0, 1], [template.shape[1], template.shape[0], 1]], np.float64).T
+    if np.abs((w.astype(np.float64) - warp) @ corners).max() > ECC_MAX_SHIFT:
+        return warp
+    return w.astype(np.float64)
+
+
+def _pixel_match(ya: np.ndarray, yb: np.ndarray, valid: np.ndarray) -> float:
+    """Share of informative patches whose pixels agree, after global brightness/contrast normalisation."""
+    za = (ya - ya[valid].mean()) / (ya[valid].std() + 1e-3)
+    zb = (yb - yb[valid].mean()) / (yb[valid].std() + 1e-3)
+    h, w = za.shape
+    ph, pw = h // PATCH, w // PATCH
+    if ph == 0 or pw == 0:
+        return 0.0
+
+    def blocks(x: np.ndarray) -> np.ndarray:
+        return x[: ph * PATCH, : pw * PATCH].reshape(ph, PATCH, pw, PATCH).transpose(0, 2, 1, 3)
+
+    va = blocks(valid.astype(np.float32)).mean(axis=(2, 3)) > 0.95
+    ba, bb = blocks(za), blocks(zb)
+    ma, mb = ba.mean(axis=(2, 3)), bb.mean(axis=(2, 3))
+    sa, sb = ba.std(axis=(2, 3)), bb.std(axis=(2, 3))
+    cov = ((ba - ma[..., None, None]) * (bb - mb[..., None, None])).mean(axis=(2, 3))
+    ncc = cov / (np.maximum(sa, TEXTURE / 2) * np.maximum(sb, TEXTURE / 2))
+    informative = va & (np.maximum(sa, sb) > TEXTURE)
+    agree = (ncc >= PATCH_NCC) & (np.abs(ma - mb) <= PATCH_MEAN)
+    # flat in both but at different brightness: the content there differs (a product on a template)
+    flat_differs = va & ~informative & (np.abs(ma - mb) > PATCH_MEAN)
+    counted = int(informative.sum() + flat_differs.sum())
+    if int(informative.sum()) < MIN_INFORMATIVE:
+        # too little texture for patches to decide: the whole overlap must agree pixel by pixel
+        return float(np.mean(np.abs(za[valid] - zb[valid]) <= PATCH_MEAN))
+    return float((agree & informative).sum() / counted)
+
+
+def _color_match(la: np.ndarray, lb: np.ndarray, valid: np.ndarray) -> float:
+    """1 when the chroma agree (up to a saturation change), toward 0 for a recolour.
+
+    Gray images have no chroma to compare and agree; one gray and one coloured image do not.
+    """
+    ca = la[..., 1:][valid] - 128.0  # 8-bit Lab: 128 is gray
+    cb = lb[..., 1:][valid] - 128.0
+    na, nb = float(np.abs(ca).mean()), float(np.abs(cb).mean())
+    if max(na, nb) < 3.0:
+        return 1.0
+    # best saturation scale s >= 0 for cb ~ s * ca, then the residual relative to the chroma present
+    s = max(0.0, float((ca * cb).sum() / ((ca * ca).sum() + 1e-6)))
+    residual = float(np.abs(cb - s * ca).mean())
+    return float(max(0.0, 1.0 - residual / max(na, nb)))
+
+
+def verdict(coverage: float, pixel_match: float, color_match: float) -> str:
+    if coverage < MIN_COVERAGE:
+        return "distinct"
+    if pixel_match >= COPY_MATCH:
+        return "copy" if color_match >= COLOR_MATCH else "derived"
+    if pixel_match >= DERIVED_MATCH:
+        return "derived"
+    return "distinct"
+
+
+def examine(a: Prepared, b: Prepared, features: Features, min_inliers: int = MIN_FIT_INLIERS) -> Evidence:
+    """The best alignment of b onto a (straight or mirrored; ORB fit or stretch) and its verdict."""
+    best = Evidence()
+    top_inliers, top_ratio = 0, 0.0
+    for mirrored in (False, True):
+        bb = _mirror(b) if mirrored else b
+        m, inliers, ratio = features.fit(a, bb)
+        if inliers > top_inliers:
+            top_inliers, top_ratio = inliers, ratio
+        tried = [("stretch", stretch(a, bb))]
+        if m is not None and inliers >= min_inliers:
+            tried.insert(0, ("orb", m))
+        for name, transform in tried:
+            coverage, pix, col = compare(a, bb, transform)
+            e = Evidence(
+                inliers=inliers,
+                inlier_ratio=ratio,
+                coverage=coverage,
+                pixel_match=pix,
+                color_match=col,
+                alignment=name + ("-mirrored" if mirrored else ""),
+                verdict=verdict(coverage, pix, col),
+            )
+            if e.score > best.score:
+                best = e
+        if best.verdict == "copy":
+            break
+    return Evidence(
+        inliers=max(best.inliers, top_inliers) if best.alignment.startswith("stretch") else best.inliers,
+        inlier_ratio=best.inlier_ratio if best.alignment.startswith("orb") else top_ratio,
+        coverage=best.coverage,
+        pixel_match=best.pixel_match,
+        color_match=best.color_match,
+        alignment=best.alignment,
+        verdict=best.verdict,
+    )
+
+
+class CopyVerifier:
+    """Evidence for pairs of images held by integer id: bytes are kept, decoded images are cached
+    (most recently used first), keypoints computed once per decoded image."""
+
+    def __init__(self, min_inliers: int = MIN_FIT_INLIERS, cache: int = 4096) -> None:
+        self.min_inliers = min_inliers
+        self._bytes: dict[int, bytes] = {}
+        self._prepared: OrderedDict[int, Prepared | None] = OrderedDict()
+        self._cache = cache
+        self._features = Features()
+
+    def add_images(self, images: Iterable[tuple[int, bytes]]) -> None:
+        for row, data in images:
+            self._bytes[int(row)] = data
+
+    def has_images(self, ids: np.ndarray) -> np.ndarray:
+        return np.array([int(i) in self._bytes for i in ids], dtype=bool)
+
+    def prepared(self, row: int) -> Prepared | None:
+        if row in self._prepared:
+            self._prepared.move_to_end(row)
+            return self._prepared[row]
+        data = self._bytes.get(row)
+        p = prepare(data) if data is not None else None
+        self._prepared[row] = p
+        if len(self._prepared) > self._cache:
+            self._prepared.popitem(last=False)
+        return p
+
+    def examine(self, a: int, b: int) -> Evidence:
+        pa, pb = self.prepared(a), self.prepared(b)
+        if pa is None or pb is None:
+            return Evidence(alignment="undecodable")
+        return examine(pa, pb, self._features, self.min_inliers)
