@@ -130,6 +130,35 @@ def download(
     typer.echo(format_summary(summary))
 
 
+@app.command("import", rich_help_panel="Stages")
+def import_cmd(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="A folder of images (recursively; captions from sidecar .txt/.json) or parquet "
+            "file(s) with image bytes (Hugging Face layout: an 'image' struct with bytes/path)."
+        ),
+    ],
+    workdir: WorkdirArg,
+    caption_col: Annotated[
+        str | None, typer.Option(help="Parquet caption column. [default: text, caption or TEXT]")
+    ] = None,
+    samples_per_shard: Annotated[int, typer.Option(help="Samples per WebDataset shard.")] = 10_000,
+) -> None:
+    """Dedup the data you already have: import it as WORKDIR's download stage, without downloading.
+
+    Each image keeps its original bytes (never re-encoded); the key is its relative path. Unreadable
+    files get a ledger row (download_failed), never a silent drop. Then run embed, cluster, write.
+    """
+    from dedup.ingest import format_import_summary, run_import
+    from dedup.layout import WorkDir
+
+    if samples_per_shard < 1:
+        raise UserError("--samples-per-shard must be at least 1")
+    summary = run_import(source, WorkDir(workdir), samples_per_shard, caption_col)
+    typer.echo(format_import_summary(summary))
+
+
 @app.command(rich_help_panel="Stages")
 def embed(
     workdir: WorkdirArg,
@@ -213,7 +242,15 @@ def cluster(
     verify: Annotated[
         str | None,
         typer.Option(
-            help="orb: check undecided pairs with ORB keypoints and a geometric fit; none. [default: orb]"
+            help="orb: align each proposed pair (ORB keypoints or a stretch) and compare the aligned "
+            "pixels: only a copy agrees everywhere; none: trust pHash/cosine alone. [default: orb]"
+        ),
+    ] = None,
+    derived: Annotated[
+        str | None,
+        typer.Option(
+            help="Images derived from another (recoloured, an element added or removed, a large "
+            "overlay): keep (as distinct) | remove (as duplicates). [default: keep]"
         ),
     ] = None,
     k: Annotated[int | None, typer.Option(help="Neighbours searched per image. [default: 32]")] = None,
@@ -249,7 +286,8 @@ def cluster(
 ) -> None:
     """Find near-duplicate groups and choose one image to keep per group.
 
-    Writes WORKDIR/cluster/pairs.parquet (key_a, key_b, signal, similarity, ...) and
+    Writes WORKDIR/cluster/pairs.parquet (key_a, key_b, proposed_by, signal, similarity, and the
+    verifier's evidence: orb_inliers, inlier_ratio, coverage, pixel_match, color_match, verdict) and
     WORKDIR/cluster/clusters.parquet (key, cluster_id, cluster_size, is_representative,
     representative_key, similarity_to_representative).
     """
@@ -264,6 +302,7 @@ def cluster(
         candidate_threshold=candidate_threshold,
         phash_threshold=phash_threshold,
         verify=verify,
+        derived=derived,
         k=k,
         search=search,
         grouping=grouping,

@@ -221,8 +221,11 @@ def _run_cluster(config: ClusterConfig, work: WorkDir, progress: bool) -> dict[s
     if "phash" in use:
         hi, hj, _ = phash_candidates(phash, phash_m, config.phash_threshold)
         pi, pj = np.concatenate([pi, hi]), np.concatenate([pj, hj])
+    local = _local_candidates(work, embed_rows[unique], len(unique), config)
+    pi, pj = np.concatenate([pi, local[0]]), np.concatenate([pj, local[1]])
     pairs = pl.DataFrame({"i": pi, "j": pj}).unique().sort("i", "j")
     pi, pj = pairs["i"].to_numpy(), pairs["j"].to_numpy()
+    votes = _votes_of(pi, pj, *local, len(unique))
     area = (
         meta.select(
             pl.coalesce(pl.col("original_width"), pl.col("width")).cast(pl.Int64)
@@ -253,19 +256,21 @@ def _run_cluster(config: ClusterConfig, work: WorkDir, progress: bool) -> dict[s
     )
     signal, check, cos = oracle.proposed(pi, pj)
     dist = pair_phash_distance(phash, phash_m, pi, pj)
+    linked = votes > 0
     if verifier is not None:
-        # Undecided pairs are verified only among each sample's most similar candidates; every pair
-        # a global signal proposed is verified (under confirm).
-        band = check & (signal == "")
-        chosen_band = np.flatnonzero(band)[
-            _top_k_mask(Candidates(pi[band], pj[band], cos[band]), VERIFY_TOP_K)
-        ]
-        check = (check & (signal != "")) | np.isin(np.arange(len(pi)), chosen_band)
+        # Pairs no global signal accepts are verified only among each sample's most similar
+        # candidates (by cosine, and by shared keypoints); every pair a global signal proposed is
+        # verified (under confirm).
+        chosen = _most_similar(pi, pj, check & (signal == ""), cos) | _most_similar(
+            pi, pj, linked & (signal == ""), votes
+        )
+        linked &= chosen
+        check = (check & (signal != "")) | chosen
         involved = np.unique(np.concatenate([pi[check], pj[check]])) if check.any() else np.zeros(0, np.int64)
         _add_images(work, meta, unique, u_of_row, verifier, involved)
         _verify_pairs(oracle, pi[check], pj[check], progress)
     proposed = signal.copy()
-    _, signal, _ = oracle.decide_pairs(pi, pj, verify=check)
+    _, signal, _ = oracle.decide_pairs(pi, pj, verify=check, linked=linked)
     accepted = signal != ""
 
     if verifier is not None:
@@ -302,7 +307,7 @@ def _run_cluster(config: ClusterConfig, work: WorkDir, progress: bool) -> dict[s
         )
 
     pair_table = _pair_table(
-        keys, unique, pi, pj, proposed, signal, cos, dist, oracle.evidence, canonical, exact_copy
+        keys, unique, pi, pj, proposed, signal, cos, dist, votes, oracle.evidence, canonical, exact_copy
     )
     with atomic_path(work.pairs) as tmp:
         pair_table.write_parquet(tmp)
@@ -327,6 +332,39 @@ def _run_cluster(config: ClusterConfig, work: WorkDir, progress: bool) -> dict[s
         summary["reference_removed"] = int(clusters["reference_key"].is_not_null().sum())
     write_json(work.cluster_summary, summary)
     return summary
+
+
+def _most_similar(pi: np.ndarray, pj: np.ndarray, mask: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """Of the masked pairs, those among the VERIFY_TOP_K best-scored of either endpoint."""
+    out = np.zeros(len(pi), dtype=bool)
+    idx = np.flatnonzero(mask)
+    out[idx[_top_k_mask(Candidates(pi[idx], pj[idx], score[idx].astype(np.float32)), VERIFY_TOP_K)]] = True
+    return out
+
+
+def _local_candidates(
+    work: WorkDir, rows: np.ndarray, n: int, config: ClusterConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs of unique images sharing many ORB descriptors (i, j, votes); empty when off."""
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
+    if not config.local_candidates or config.verify != "orb":
+        return empty
+    from dedup.embed import local_descriptors
+    from dedup.localfeatures import candidate_pairs
+
+    descriptors, owner = local_descriptors(work, rows)
+    return candidate_pairs(descriptors, owner, n) if len(descriptors) else empty
+
+
+def _votes_of(
+    pi: np.ndarray, pj: np.ndarray, li: np.ndarray, lj: np.ndarray, lv: np.ndarray, n: int
+) -> np.ndarray:
+    """Shared-descriptor votes of each pair (i, j) (0 where local features did not propose it)."""
+    out = np.zeros(len(pi), dtype=np.int64)
+    if len(li):
+        lookup = dict(zip((li * n + lj).tolist(), lv.tolist(), strict=True))
+        out[:] = [lookup.get(k, 0) for k in (pi * n + pj).tolist()]
+    return out
 
 
 def _verify_pairs(oracle: PairOracle, i: np.ndarray, j: np.ndarray, progress: bool) -> None:
@@ -461,6 +499,7 @@ EVIDENCE_COLUMNS = {
     "coverage": pl.Float32,
     "pixel_match": pl.Float32,
     "color_match": pl.Float32,
+    "detail": pl.Float32,
     "verdict": pl.String,
 }
 
@@ -475,12 +514,13 @@ def _evidence_columns(pi: np.ndarray, pj: np.ndarray, evidence: dict) -> dict[st
         cols["coverage"].append(round(e.coverage, 4) if e else None)
         cols["pixel_match"].append(round(e.pixel_match, 4) if e else None)
         cols["color_match"].append(round(e.color_match, 4) if e else None)
+        cols["detail"].append(round(e.detail, 4) if e else None)
         cols["verdict"].append(e.verdict if e else None)
     return cols
 
 
 def _pair_table(
-    keys, unique, pi, pj, proposed, signal, cos, dist, evidence, canonical, exact_copy
+    keys, unique, pi, pj, proposed, signal, cos, dist, votes, evidence, canonical, exact_copy
 ) -> pl.DataFrame:
     """Every candidate pair with its signals, the verifier's evidence and the final decision."""
     schema = {
@@ -490,16 +530,20 @@ def _pair_table(
         "signal": pl.String,
         "similarity": pl.Float32,
         "phash_distance": pl.Int64,
+        "shared_keypoints": pl.Int64,
         **EVIDENCE_COLUMNS,
     }
     cand = pl.DataFrame(
         {
             "key_a": keys[unique[pi]],
             "key_b": keys[unique[pj]],
-            "proposed_by": [s if s else "none" for s in proposed],
+            "proposed_by": [
+                s if s else ("keypoints" if v else "none") for s, v in zip(proposed, votes, strict=True)
+            ],
             "signal": [s if s else "none" for s in signal],
             "similarity": cos.astype(np.float32),
             "phash_distance": dist.astype(np.int64),
+            "shared_keypoints": votes.astype(np.int64),
             **_evidence_columns(pi, pj, evidence),
         },
         schema=schema,
@@ -514,6 +558,7 @@ def _pair_table(
             "signal": ["exact"] * n,
             "similarity": np.ones(n, dtype=np.float32),
             "phash_distance": np.zeros(n, dtype=np.int64),
+            "shared_keypoints": [None] * n,
             **{c: [None] * n for c in EVIDENCE_COLUMNS},
         },
         schema=schema,

@@ -62,6 +62,9 @@ class EmbedConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     descriptor_size: int = Field(16, ge=4, le=64, description="side of the weight-free pixel descriptor")
+    local_features: bool = Field(
+        True, description="also keep ORB descriptors per image, so crops become candidates in cluster"
+    )
     from_precomputed: str | None = None
 
 
@@ -89,6 +92,11 @@ class ClusterConfig(Section):
         "overlay): keep them as distinct (default), or remove them as duplicates",
     )
     orb_min_inliers: int = Field(8, ge=4, description="ORB inliers for a keypoint alignment to be tried")
+    local_candidates: bool = Field(
+        True,
+        description="propose pairs that share many ORB descriptors (crops) for verification; needs "
+        "embed.local_features",
+    )
     k: int = Field(32, gt=0, description="neighbours searched per sample")
     search: Literal["auto", "exact", "ivf"] = "auto"
     exact_max: int = Field(50_000, gt=0, description="auto switches to IVF above this many samples")

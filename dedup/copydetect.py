@@ -51,10 +51,16 @@ ECC_MAX_SHIFT = 8.0  # pixels of the compared image a refinement may move a corn
 PATCH_NCC = 0.75  # a textured patch agrees when its aligned pixels correlate at least this well
 PATCH_MEAN = 0.35  # ... and its local brightness differs by at most this (in global standard deviations)
 TEXTURE = 0.12  # a patch is informative when its std exceeds this in either image (global std units)
-MIN_COVERAGE = 0.85  # the contained image must be covered this much by the other
+MIN_COVERAGE = 0.97  # the contained image's content must be covered this much by the other's
+FILL_TOLERANCE = (5, 5, 5, 5)  # grey levels a uniform border may vary by (JPEG noise)
+FILL_STD = 1.5  # ... and their standard deviation at most
 COPY_MATCH = 0.93  # share of informative patches that must agree for a copy
 DERIVED_MATCH = 0.55  # ... for a derived image (a region or the colours changed)
 COLOR_MATCH = 0.60  # colour agreement below this makes a pixel-identical pair derived (recoloured)
+DETAIL_TRIGGER = 1.3  # look at fine detail when the contained image has this many times the pixels
+DETAIL_RATIO = 1.45  # ... and call it another shot when its detail energy is this many times larger
+DETAIL_SIDE = 384  # resolution (longest side) of that look
+DETAIL_BLUR = 0.7  # before the Laplacian, so JPEG block noise is not mistaken for detail
 MIN_INFORMATIVE = 12  # fewer informative patches than this: decided on the whole overlap instead
 
 VERDICTS = ("copy", "derived", "distinct")
@@ -69,6 +75,7 @@ class Evidence:
     coverage: float = 0.0
     pixel_match: float = 0.0
     color_match: float = 0.0
+    detail: float = 1.0  # fine detail of the contained image over its match's (> DETAIL_RATIO: a new shot)
     alignment: str = "none"  # orb, orb-mirrored, stretch, stretch-mirrored
     verdict: str = "distinct"
 
@@ -87,14 +94,25 @@ class Prepared:
     points: np.ndarray | None = None  # ORB keypoints, computed lazily
     descriptors: np.ndarray | None = None
     mirrored: Prepared | None = None
+    content: np.ndarray | None = None  # 1 on content, 0 on uniform fill (borders), lazily
+    real_side: int = 0  # longest side of the decoded image, before normalisation
+    data: bytes | None = None  # the encoded image, for a full-resolution look when needed
+    flipped: bool = False
 
 
 def prepare(data: bytes) -> Prepared | None:
     """Decode and normalise one image (``None`` when it cannot be decoded)."""
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if img is None or img.size == 0:
+    img = _decode(data)
+    if img is None:
         return None
-    return prepare_array(img)
+    p = prepare_array(img)
+    p.data = data
+    return p
+
+
+def _decode(data: bytes) -> np.ndarray | None:
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    return None if img is None or img.size == 0 else img
 
 
 def prepare_array(bgr: np.ndarray) -> Prepared:
@@ -104,12 +122,14 @@ def prepare_array(bgr: np.ndarray) -> Prepared:
         interp = cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC
         bgr = cv2.resize(bgr, (max(8, round(w * s)), max(8, round(h * s))), interpolation=interp)
     gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-    return Prepared(gray, cv2.cvtColor(bgr, cv2.COLOR_BGR2LAB))
+    return Prepared(gray, cv2.cvtColor(bgr, cv2.COLOR_BGR2LAB), real_side=max(h, w))
 
 
 def _mirror(p: Prepared) -> Prepared:
     if p.mirrored is None:
-        p.mirrored = Prepared(cv2.flip(p.gray, 1), cv2.flip(p.lab, 1))
+        p.mirrored = Prepared(
+            cv2.flip(p.gray, 1), cv2.flip(p.lab, 1), real_side=p.real_side, data=p.data, flipped=True
+        )
     return p.mirrored
 
 
@@ -163,22 +183,53 @@ def _invert(m: np.ndarray) -> np.ndarray:
     return cv2.invertAffineTransform(m)
 
 
-def _coverage(m: np.ndarray, src_shape: tuple[int, int], dst_shape: tuple[int, int]) -> float:
-    """Share of the destination frame covered by the source frame mapped through ``m``."""
-    h, w = dst_shape
-    mask = cv2.warpAffine(np.ones(src_shape, np.uint8), m, (w, h), flags=cv2.INTER_NEAREST, borderValue=0)
-    return float(mask.mean())
+def content_mask(gray: np.ndarray) -> np.ndarray:
+    """1 where the image has content, 0 on uniform fill reached from its corners and edge midpoints
+    (a border, letterbox bars, the corners a rotation leaves): fill is not content to cover."""
+    h, w = gray.shape
+    mask = np.zeros((h + 2, w + 2), np.uint8)
+    flags = 4 | cv2.FLOODFILL_MASK_ONLY | cv2.FLOODFILL_FIXED_RANGE | (1 << 8)
+    fill = np.zeros((h, w), bool)
+    for x, y in ((0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1), (w // 2, 0), (w // 2, h - 1),
+                 (0, h // 2), (w - 1, h // 2)):  # fmt: skip
+        if fill[y, x]:
+            continue
+        mask[:] = 0
+        cv2.floodFill(gray, mask, (x, y), 0, FILL_TOLERANCE, FILL_TOLERANCE, flags)
+        region = mask[1:-1, 1:-1].astype(bool)
+        # fill is flat (a smooth wall or sky is not): its pixels barely vary
+        if region.sum() >= 16 and gray[region].std() <= FILL_STD:
+            fill |= region
+    if fill.mean() > 0.6:  # a mostly flat image: its "fill" is its content
+        return np.ones((h, w), np.uint8)
+    return (~fill).astype(np.uint8)
 
 
-def compare(a: Prepared, b: Prepared, m: np.ndarray) -> tuple[float, float, float]:
-    """(coverage, pixel_match, color_match) of b aligned onto a by ``m`` (b -> a pixels).
+def _content(p: Prepared) -> np.ndarray:
+    if p.content is None:
+        p.content = content_mask(p.gray)
+    return p.content
+
+
+def _coverage(m: np.ndarray, src: Prepared, dst: Prepared) -> float:
+    """Share of the destination's content that lies inside the source's frame mapped through ``m``."""
+    h, w = dst.gray.shape
+    frame = np.ones(src.gray.shape, np.uint8)
+    mask = cv2.warpAffine(frame, m, (w, h), flags=cv2.INTER_NEAREST, borderValue=0)
+    own = _content(dst)
+    return float((mask & own).sum() / max(1, own.sum()))
+
+
+def compare(a: Prepared, b: Prepared, m: np.ndarray) -> tuple[float, float, float, float]:
+    """(coverage, pixel_match, color_match, detail) of b aligned onto a by ``m`` (b -> a pixels).
 
     Pixels are compared in the frame of the *contained* image, so a small crop is compared at its
-    own resolution rather than as a few pixels of the original.
+    own resolution rather than as a few pixels of the original. ``detail`` is how much more fine
+    detail the contained image has than the region it matches (1 when it cannot have more).
     """
-    cov_a = _coverage(m, b.gray.shape, a.gray.shape)
+    cov_a = _coverage(m, b, a)
     inv = _invert(m)
-    cov_b = _coverage(inv, a.gray.shape, b.gray.shape)
+    cov_b = _coverage(inv, a, b)
     # compare in the frame of whichever image is better covered (the contained one)
     if cov_b > cov_a:
         a, b, m, coverage = b, a, inv, cov_b
@@ -197,10 +248,66 @@ def compare(a: Prepared, b: Prepared, m: np.ndarray) -> tuple[float, float, floa
     valid = cv2.warpAffine(np.ones(b.gray.shape, np.float32), back, size, flags=flags, borderValue=0)
     valid = valid > 0.99
     if valid.sum() < PATCH * PATCH:
-        return coverage, 0.0, 0.0
+        return coverage, 0.0, 0.0, 1.0
     la = cv2.GaussianBlur(la, (0, 0), BLUR_SIGMA)
     lb = cv2.GaussianBlur(lb, (0, 0), BLUR_SIGMA)
-    return coverage, _pixel_match(la[..., 0], lb[..., 0], valid), _color_match(la, lb, valid)
+    pixel = _pixel_match(la[..., 0], lb[..., 0], valid)
+    detail = _extra_detail(a, b, back, max(size)) if pixel >= DERIVED_MATCH else 1.0
+    return coverage, pixel, _color_match(la, lb, valid), detail
+
+
+def _full_gray(p: Prepared, side: int) -> np.ndarray | None:
+    """The image at (at most) ``side`` pixels on its longest side, from its bytes."""
+    img = _decode(p.data) if p.data is not None else None
+    if img is None:
+        return None
+    if p.flipped:
+        img = cv2.flip(img, 1)
+    gray = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+    h, w = gray.shape
+    s = side / max(h, w)
+    if s < 1:
+        gray = cv2.resize(gray, (max(8, round(w * s)), max(8, round(h * s))), interpolation=cv2.INTER_AREA)
+    return gray
+
+
+def _extra_detail(a: Prepared, b: Prepared, back: np.ndarray, compare_side: int) -> float:
+    """Fine-detail energy of the contained image ``a`` over that of the matching region of ``b``,
+    both at ``a``'s own resolution; 1 when ``b`` holds as many real pixels there as ``a``.
+
+    A crop, however upscaled, cannot hold detail its source lacks; a zoomed-in photograph of the
+    same scene from the same spot does, while at the wide shot's resolution it matches pixel for
+    pixel (up to whatever moved)."""
+    if not a.real_side or not b.real_side or a.data is None or b.data is None:
+        return 1.0
+    b_norm_side = max(b.gray.shape)
+    s_ab = math.sqrt(abs(np.linalg.det(back[:, :2])))  # b's normalised pixels per compared pixel
+    real_b_per_real_a = s_ab * (b.real_side / b_norm_side) / (a.real_side / compare_side)
+    if real_b_per_real_a * DETAIL_TRIGGER >= 1.0:
+        return 1.0
+    side = min(a.real_side, DETAIL_SIDE)
+    ga = _full_gray(a, side)
+    gb = _full_gray(b, b.real_side)
+    if ga is None or gb is None:
+        return 1.0
+    # a's pixels at this size -> compared pixels -> b's normalised pixels -> b's full pixels
+    to_cmp = compare_side / max(ga.shape)
+    to_full = b.real_side / b_norm_side
+    m = np.vstack([back, [0, 0, 1]]) @ np.diag([to_cmp, to_cmp, 1.0])
+    m = (np.diag([to_full, to_full, 1.0]) @ m)[:2]
+    h, w = ga.shape
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    wb = cv2.warpAffine(gb.astype(np.float32), m, (w, h), flags=flags)
+    valid = cv2.warpAffine(np.ones(gb.shape, np.float32), m, (w, h), flags=flags) > 0.99
+    valid = cv2.erode(valid.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    if valid.sum() < 256:
+        return 1.0
+
+    def energy(x: np.ndarray) -> float:
+        x = cv2.GaussianBlur(x.astype(np.float32), (0, 0), DETAIL_BLUR)
+        return float(np.abs(cv2.Laplacian(x, cv2.CV_32F))[valid].mean())
+
+    return energy(ga) / max(energy(wb), 1e-3)
 
 
 def _refine(template: np.ndarray, image: np.ndarray, warp: np.ndarray) -> np.ndarray:
@@ -271,8 +378,8 @@ def _color_match(la: np.ndarray, lb: np.ndarray, valid: np.ndarray) -> float:
     return float(max(0.0, 1.0 - residual / max(na, nb)))
 
 
-def verdict(coverage: float, pixel_match: float, color_match: float) -> str:
-    if coverage < MIN_COVERAGE:
+def verdict(coverage: float, pixel_match: float, color_match: float, detail: float = 1.0) -> str:
+    if coverage < MIN_COVERAGE or detail > DETAIL_RATIO:
         return "distinct"
     if pixel_match >= COPY_MATCH:
         return "copy" if color_match >= COLOR_MATCH else "derived"
@@ -294,15 +401,16 @@ def examine(a: Prepared, b: Prepared, features: Features, min_inliers: int = MIN
         if m is not None and inliers >= min_inliers:
             tried.insert(0, ("orb", m))
         for name, transform in tried:
-            coverage, pix, col = compare(a, bb, transform)
+            coverage, pix, col, detail = compare(a, bb, transform)
             e = Evidence(
                 inliers=inliers,
                 inlier_ratio=ratio,
                 coverage=coverage,
                 pixel_match=pix,
                 color_match=col,
+                detail=detail,
                 alignment=name + ("-mirrored" if mirrored else ""),
-                verdict=verdict(coverage, pix, col),
+                verdict=verdict(coverage, pix, col, detail),
             )
             if e.score > best.score:
                 best = e
@@ -314,6 +422,7 @@ def examine(a: Prepared, b: Prepared, features: Features, min_inliers: int = MIN
         coverage=best.coverage,
         pixel_match=best.pixel_match,
         color_match=best.color_match,
+        detail=best.detail,
         alignment=best.alignment,
         verdict=best.verdict,
     )

@@ -56,6 +56,7 @@ METADATA_SCHEMA = {
     "status": pl.String,
     "tar_start": pl.Int64,
     "tar_end": pl.Int64,
+    "local_count": pl.Int32,  # ORB descriptors stored for this sample in embed/local/
 }
 OK = "ok"
 VIEW = "trim-border-v2"
@@ -82,6 +83,8 @@ def shard_done(work: WorkDir, shard: int, config: EmbedConfig) -> bool:
         rows_meta = pq.ParquetFile(meta).metadata.num_rows
     except (OSError, ValueError):
         return False
+    if config.local_features and not work.local_features(shard).exists():
+        return False
     return rows_emb == rows_meta == marker.get("rows")
 
 
@@ -103,9 +106,14 @@ def _sample_facts(sample: Sample) -> dict[str, Any]:
     }
 
 
-def prepare_sample(sample: Sample, prepare: Callable[[Image.Image], np.ndarray] | None) -> tuple[dict, Any]:
-    """Decode, hash and preprocess one sample (runs in a decode thread). Never raises."""
+def prepare_sample(
+    sample: Sample, prepare: Callable[[Image.Image], np.ndarray] | None, local: bool = False
+) -> tuple[dict, Any]:
+    """Decode, hash and preprocess one sample (runs in a decode thread). Never raises.
+
+    With ``local``, the sample's ORB descriptors ride along in ``facts["_local"]``."""
     facts = _sample_facts(sample)
+    facts["local_count"] = 0
     data = sample.image
     facts.update(width=None, height=None, bytes=None, sha256=None, phash=None, phash_mirror=None)
     if data is None:
@@ -123,6 +131,11 @@ def prepare_sample(sample: Sample, prepare: Callable[[Image.Image], np.ndarray] 
     facts["width"], facts["height"] = rgb.size
     rgb = trim_border(rgb)  # a letterboxed or padded copy hashes and embeds like its original
     facts["phash"], facts["phash_mirror"] = phash_pair(rgb)
+    if local:
+        from dedup.localfeatures import describe
+
+        facts["_local"] = describe(rgb)
+        facts["local_count"] = len(facts["_local"])
     facts["status"] = OK
     return facts, (prepare(rgb) if prepare is not None else None)
 
@@ -162,10 +175,11 @@ def embed_shard(
     prepare = None if lookup is not None else embedder.prepare
     rows: list[dict[str, Any]] = []
     chunks: list[np.ndarray] = []
+    locals_: list[np.ndarray] = []
     dim = lookup.dim if lookup is not None else embedder.dim
     for batch in prefetch_batches(
         iter_samples(work.download_tar(shard)),
-        lambda s: prepare_sample(s, prepare),
+        lambda s: prepare_sample(s, prepare, config.local_features),
         config.batch_size,
         config.workers,
     ):
@@ -183,6 +197,11 @@ def embed_shard(
         for facts, _ in batch:
             facts["shard"] = shard
             facts["row"] = len(rows)
+            local = facts.pop("_local", None)
+            if local is not None and facts["status"] == OK:
+                locals_.append(local)
+            else:
+                facts["local_count"] = 0
             rows.append(facts)
         chunks.append(out.astype(np.float16))
         if bar is not None:
@@ -191,6 +210,11 @@ def embed_shard(
     meta = pl.DataFrame(rows, schema=METADATA_SCHEMA) if rows else pl.DataFrame(schema=METADATA_SCHEMA)
     with atomic_path(work.img_emb(shard)) as tmp, open(tmp, "wb") as f:
         np.save(f, emb)
+    if config.local_features:
+        from dedup.localfeatures import EMPTY
+
+        with atomic_path(work.local_features(shard)) as tmp, open(tmp, "wb") as f:
+            np.save(f, np.concatenate(locals_) if locals_ else EMPTY)
     with atomic_path(work.metadata(shard)) as tmp:
         meta.write_parquet(tmp)
     statuses = meta.group_by("status").len().rows() if meta.height else []
@@ -331,6 +355,37 @@ def embeddings_memmap(work: WorkDir, rows: np.ndarray, out: Path) -> np.ndarray:
     dest.flush()
     del dest
     return np.load(out, mmap_mode="r")
+
+
+def local_descriptors(work: WorkDir, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ORB descriptors of the given global rows and, per descriptor, the position of its row in
+    ``rows``; one shard's file in memory at a time. Empty when embed kept none."""
+    from dedup.localfeatures import EMPTY
+
+    rows = np.asarray(rows, dtype=np.int64)
+    position = {int(r): t for t, r in enumerate(rows)}
+    out, owner = [], []
+    offset = 0
+    for shard in work.download_shards():
+        path = work.local_features(shard)
+        counts = pl.read_parquet(work.metadata(shard), columns=["local_count"])["local_count"]
+        counts = counts.fill_null(0).to_numpy().astype(np.int64)
+        if path.exists():
+            arr = np.load(path, mmap_mode="r")
+            if arr.shape[0] != counts.sum():
+                raise UserError(
+                    f"{path}: {arr.shape[0]} descriptors, metadata says {counts.sum()}; rerun embed"
+                )
+            starts = np.concatenate([[0], np.cumsum(counts)])
+            for local_row in range(len(counts)):
+                t = position.get(offset + local_row)
+                if t is not None and counts[local_row]:
+                    out.append(np.asarray(arr[starts[local_row] : starts[local_row + 1]]))
+                    owner.append(np.full(counts[local_row], t, dtype=np.int64))
+        offset += len(counts)
+    if not out:
+        return EMPTY, np.zeros(0, np.int64)
+    return np.concatenate(out), np.concatenate(owner)
 
 
 class PrecomputedIndex:

@@ -68,8 +68,10 @@ class PairOracle:
     evidence: dict[tuple[int, int], Any] = field(default_factory=dict)
 
     def cosine_pairs(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-        a = np.asarray(self.embeddings[i], dtype=np.float32).reshape(len(i), -1)
-        b = np.asarray(self.embeddings[j], dtype=np.float32).reshape(len(j), -1)
+        if len(i) == 0:
+            return np.zeros(0, dtype=np.float32)
+        a = np.asarray(self.embeddings[i], dtype=np.float32)
+        b = np.asarray(self.embeddings[j], dtype=np.float32)
         sims = np.einsum("ij,ij->i", a, b)
         if self.mirror_view is not None and len(i):
             sims = np.maximum(sims, np.einsum("ij,ij->i", self.mirror_view(a), b))
@@ -116,16 +118,24 @@ class PairOracle:
         return signal, check, cos
 
     def decide_pairs(
-        self, i: np.ndarray, j: np.ndarray, verify: np.ndarray | None = None
+        self,
+        i: np.ndarray,
+        j: np.ndarray,
+        verify: np.ndarray | None = None,
+        linked: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(is duplicate, signal name, cosine) for each pair (i[t], j[t]).
 
-        ``verify`` (a mask) limits which pairs the verifier may look at; a pair that needs a check
-        and is outside it is not a duplicate (a bound on verification work, never a free pass).
+        ``linked`` (a mask) marks pairs other evidence proposes (shared keypoints, one group): with a
+        verifier they are checked whatever their cosine. ``verify`` (a mask) limits which pairs the
+        verifier may look at; a pair that needs a check and is outside it is not a duplicate (a bound
+        on verification work, never a free pass).
         """
         i = np.asarray(i, dtype=np.int64)
         j = np.asarray(j, dtype=np.int64)
         signal, check, cos = self.proposed(i, j)
+        if linked is not None and self.examine is not None:
+            check = check | (linked & (signal != "exact"))
         if verify is not None:
             signal[check & ~verify] = ""
             check = check & verify
@@ -139,7 +149,8 @@ class PairOracle:
     def decide(self, a: int, bs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(is duplicate, signal name, cosine) of ``a`` against each of ``bs``."""
         bs = np.asarray(bs, dtype=np.int64)
-        return self.decide_pairs(np.full(len(bs), a, dtype=np.int64), bs)
+        # asked by a grouping, so a and bs share a group already: worth a verifier's look
+        return self.decide_pairs(np.full(len(bs), a, dtype=np.int64), bs, linked=np.ones(len(bs), bool))
 
 
 @dataclass

@@ -10,6 +10,7 @@ config. Layout (``NNNNN`` is a 5-digit shard id, as img2dataset names shards)::
       download_summary.json
       embed/img_emb/img_emb_NNNNN.npy                      clip-retrieval's layout
       embed/metadata/metadata_NNNNN.parquet
+      embed/local/local_NNNNN.npy                          ORB descriptors (local-feature candidates)
       embed/embed_summary.json
       cluster/pairs.parquet, clusters.parquet, cluster_summary.json, evaluation.json
       dedup/NNNNN.tar, NNNNN.parquet, NNNNN_stats.json      deduplicated WebDataset
@@ -78,6 +79,10 @@ class WorkDir:
 
     def img_emb(self, shard: int) -> Path:
         return self.embed_dir / "img_emb" / f"img_emb_{shard_name(shard)}.npy"
+
+    def local_features(self, shard: int) -> Path:
+        """ORB descriptors of the shard's samples, concatenated in row order (``local_count`` each)."""
+        return self.embed_dir / "local" / f"local_{shard_name(shard)}.npy"
 
     def metadata(self, shard: int) -> Path:
         return self.embed_dir / "metadata" / f"metadata_{shard_name(shard)}.parquet"
