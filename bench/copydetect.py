@@ -61,6 +61,7 @@ SYNTHETIC = {
     # copies and derived images of the tiles, not distinct photographs (seen with the verifier's
     # evidence: pixel agreement 1.0)
     "aerialphoto", "aerial-08", "aerial-09", "aerial-10",
+    "eg-morph1", "eg-morph2",  # 50 x 40 binary morphology examples
 }  # fmt: skip
 SKIMAGE_PHOTOS = (
     "astronaut.png", "brick.png", "camera.png", "chelsea.png", "coffee.png", "coins.png", "grass.png",

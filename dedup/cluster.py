@@ -45,7 +45,10 @@ DEFAULTS = {
     "clip": {"embedding_threshold": 0.95, "candidate_threshold": 0.85},
     "precomputed": {"embedding_threshold": 0.95, "candidate_threshold": 0.85},
 }
-VERIFY_TOP_K = 5  # undecided pairs verified per sample: its most similar candidates only
+VERIFY_TOP_K = 5  # pairs proposed by shared keypoints verified per sample: its best-voted only
+# pairs in the cosine band [candidate, embedding threshold) verified per sample; crops, which this
+# band was for, now come from shared keypoints, so two (measured: bench/RESULTS.md, "Copy detection")
+VERIFY_TOP_K_COSINE = 2
 
 CLUSTER_SCHEMA = {
     "key": pl.String,
@@ -261,17 +264,23 @@ def _run_cluster(config: ClusterConfig, work: WorkDir, progress: bool) -> dict[s
         # Pairs no global signal accepts are verified only among each sample's most similar
         # candidates (by cosine, and by shared keypoints); every pair a global signal proposed is
         # verified (under confirm).
-        chosen = _most_similar(pi, pj, check & (signal == ""), cos) | _most_similar(
-            pi, pj, linked & (signal == ""), votes
+        chosen = _most_similar(pi, pj, check & (signal == ""), cos, VERIFY_TOP_K_COSINE) | _most_similar(
+            pi, pj, linked & (signal == ""), votes, VERIFY_TOP_K
         )
         linked &= chosen
         check = (check & (signal != "")) | chosen
         involved = np.unique(np.concatenate([pi[check], pj[check]])) if check.any() else np.zeros(0, np.int64)
         _add_images(work, meta, unique, u_of_row, verifier, involved)
-        _verify_pairs(oracle, pi[check], pj[check], progress)
+        order = np.lexsort((-cos, signal == ""))  # proposals by a global signal first, most similar first
+        looked = _verify_pairs(oracle, pi, pj, order[check[order]], len(unique), progress)
+        implied = check & ~looked
+        check &= looked
+    else:
+        implied = np.zeros(len(pi), dtype=bool)
     proposed = signal.copy()
     _, signal, _ = oracle.decide_pairs(pi, pj, verify=check, linked=linked)
     accepted = signal != ""
+    signal[implied] = "implied"
 
     if verifier is not None:
         # The grouping may verify any member against its representative: load those images too.
@@ -306,6 +315,18 @@ def _run_cluster(config: ClusterConfig, work: WorkDir, progress: bool) -> dict[s
             pl.lit(None, dtype=pl.Float32).alias("reference_similarity"),
         )
 
+    # pairs the grouping verified beyond the candidates (a member against its representative)
+    seen = set(zip(pi.tolist(), pj.tolist(), strict=True))
+    extra = np.array(sorted(p for p in oracle.evidence if p not in seen), dtype=np.int64).reshape(-1, 2)
+    if len(extra):
+        ei, ej = extra[:, 0], extra[:, 1]
+        _, extra_signal, extra_cos = oracle.decide_pairs(ei, ej, linked=np.ones(len(ei), bool))
+        pi, pj = np.concatenate([pi, ei]), np.concatenate([pj, ej])
+        proposed = np.concatenate([proposed, np.full(len(ei), "group", dtype=object)])
+        signal = np.concatenate([signal, extra_signal])
+        cos = np.concatenate([cos, extra_cos])
+        dist = np.concatenate([dist, pair_phash_distance(phash, phash_m, ei, ej)])
+        votes = np.concatenate([votes, np.zeros(len(ei), np.int64)])
     pair_table = _pair_table(
         keys, unique, pi, pj, proposed, signal, cos, dist, votes, oracle.evidence, canonical, exact_copy
     )
@@ -334,11 +355,11 @@ def _run_cluster(config: ClusterConfig, work: WorkDir, progress: bool) -> dict[s
     return summary
 
 
-def _most_similar(pi: np.ndarray, pj: np.ndarray, mask: np.ndarray, score: np.ndarray) -> np.ndarray:
-    """Of the masked pairs, those among the VERIFY_TOP_K best-scored of either endpoint."""
+def _most_similar(pi: np.ndarray, pj: np.ndarray, mask: np.ndarray, score: np.ndarray, k: int) -> np.ndarray:
+    """Of the masked pairs, those among the k best-scored of either endpoint."""
     out = np.zeros(len(pi), dtype=bool)
     idx = np.flatnonzero(mask)
-    out[idx[_top_k_mask(Candidates(pi[idx], pj[idx], score[idx].astype(np.float32)), VERIFY_TOP_K)]] = True
+    out[idx[_top_k_mask(Candidates(pi[idx], pj[idx], score[idx].astype(np.float32)), k)]] = True
     return out
 
 
@@ -367,13 +388,35 @@ def _votes_of(
     return out
 
 
-def _verify_pairs(oracle: PairOracle, i: np.ndarray, j: np.ndarray, progress: bool) -> None:
-    """Fill the oracle's evidence for these pairs (the slow part: decoding, keypoints, alignment)."""
+def _verify_pairs(
+    oracle: PairOracle, pi: np.ndarray, pj: np.ndarray, order: np.ndarray, n: int, progress: bool
+) -> np.ndarray:
+    """Verify the pairs ``order`` lists, in that order (the slow part: decoding, keypoints,
+    alignment); returns which pairs were looked at.
+
+    A pair whose images are already linked by verified copies is skipped: it cannot change any
+    group (every grouping links through verified pairs, and a member is checked against its
+    representative directly), and in a group of 150 copies it saves ~10,000 alignments."""
     from tqdm import tqdm
 
-    for a, b in tqdm(zip(i.tolist(), j.tolist(), strict=True), total=len(i), unit="pair",
-                     desc="verify", disable=not progress or len(i) < 200):  # fmt: skip
-        oracle.check(a, b)
+    parent = np.arange(n)
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = int(parent[x])
+        return x
+
+    looked = np.zeros(len(pi), dtype=bool)
+    for t in tqdm(order.tolist(), unit="pair", desc="verify", disable=not progress or len(order) < 200):
+        a, b = int(pi[t]), int(pj[t])
+        ra, rb = find(a), find(b)
+        if ra == rb:
+            continue
+        looked[t] = True
+        if oracle.accepts(oracle.check(a, b)):
+            parent[ra] = rb
+    return looked
 
 
 def _add_images(work, meta, unique, u_of_row, verifier, ids: np.ndarray) -> None:
@@ -563,7 +606,13 @@ def _pair_table(
         },
         schema=schema,
     )
-    return pl.concat([exact, cand]).with_columns((pl.col("signal") != "none").alias("duplicate"))
+    # "implied": both images were already linked by verified copies, so the pair was never looked at
+    return pl.concat([exact, cand]).with_columns(
+        pl.when(pl.col("signal") == "implied")
+        .then(None)
+        .otherwise(pl.col("signal") != "none")
+        .alias("duplicate")
+    )
 
 
 def _summary(config, info, method, t_emb, t_cand, rows, clusters, pairs, evidence, seconds) -> dict[str, Any]:

@@ -91,7 +91,7 @@ class ClusterConfig(Section):
         description="images derived from another (recoloured, an element added or removed, a large "
         "overlay): keep them as distinct (default), or remove them as duplicates",
     )
-    orb_min_inliers: int = Field(8, ge=4, description="ORB inliers for a keypoint alignment to be tried")
+    orb_min_inliers: int = Field(5, ge=4, description="ORB inliers for a keypoint alignment to be tried")
     local_candidates: bool = Field(
         True,
         description="propose pairs that share many ORB descriptors (crops) for verification; needs "

@@ -25,6 +25,7 @@ ORB similarity fit (crops, rotations, borders) and a plain stretch of one frame 
 
 from __future__ import annotations
 
+import io
 import math
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -34,7 +35,8 @@ import cv2
 import numpy as np
 
 SIDE = 256  # longest side images are normalised to before features and alignment
-COMPARE_SIDE = 128  # longest side of the contained image when pixels are compared
+COMPARE_SIDE = 128  # longest side of the contained image when pixels are compared (at most)
+MIN_COMPARE_SIDE = 32
 PATCH = 8  # patch side (pixels at COMPARE_SIDE)
 BLUR_SIGMA = 1.0  # suppresses JPEG blocks and resampling differences before comparing
 RATIO = 0.8  # Lowe's ratio test
@@ -42,25 +44,33 @@ RANSAC_PX = 3.0
 RANSAC_SEED = 12345
 MAX_ROTATION_DEG = 20.0
 SCALE_RANGE = (0.25, 4.0)  # between the two normalised frames (crops of 30 % a side need ~2.5)
-MIN_FIT_INLIERS = 8
+MIN_FIT_INLIERS = 5
+WINDOW_SIDE = 64  # template matching runs at this size
+WINDOW_SCALES = (0.70, 0.76, 0.82, 0.86, 0.90, 0.93, 0.96, 0.98)  # b's size within a's frame
+WINDOW_MIN_SCORE = 0.7
 ECC_ITERATIONS = 30
-ECC_MAX_SHIFT = 8.0  # pixels of the compared image a refinement may move a corner
+ECC_LEVELS = (0.25, 0.5, 1.0)  # coarse to fine, so a stretch off by a 10 % crop still converges
+ECC_MAX_SHIFT = 0.2  # share of the frame a refinement may move a corner by (a 10 % crop a side)
 
 # Decision thresholds, measured on bench/copydetect.py (hard negatives from real photographs) and the
 # demo corpus; see bench/RESULTS.md, "Copy detection".
 PATCH_NCC = 0.75  # a textured patch agrees when its aligned pixels correlate at least this well
+PATCH_RMS = 0.25  # ... or when its pixels differ by at most this (global standard deviations)
 PATCH_MEAN = 0.35  # ... and its local brightness differs by at most this (in global standard deviations)
 TEXTURE = 0.12  # a patch is informative when its std exceeds this in either image (global std units)
 MIN_COVERAGE = 0.97  # the contained image's content must be covered this much by the other's
 FILL_TOLERANCE = (5, 5, 5, 5)  # grey levels a uniform border may vary by (JPEG noise)
 FILL_STD = 1.5  # ... and their standard deviation at most
-COPY_MATCH = 0.93  # share of informative patches that must agree for a copy
+COPY_MATCH = 0.95  # share of informative patches that must agree for a copy
 DERIVED_MATCH = 0.55  # ... for a derived image (a region or the colours changed)
 COLOR_MATCH = 0.60  # colour agreement below this makes a pixel-identical pair derived (recoloured)
 DETAIL_TRIGGER = 1.3  # look at fine detail when the contained image has this many times the pixels
 DETAIL_RATIO = 1.45  # ... and call it another shot when its detail energy is this many times larger
 DETAIL_SIDE = 384  # resolution (longest side) of that look
 DETAIL_BLUR = 0.7  # before the Laplacian, so JPEG block noise is not mistaken for detail
+COLOR_CELL = 8  # pixels (at the compared size) per cell when colours are compared
+CHROMA_FLOOR = 8.0  # chroma (8-bit Lab units) below which colour differences are judged absolutely
+SHADING_MIN = 0.95  # correlation of patch means below which the shading disagrees
 MIN_INFORMATIVE = 12  # fewer informative patches than this: decided on the whole overlap instead
 
 VERDICTS = ("copy", "derived", "distinct")
@@ -90,7 +100,7 @@ class Prepared:
     """One decoded image at the working resolution: gray for features, Lab for pixels and colour."""
 
     gray: np.ndarray  # (h, w) uint8, longest side SIDE
-    lab: np.ndarray  # (h, w, 3) uint8 (OpenCV's 8-bit Lab: chroma centred on 128)
+    lab: np.ndarray  # (h, w, 3) uint8: luma Y, then OpenCV's 8-bit Lab chroma (centred on 128)
     points: np.ndarray | None = None  # ORB keypoints, computed lazily
     descriptors: np.ndarray | None = None
     mirrored: Prepared | None = None
@@ -98,6 +108,7 @@ class Prepared:
     real_side: int = 0  # longest side of the decoded image, before normalisation
     data: bytes | None = None  # the encoded image, for a full-resolution look when needed
     flipped: bool = False
+    quality: int | None = None  # estimated JPEG quality (None: not a JPEG)
 
 
 def prepare(data: bytes) -> Prepared | None:
@@ -107,6 +118,7 @@ def prepare(data: bytes) -> Prepared | None:
         return None
     p = prepare_array(img)
     p.data = data
+    p.quality = jpeg_quality(data)
     return p
 
 
@@ -122,13 +134,22 @@ def prepare_array(bgr: np.ndarray) -> Prepared:
         interp = cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC
         bgr = cv2.resize(bgr, (max(8, round(w * s)), max(8, round(h * s))), interpolation=interp)
     gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-    return Prepared(gray, cv2.cvtColor(bgr, cv2.COLOR_BGR2LAB), real_side=max(h, w))
+    lab = cv2.cvtColor(bgr, cv2.COLOR_BGR2LAB)
+    # Pixels are compared on JPEG's own luma (Y = the grey image), which chroma subsampling leaves
+    # alone; Lab's L mixes in the chroma that JPEG smears, shifting saturated regions.
+    lab[..., 0] = gray
+    return Prepared(gray, lab, real_side=max(h, w))
 
 
 def _mirror(p: Prepared) -> Prepared:
     if p.mirrored is None:
         p.mirrored = Prepared(
-            cv2.flip(p.gray, 1), cv2.flip(p.lab, 1), real_side=p.real_side, data=p.data, flipped=True
+            cv2.flip(p.gray, 1),
+            cv2.flip(p.lab, 1),
+            real_side=p.real_side,
+            data=p.data,
+            flipped=True,
+            quality=p.quality,
         )
     return p.mirrored
 
@@ -177,6 +198,29 @@ def stretch(a: Prepared, b: Prepared) -> np.ndarray:
     ha, wa = a.gray.shape
     hb, wb = b.gray.shape
     return np.array([[wa / wb, 0.0, 0.0], [0.0, ha / hb, 0.0]], dtype=np.float64)
+
+
+def window(a: Prepared, b: Prepared) -> np.ndarray | None:
+    """Where b sits inside a, as a transform (b -> a pixels), by multi-scale template matching: a
+    lightly cropped copy of a smooth image has too few keypoints for a fit and is too far off for a
+    whole-frame stretch. None when b cannot be a window of a (it is larger in both directions)."""
+    ha, wa = a.gray.shape
+    f = WINDOW_SIDE / max(ha, wa)
+    big = cv2.resize(a.gray, (max(8, round(wa * f)), max(8, round(ha * f))), interpolation=cv2.INTER_AREA)
+    hb, wb = b.gray.shape
+    best, best_m = WINDOW_MIN_SCORE, None
+    for r in WINDOW_SCALES:
+        s = min(big.shape[1] * r / wb, big.shape[0] * r / hb)  # b's pixels -> big's
+        tw, th = round(wb * s), round(hb * s)
+        if tw < 8 or th < 8 or tw > big.shape[1] or th > big.shape[0]:
+            continue
+        small = cv2.resize(b.gray, (tw, th), interpolation=cv2.INTER_AREA)
+        res = cv2.matchTemplate(big, small, cv2.TM_CCOEFF_NORMED)
+        _, score, _, (x, y) = cv2.minMaxLoc(res)
+        if score > best:
+            k = 1.0 / f  # big's pixels -> a's
+            best, best_m = score, np.array([[s * k, 0, x * k], [0, s * k, y * k]], dtype=np.float64)
+    return best_m
 
 
 def _invert(m: np.ndarray) -> np.ndarray:
@@ -232,11 +276,11 @@ def compare(a: Prepared, b: Prepared, m: np.ndarray) -> tuple[float, float, floa
     cov_b = _coverage(inv, a, b)
     # compare in the frame of whichever image is better covered (the contained one)
     if cov_b > cov_a:
-        a, b, m, coverage = b, a, inv, cov_b
+        a, b, m, coverage, other = b, a, inv, cov_b, cov_a
     else:
-        coverage = cov_a
+        coverage, other = cov_a, cov_b
     h, w = a.gray.shape
-    s = min(1.0, COMPARE_SIDE / max(h, w))
+    s = min(1.0, _common_side(a, b, m) / max(h, w))
     size = (max(PATCH, round(w * s)), max(PATCH, round(h * s)))
     scale = np.array([[s, 0, 0], [0, s, 0]], dtype=np.float64)
     m_small = scale @ np.vstack([m, [0, 0, 1]])
@@ -247,13 +291,39 @@ def compare(a: Prepared, b: Prepared, m: np.ndarray) -> tuple[float, float, floa
     lb = cv2.warpAffine(lab_b, back, size, flags=flags, borderMode=cv2.BORDER_CONSTANT)
     valid = cv2.warpAffine(np.ones(b.gray.shape, np.float32), back, size, flags=flags, borderValue=0)
     valid = valid > 0.99
+    # coverage under the refined alignment: a refinement that slid a repetitive pattern into place
+    # (stripes, tiles, blinds) leaves part of the frame uncovered, which a copy never does
+    content = cv2.resize(_content(a), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+    edge = max(1, round(max(size) * 0.01))  # interpolation leaves the outermost pixel uncertain
+    inner = np.zeros(content.shape, bool)
+    inner[edge:-edge, edge:-edge] = True
+    coverage = min(coverage, float((valid & content & inner).sum() / max(1, (content & inner).sum())))
     if valid.sum() < PATCH * PATCH:
         return coverage, 0.0, 0.0, 1.0
-    la = cv2.GaussianBlur(la, (0, 0), BLUR_SIGMA)
-    lb = cv2.GaussianBlur(lb, (0, 0), BLUR_SIGMA)
+    cmp_side = float(max(size))
+    b_per_a = math.sqrt(abs(np.linalg.det(back[:, :2])))  # b's normalised pixels per compared pixel
+    b_side = cmp_side * b_per_a * b.real_side / max(b.gray.shape)  # b's real pixels across a
+    sigma = max(_blur(a, cmp_side, a.real_side), _blur(b, cmp_side, b_side))
+    la = cv2.GaussianBlur(la, (0, 0), sigma)
+    lb = cv2.GaussianBlur(lb, (0, 0), sigma)
     pixel = _pixel_match(la[..., 0], lb[..., 0], valid)
-    detail = _extra_detail(a, b, back, max(size)) if pixel >= DERIVED_MATCH else 1.0
+    # only a strict part of the other image can be a new shot of it (same framing: a rescale)
+    strict_part = other < MIN_COVERAGE
+    detail = _extra_detail(a, b, back, max(size)) if pixel >= DERIVED_MATCH and strict_part else 1.0
     return coverage, pixel, _color_match(la, lb, valid), detail
+
+
+def _common_side(a: Prepared, b: Prepared, m: np.ndarray) -> float:
+    """The longest side, in pixels, at which both images really hold ``a``'s content: a copy shrunk
+    to 80 pixels is compared with its original at 80 pixels, not at an upsampled 128."""
+    side = float(COMPARE_SIDE)
+    if a.real_side:
+        side = min(side, a.real_side)
+    if b.real_side:
+        b_per_a = math.sqrt(abs(np.linalg.det(_invert(m)[:, :2])))  # b's normalised px per a's
+        region = max(a.gray.shape) * b_per_a * b.real_side / max(b.gray.shape)
+        side = min(side, region)
+    return max(side, MIN_COMPARE_SIDE)
 
 
 def _full_gray(p: Prepared, side: int) -> np.ndarray | None:
@@ -312,25 +382,85 @@ def _extra_detail(a: Prepared, b: Prepared, back: np.ndarray, compare_side: int)
 
 def _refine(template: np.ndarray, image: np.ndarray, warp: np.ndarray) -> np.ndarray:
     """Sub-pixel refinement of an alignment (ECC, affine): a keypoint fit is off by a pixel or two,
-    enough to decorrelate fine texture; a failed refinement keeps the fit."""
-    w = warp.astype(np.float32)
+    enough to decorrelate fine texture, and a whole-frame stretch is off by the crop of a lightly
+    cropped copy. ECC is run at full size and coarse to fine; the better-correlated result wins, and
+    one that moved a corner by more than ECC_MAX_SHIFT of the frame (it found something else) is
+    dropped, keeping the fit."""
+    side = max(template.shape)
+    scale_b = math.sqrt(abs(np.linalg.det(warp[:, :2])))  # image pixels per template pixel
+    limit = ECC_MAX_SHIFT * side * scale_b
+    corners = np.array([[0, 0, 1], [template.shape[1], 0, 1], [0, template.shape[0], 1],
+                        [template.shape[1], template.shape[0], 1]], np.float64).T  # fmt: skip
+    best, best_cc = warp, -1.0
+    for levels in ((1.0,), ECC_LEVELS):
+        w, cc = _ecc(template, image, warp, levels)
+        if cc > best_cc and np.abs((w - warp) @ corners).max() <= limit:
+            best, best_cc = w, cc
+    return best
+
+
+def _ecc(
+    template: np.ndarray, image: np.ndarray, warp: np.ndarray, levels: tuple[float, ...]
+) -> tuple[np.ndarray, float]:
+    """ECC through the given template scales; (warp, correlation of the last level run)."""
+    w, cc = warp.astype(np.float64), -1.0
+    image = image.astype(np.float32)
+    for f in levels:
+        small = template if f == 1.0 else cv2.resize(template, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+        if min(small.shape) < 16:
+            continue
+        scale = np.diag([1 / f, 1 / f, 1.0])
+        w_level = (np.vstack([w, [0, 0, 1]]) @ scale)[:2].astype(np.float32)
+        try:
+            cc, w_level = cv2.findTransformECC(
+                small.astype(np.float32),
+                image,
+                w_level,
+                cv2.MOTION_AFFINE,
+                (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, ECC_ITERATIONS, 1e-4),
+                None,
+                3,
+            )
+        except cv2.error:
+            return warp.astype(np.float64), -1.0
+        w = (np.vstack([w_level.astype(np.float64), [0, 0, 1]]) @ np.linalg.inv(scale))[:2]
+    return w, float(cc)
+
+
+def jpeg_quality(data: bytes) -> int | None:
+    """libjpeg quality (1-100) estimated from the luminance quantisation table; None if not a JPEG."""
+    if data[:3] != b"\xff\xd8\xff":
+        return None
     try:
-        _, w = cv2.findTransformECC(
-            template.astype(np.float32),
-            image.astype(np.float32),
-            w,
-            cv2.MOTION_AFFINE,
-            (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, ECC_ITERATIONS, 1e-4),
-            None,
-            3,
-        )
-    except cv2.error:
-        return warp
-    # a refinement that moved far from the fit found something else; keep the fit
-    corners = np.array([[0, 0, 1], [template.shape[1], template.shape[0], 1]], np.float64).T
-    if np.abs((w.astype(np.float64) - warp) @ corners).max() > ECC_MAX_SHIFT:
-        return warp
-    return w.astype(np.float64)
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as im:
+            tables = getattr(im, "quantization", None)
+        if not tables:
+            return None
+        table = np.asarray(tables[min(tables)], dtype=np.float64)
+    except Exception:
+        return None
+    scale = 100.0 * table.mean() / _STD_LUMA.mean()
+    quality = (200.0 - scale) / 2.0 if scale <= 100 else 5000.0 / scale
+    return int(np.clip(round(quality), 1, 100))
+
+
+_STD_LUMA = np.array(
+    [16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+     14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+     49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99], dtype=np.float64
+)  # fmt: skip
+
+
+def _blur(p: Prepared, compare_side: float, own_side: float) -> float:
+    """Blur (in compared pixels) that hides ``p``'s JPEG blocks: strong compression leaves 8-pixel
+    blocks and ringing that no copy shares with its original."""
+    q = p.quality
+    if q is None or q >= 85 or not own_side:
+        return BLUR_SIGMA
+    strength = 0.15 if q >= 60 else 0.25 if q >= 40 else 0.35
+    return max(BLUR_SIGMA, strength * 8 * compare_side / own_side)
 
 
 def _pixel_match(ya: np.ndarray, yb: np.ndarray, valid: np.ndarray) -> float:
@@ -352,30 +482,52 @@ def _pixel_match(ya: np.ndarray, yb: np.ndarray, valid: np.ndarray) -> float:
     cov = ((ba - ma[..., None, None]) * (bb - mb[..., None, None])).mean(axis=(2, 3))
     ncc = cov / (np.maximum(sa, TEXTURE / 2) * np.maximum(sb, TEXTURE / 2))
     informative = va & (np.maximum(sa, sb) > TEXTURE)
-    agree = (ncc >= PATCH_NCC) & (np.abs(ma - mb) <= PATCH_MEAN)
+    # a patch agrees when its pixels correlate, or when they differ by no more than compression
+    # noise (a faint texture's correlation is the noise's, not the content's)
+    rms = np.sqrt(((ba - bb) ** 2).mean(axis=(2, 3)))
+    # compression also shifts a high-contrast patch's mean a little: allow half its contrast there
+    mean_ok = np.abs(ma - mb) <= np.maximum(PATCH_MEAN, 0.5 * np.maximum(sa, sb) * (ncc >= 0.9))
+    agree = ((ncc >= PATCH_NCC) | (rms <= PATCH_RMS)) & mean_ok
     # flat in both but at different brightness: the content there differs (a product on a template)
     flat_differs = va & ~informative & (np.abs(ma - mb) > PATCH_MEAN)
     counted = int(informative.sum() + flat_differs.sum())
     if int(informative.sum()) < MIN_INFORMATIVE:
         # too little texture for patches to decide: the whole overlap must agree pixel by pixel
-        return float(np.mean(np.abs(za[valid] - zb[valid]) <= PATCH_MEAN))
-    return float((agree & informative).sum() / counted)
+        share = float(np.mean(np.abs(za[valid] - zb[valid]) <= PATCH_MEAN))
+    else:
+        share = float((agree & informative).sum() / counted)
+    # the shading (patch means across the frame) must agree too: look-alike tiles of one repetitive
+    # structure share their edges but not their light
+    cells = va.ravel()
+    if cells.sum() >= 4:
+        x, y = ma.ravel()[cells], mb.ravel()[cells]
+        shading = float(np.corrcoef(x, y)[0, 1]) if x.std() > 1e-6 and y.std() > 1e-6 else 1.0
+        if shading < SHADING_MIN:
+            share = min(share, shading)
+    return share
 
 
 def _color_match(la: np.ndarray, lb: np.ndarray, valid: np.ndarray) -> float:
     """1 when the chroma agree (up to a saturation change), toward 0 for a recolour.
 
-    Gray images have no chroma to compare and agree; one gray and one coloured image do not.
+    Compared on coarse cells (JPEG subsamples and smears chroma, a recolour moves it everywhere),
+    and relative to at least ``CHROMA_FLOOR`` so the faint chroma of a near-grey image is not
+    judged by its compression noise. Grey images agree; one grey and one coloured image do not.
     """
-    ca = la[..., 1:][valid] - 128.0  # 8-bit Lab: 128 is gray
-    cb = lb[..., 1:][valid] - 128.0
+    cells = (max(1, la.shape[1] // COLOR_CELL), max(1, la.shape[0] // COLOR_CELL))
+    weight = cv2.resize(valid.astype(np.float32), cells, interpolation=cv2.INTER_AREA)
+    keep = weight > 0.99
+    if not keep.any():
+        return 1.0
+    ca = cv2.resize(la[..., 1:] * valid[..., None], cells, interpolation=cv2.INTER_AREA)[keep] - 128.0
+    cb = cv2.resize(lb[..., 1:] * valid[..., None], cells, interpolation=cv2.INTER_AREA)[keep] - 128.0
     na, nb = float(np.abs(ca).mean()), float(np.abs(cb).mean())
     if max(na, nb) < 3.0:
         return 1.0
     # best saturation scale s >= 0 for cb ~ s * ca, then the residual relative to the chroma present
     s = max(0.0, float((ca * cb).sum() / ((ca * ca).sum() + 1e-6)))
     residual = float(np.abs(cb - s * ca).mean())
-    return float(max(0.0, 1.0 - residual / max(na, nb)))
+    return float(max(0.0, 1.0 - residual / max(na, nb, CHROMA_FLOOR)))
 
 
 def verdict(coverage: float, pixel_match: float, color_match: float, detail: float = 1.0) -> str:
@@ -388,43 +540,72 @@ def verdict(coverage: float, pixel_match: float, color_match: float, detail: flo
     return "distinct"
 
 
-def examine(a: Prepared, b: Prepared, features: Features, min_inliers: int = MIN_FIT_INLIERS) -> Evidence:
-    """The best alignment of b onto a (straight or mirrored; ORB fit or stretch) and its verdict."""
+def examine(
+    a: Prepared,
+    b: Prepared,
+    features: Features,
+    min_inliers: int = MIN_FIT_INLIERS,
+    stretch_first: bool = True,
+    window_search: bool = True,
+) -> Evidence:
+    """The best alignment of b onto a and its verdict.
+
+    Cheapest first, stopping at the first copy: the straight stretch (most copies are re-encodes and
+    rescales of the whole frame), the straight ORB fit (crops, borders, rotations), then both
+    mirrored. ``inliers`` stays 0 when a stretch sufficed and keypoints were never matched. Without
+    ``stretch_first`` (a pair whose global descriptors differ: at best a crop), the stretch is tried
+    only after a failed fit, and a pair with no keypoint fit costs no pixel comparison at all.
+    ``window_search`` (the frames look alike) tries a template-matched window (a light crop).
+    """
     best = Evidence()
     top_inliers, top_ratio = 0, 0.0
     for mirrored in (False, True):
         bb = _mirror(b) if mirrored else b
+        suffix = "-mirrored" if mirrored else ""
+        if stretch_first:
+            e = _evidence(a, bb, stretch(a, bb), "stretch" + suffix, top_inliers, top_ratio)
+            best = e if e.score > best.score else best
+            if best.verdict == "copy":
+                break
+        if window_search:
+            # a light crop of a smooth image: find the window by template matching, either way round
+            for m_win in (window(a, bb), _inverse_or_none(window(bb, a))):
+                if m_win is not None:
+                    e = _evidence(a, bb, m_win, "window" + suffix, top_inliers, top_ratio)
+                    best = e if e.score > best.score else best
+            if best.verdict == "copy":
+                break
         m, inliers, ratio = features.fit(a, bb)
         if inliers > top_inliers:
             top_inliers, top_ratio = inliers, ratio
-        tried = [("stretch", stretch(a, bb))]
         if m is not None and inliers >= min_inliers:
-            tried.insert(0, ("orb", m))
-        for name, transform in tried:
-            coverage, pix, col, detail = compare(a, bb, transform)
-            e = Evidence(
-                inliers=inliers,
-                inlier_ratio=ratio,
-                coverage=coverage,
-                pixel_match=pix,
-                color_match=col,
-                detail=detail,
-                alignment=name + ("-mirrored" if mirrored else ""),
-                verdict=verdict(coverage, pix, col, detail),
-            )
-            if e.score > best.score:
-                best = e
-        if best.verdict == "copy":
-            break
+            e = _evidence(a, bb, m, "orb" + suffix, inliers, ratio)
+            best = e if e.score > best.score else best
+            if best.verdict == "copy":
+                break
+    if not best.alignment.startswith("orb"):
+        # report the keypoint evidence that was gathered, even when the stretch aligned better
+        best = Evidence(**{**best.__dict__, "inliers": top_inliers, "inlier_ratio": top_ratio})
+    return best
+
+
+def _inverse_or_none(m: np.ndarray | None) -> np.ndarray | None:
+    return None if m is None else _invert(m)
+
+
+def _evidence(
+    a: Prepared, b: Prepared, transform: np.ndarray, name: str, inliers: int, ratio: float
+) -> Evidence:
+    coverage, pix, col, detail = compare(a, b, transform)
     return Evidence(
-        inliers=max(best.inliers, top_inliers) if best.alignment.startswith("stretch") else best.inliers,
-        inlier_ratio=best.inlier_ratio if best.alignment.startswith("orb") else top_ratio,
-        coverage=best.coverage,
-        pixel_match=best.pixel_match,
-        color_match=best.color_match,
-        detail=best.detail,
-        alignment=best.alignment,
-        verdict=best.verdict,
+        inliers=inliers,
+        inlier_ratio=ratio,
+        coverage=coverage,
+        pixel_match=pix,
+        color_match=col,
+        detail=detail,
+        alignment=name,
+        verdict=verdict(coverage, pix, col, detail),
     )
 
 
@@ -457,8 +638,8 @@ class CopyVerifier:
             self._prepared.popitem(last=False)
         return p
 
-    def examine(self, a: int, b: int) -> Evidence:
+    def examine(self, a: int, b: int, stretch_first: bool = True, window_search: bool = True) -> Evidence:
         pa, pb = self.prepared(a), self.prepared(b)
         if pa is None or pb is None:
             return Evidence(alignment="undecodable")
-        return examine(pa, pb, self._features, self.min_inliers)
+        return examine(pa, pb, self._features, self.min_inliers, stretch_first, window_search)

@@ -40,6 +40,8 @@ def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
 
 
 DERIVED_POLICIES = ("keep", "remove")
+STRETCH_COSINE = 0.8  # frames this alike are worth a whole-frame alignment before keypoints
+STRETCH_PHASH = 20
 
 
 @dataclass
@@ -88,7 +90,14 @@ class PairOracle:
         """The verifier's evidence for a pair, computed once."""
         pair = (min(a, b), max(a, b))
         if pair not in self.evidence:
-            self.evidence[pair] = self.examine(*pair)  # type: ignore[misc]
+            from dedup.search import pair_phash_distance
+
+            i, j = np.array([pair[0]]), np.array([pair[1]])
+            # the same framing (a whole-frame stretch is worth trying) shows in the perceptual hash;
+            # a light crop may not, but keeps the global look (a window is worth searching for)
+            same_frame = bool(pair_phash_distance(self.phash, self.phash_mirror, i, j)[0] <= STRETCH_PHASH)
+            alike = same_frame or bool(self.cosine_pairs(i, j)[0] >= STRETCH_COSINE)
+            self.evidence[pair] = self.examine(*pair, stretch_first=same_frame, window_search=alike)  # type: ignore[misc]
         return self.evidence[pair]
 
     def proposed(self, i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

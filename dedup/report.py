@@ -509,10 +509,18 @@ def _galleries(
     if pairs is not None:
         cs = read_json(work.cluster_summary) if work.cluster_summary.exists() else {}
         t = float(cs.get("embedding_threshold", 0.95))
+        from dedup.copydetect import COPY_MATCH
+
+        # nearest the decision: the verifier's copy threshold where it looked, else the cosine's
         border = (
             pairs.filter(pl.col("signal") != "exact")
-            .with_columns((pl.col("similarity") - t).abs().alias("gap"))
-            .sort("gap")
+            .with_columns(
+                pl.when(pl.col("pixel_match").is_not_null())
+                .then((pl.col("pixel_match") - COPY_MATCH).abs())
+                .otherwise((pl.col("similarity") - t).abs())
+                .alias("gap")
+            )
+            .sort("gap", "key_a", "key_b")
             .head(config.borderline_pairs)
         )
     keys = set(shown["key"].to_list()) | (
@@ -524,6 +532,7 @@ def _galleries(
         '<section id="galleries"><h2>Galleries</h2><h3>Largest duplicate groups</h3>'
         "<p>The kept image has a green frame; the others are removed as its duplicates.</p>"
     ]
+    evidence = _pair_evidence(pairs)
     for cid in largest["cluster_id"].to_list():
         members = shown.filter(pl.col("cluster_id") == cid)
         n = int(largest.filter(pl.col("cluster_id") == cid)["n"][0])
@@ -534,6 +543,7 @@ def _galleries(
                 if r["is_representative"]
                 else f"<span class='tag dup'>{esc(r['signal'])} "
                 f"{r['similarity_to_representative']:.3f}</span>"
+                f"{_evidence_line(evidence.get(_pair_key(r['key'], r['representative_key'])))}"
             )
             figs.append(_figure(thumbs.get(r["key"]), f"{label}{esc(r['caption'])}", r["is_representative"]))
         more = f"<p>… and {n - members.height} more copies</p>" if n > members.height else ""
@@ -551,15 +561,38 @@ def _galleries(
                 kept = bool(info.get(k, {}).get("is_representative"))
                 tag = KEPT_TAG if kept else ""
                 cells.append(_figure(thumbs.get(k), tag + esc(info.get(k, {}).get("caption")), kept))
-            orb = f", ORB inliers {r['orb_inliers']}" if r.get("orb_inliers") is not None else ""
             html_parts.append(
                 f"<div class='pair'>{''.join(cells)}<div><b>{esc(verdict)}</b>"
-                f"<br>cosine {r['similarity']:.3f}"
-                f"<br>pHash distance {r['phash_distance']}{esc(orb)}<br>signal {esc(r['signal'])}</div></div>"
+                f"<br>cosine {r['similarity']:.3f}<br>pHash distance {r['phash_distance']}"
+                f"<br>proposed by {esc(r.get('proposed_by'))}, signal {esc(r['signal'])}"
+                f"{_evidence_line(r)}</div></div>"
             )
         html_parts.append("</div>")
     html_parts.append("</section>")
     return "".join(html_parts)
+
+
+def _pair_key(a: str, b: str) -> tuple[str, str]:
+    return (a, b) if a <= b else (b, a)
+
+
+def _pair_evidence(pairs: pl.DataFrame | None) -> dict[tuple[str, str], dict[str, Any]]:
+    """The verifier's evidence per (unordered) pair of keys, where it looked."""
+    if pairs is None or "verdict" not in pairs.columns:
+        return {}
+    looked = pairs.filter(pl.col("verdict").is_not_null())
+    return {_pair_key(r["key_a"], r["key_b"]): r for r in looked.iter_rows(named=True)}
+
+
+def _evidence_line(r: dict[str, Any] | None) -> str:
+    """Why the verifier called a pair what it did, in one line (empty when it did not look)."""
+    if not r or r.get("verdict") is None:
+        return ""
+    return (
+        f"<br><small>verifier: {esc(r['verdict'])}; aligned pixels agree {100 * r['pixel_match']:.0f} %, "
+        f"covered {100 * r['coverage']:.0f} %, colours {100 * r['color_match']:.0f} %, "
+        f"{esc(r['orb_inliers'])} keypoint inliers</small>"
+    )
 
 
 def _memorization(work: WorkDir, out: Path, attack: dict | None, summary: dict, settings: dict) -> str:

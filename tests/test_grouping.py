@@ -84,23 +84,59 @@ def test_oracle_signals_in_order_of_certainty():
     assert dup.tolist() == [True, False] and sig[0] == "exact"
 
 
-def test_oracle_verifies_only_undecided_pairs_above_the_candidate_threshold():
-    x = _unit([[1, 0], [0.8, 0.6], [0, 1]])  # cos(0,1) = 0.8, cos(0,2) = 0
+def _evidence(verdict):
+    from dedup.copydetect import Evidence
+
+    return Evidence(verdict=verdict)
+
+
+def test_oracle_verifies_proposed_and_band_pairs_and_caches():
+    # cos(0,1) = 0.8 (band), cos(0,2) = 0 (below the band), cos(0,3) ~ 1 (proposed by the embedding)
+    x = _unit([[1, 0], [0.8, 0.6], [0, 1], [1, 0.001]])
     asked = []
+
+    def examine(a, b, **_):
+        asked.append((a, b))
+        return _evidence("copy" if (a, b) == (0, 1) else "distinct")
+
     o = PairOracle(
         embeddings=x,
-        sha=np.arange(3),
-        phash=np.array([0, 0xFF00FF00FF, 0xFF00FF00FF << 24], dtype=np.uint64),
+        sha=np.arange(4),
+        phash=np.array([0, 0xFF00FF00FF, 0xFF00FF00FF << 24, 0xFFFF << 40], dtype=np.uint64),
         phash_mirror=None,
         embedding_threshold=0.97,
         phash_threshold=2,
         candidate_threshold=0.5,
-        verify=lambda a, b: asked.append((a, b)) or True,
+        examine=examine,
     )
-    dup, sig, _ = o.decide(0, np.array([1, 2]))
-    assert dup.tolist() == [True, False] and sig[0] == "orb" and asked == [(0, 1)]
-    o.decide(1, np.array([0]))
-    assert asked == [(0, 1)]  # cached
+    dup, sig, _ = o.decide_pairs(np.array([0, 0, 0]), np.array([1, 2, 3]))
+    # the band pair is a copy; the pair below the band is never looked at; the embedding's proposal
+    # is rejected by the verifier (another photo of the same subject)
+    assert dup.tolist() == [True, False, False] and sig[0] == "verified"
+    assert asked == [(0, 1), (0, 3)]
+    o.decide_pairs(np.array([1]), np.array([0]))
+    assert asked == [(0, 1), (0, 3)]  # cached
+    # without confirm, a global signal's proposal stands without a look
+    o.confirm = False
+    assert o.decide_pairs(np.array([0]), np.array([3]))[0].tolist() == [True]
+
+
+def test_components_grouping_honours_the_verifier():
+    """components links only the pairs the oracle accepts: a rejected proposal links nothing."""
+    x = _unit([[1, 0], [1, 0.001], [1, 0.002]])
+    o = PairOracle(
+        embeddings=x,
+        sha=np.arange(3),
+        phash=np.zeros(3, np.uint64),
+        phash_mirror=None,
+        embedding_threshold=0.97,
+        phash_threshold=None,
+        examine=lambda a, b, **_: _evidence("copy" if {a, b} == {0, 1} else "distinct"),
+    )
+    i, j = np.array([0, 0, 1]), np.array([1, 2, 2])
+    dup, _, _ = o.decide_pairs(i, j)
+    g = group((i[dup], j[dup]), 3, "components", o, ctx(x, area=[3, 2, 1]), "resolution")
+    assert g.representative.tolist() == [0, 0, 2]
 
 
 def test_components_of_disjoint_edges():
