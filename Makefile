@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 CONFIG ?= configs/demo.yaml
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install test lint format demo bench download embed cluster write attack report run clean
+.PHONY: install test lint format demo bench bench-quality download embed cluster write attack report run clean
 
 install: $(STAMP)
 
@@ -38,6 +38,14 @@ demo: install
 
 bench: install
 	$(BIN)/python -m bench
+
+# Copy detection with hard negatives (real photographs of one subject, derived and templated images),
+# then the peers on the same folder (they are installed beside the project, never into it).
+bench-quality: install
+	$(BIN)/python -m bench.copydetect
+	$(BIN)/python -m pip install --quiet --target bench/out/peers --no-deps imagededup cleanvision \
+		perception pdqhash scikit-learn joblib threadpoolctl validators cloudpickle narwhals tabulate
+	$(BIN)/python -m bench.peers
 
 # One target per stage for data pipelines: make embed CONFIG=configs/laion-example.yaml
 download embed cluster write attack report: install

@@ -1,7 +1,8 @@
 """`make bench` / `python -m bench [NAME ...]`: run the benchmarks (all by default) and print tables.
 
-Names: quality, cluster, write, embed, attack. Each module's docstring says what it measures;
-bench/RESULTS.md keeps the numbers with the machine they were measured on.
+Names: quality, copydetect, cluster, write, embed, attack (peers: `make bench-quality`). Each
+module's docstring says what it measures; bench/RESULTS.md keeps the numbers with the machine they
+were measured on.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-ALL = ("quality", "cluster", "write", "embed", "attack")
+ALL = ("quality", "copydetect", "cluster", "write", "embed", "attack")
 
 
 def main(argv: list[str]) -> None:

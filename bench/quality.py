@@ -26,10 +26,9 @@ SETTINGS = [
     ),
     ("exact + pHash + cosine, components", dict(verify="none", grouping="components")),
     ("exact + pHash + cosine, representative", dict(verify="none")),
-    ("+ ORB for undecided pairs, representative", dict(confirm=False)),
-    ("+ ORB also confirms single-signal pairs, representative (default)", dict()),
-    ("+ ORB verification, semdedup", dict(grouping="semdedup")),
-    ("+ ORB verification, components", dict(grouping="components")),
+    ("+ verification of unproposed candidates only (confirm off)", dict(confirm=False)),
+    ("+ every proposed pair verified, representative (default)", dict()),
+    ("+ every proposed pair verified, components", dict(grouping="components")),
 ]
 
 

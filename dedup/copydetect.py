@@ -231,6 +231,8 @@ def content_mask(gray: np.ndarray) -> np.ndarray:
     """1 where the image has content, 0 on uniform fill reached from its corners and edge midpoints
     (a border, letterbox bars, the corners a rotation leaves): fill is not content to cover."""
     h, w = gray.shape
+    if not gray.flags.writeable:  # floodFill wants a writable image even when it only fills the mask
+        gray = gray.copy()
     mask = np.zeros((h + 2, w + 2), np.uint8)
     flags = 4 | cv2.FLOODFILL_MASK_ONLY | cv2.FLOODFILL_FIXED_RANGE | (1 << 8)
     fill = np.zeros((h, w), bool)
