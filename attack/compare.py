@@ -99,7 +99,7 @@ def run_compare(
             images=sets.reference.images,
             keys=np.array(sets.reference.keys),
             k=sets.k,
-            captions=np.array(sets.reference.captions, dtype=object),
+            captions=np.array([c or "" for c in sets.reference.captions], dtype=str),
         )
     tcfg = train_config(cfg)
     prompts = prompts_for(sets, cfg)

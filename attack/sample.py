@@ -83,7 +83,7 @@ def sample_to_file(
         np.savez_compressed(
             f,
             images=images,
-            prompts=np.array(prompts or [""] * n, dtype=object),
+            prompts=np.array(prompts or [""] * n, dtype=str),  # a plain string array: no pickle
             seed=seed,
             steps=steps,
             guidance=guidance,
@@ -92,5 +92,33 @@ def sample_to_file(
 
 
 def load_generations(path: Path) -> tuple[np.ndarray, list[str]]:
-    with np.load(path, allow_pickle=True) as f:
-        return f["images"], [str(p) for p in f["prompts"]]
+    """Images (n, H, W, 3) uint8 and prompts from a generations ``.npz``, read without unpickling:
+    a user-supplied file must never run code (a pickled object array is refused)."""
+    from dedup.errors import UserError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such generations file")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if "images" not in f.files:
+                raise UserError(f"{path}: no 'images' array (expected images and prompts)")
+            images = f["images"]
+            prompts = [str(p) for p in f["prompts"]] if "prompts" in f.files else [""] * len(images)
+    except UserError:
+        raise
+    except ValueError as err:
+        if "pickle" in str(err).lower():
+            raise UserError(
+                f"{path}: holds pickled objects, which are never loaded; store prompts as a string array"
+            ) from None
+        raise UserError(f"{path}: not a generations file ({str(err).splitlines()[0]})") from None
+    except Exception as err:
+        raise UserError(
+            f"{path}: not a generations .npz ({str(err).splitlines()[0] or type(err).__name__})"
+        ) from None
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise UserError(f"{path}: 'images' must be uint8 (n, H, W, 3), got {images.dtype} {images.shape}")
+    if len(prompts) != len(images):
+        raise UserError(f"{path}: {len(images)} images but {len(prompts)} prompts")
+    return images, prompts

@@ -651,8 +651,13 @@ def _extracted_pairs(work: WorkDir, out: Path) -> str:
     paths = AttackDir(work.attack_dir)
     if not paths.reference.exists():
         return ""
-    with np.load(paths.reference, allow_pickle=True) as ref:
-        ref_images = ref["images"]
+    try:
+        with np.load(paths.reference, allow_pickle=False) as ref:  # never unpickle a file on disk
+            ref_images = ref["images"]
+    except (ValueError, OSError, KeyError) as err:
+        raise UserError(
+            f"{paths.reference}: unreadable ({str(err).splitlines()[0]}); rerun the attack"
+        ) from None
     html_parts = ["<h3>Closest (training image, generation) pairs</h3><div class='pairs'>"]
     for which in ("before", "after"):
         if not paths.image_table(which).exists() or not paths.generations(which).exists():

@@ -66,3 +66,33 @@ def test_prompt_list_weights_duplicated_captions():
     prompts = prompts_for(sets, AttackConfig(duplicated_prompt_repeats=3))
     assert sorted(prompts) == sorted(["one copy"] + ["twenty copies"] * 3 + ["two copies"] * 3)
     assert prompts_for(sets, AttackConfig(conditional=False)) is None
+
+
+class _Payload:
+    """Unpickling this would touch a file: the test checks that it never happens."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_crafted_generations_file_with_a_pickle_is_refused_without_running_it(tmp_path, cli):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "gens.npz"
+    images = np.zeros((2, 16, 16, 3), np.uint8)
+    np.savez(path, images=images, prompts=np.array([_Payload(str(marker)), "b"], dtype=object))
+    r = cli("attack", "extract", str(path), "--train", str(tmp_path / "nowhere"))
+    assert r.returncode == 2 and "pickled objects" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not marker.exists()
+
+
+def test_generations_round_trip_as_plain_arrays(tmp_path):
+    from attack.sample import load_generations
+
+    path = tmp_path / "g.npz"
+    np.savez(path, images=np.ones((3, 8, 8, 3), np.uint8), prompts=np.array(["a", "b", "c"], dtype=str))
+    images, prompts = load_generations(path)
+    assert images.shape == (3, 8, 8, 3) and prompts == ["a", "b", "c"]
