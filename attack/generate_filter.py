@@ -15,6 +15,8 @@ so a rerun resumes.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -157,10 +159,12 @@ def run_generate_filter(
     folder = shard_folder(work_root, "before") if work_root is not None else None
     per_caption = out / "captions"
     per_caption.mkdir(parents=True, exist_ok=True)
+    identity = generator_identity(generator)
     for row in tqdm(cands.iter_rows(named=True), total=cands.height, desc="captions", disable=not progress):
         record_path = per_caption / f"{row['cluster_id']}.json"
-        if record_path.exists():
-            continue
+        run_key = caption_run_key(settings, identity, row)
+        if record_path.exists() and _record_key(record_path) == run_key:
+            continue  # made by this generator, with these settings, for this caption and its images
         seed = settings.seed + 1000 * int(row.get("rank", row["cluster_id"]))
         gens = generator.generate(row["caption"] or "", settings.k, seed, cluster_id=row["cluster_id"])
         training = np.zeros((0, 1, 1, 3), np.uint8)
@@ -169,6 +173,7 @@ def run_generate_filter(
             training = read_images(folder, res - res % 4, set(row["keys"])).images
         record, medoid, nearest = filter_caption(gens, training, settings)
         record.update(
+            run_key=run_key,
             cluster_id=row["cluster_id"],
             caption=row["caption"],
             duplicate_count=row["duplicate_count"],
@@ -181,6 +186,47 @@ def run_generate_filter(
         with atomic_path(record_path) as tmp:
             tmp.write_text(json.dumps(record))
     return summarize(cands, per_caption, settings, generator, out)
+
+
+def generator_identity(generator: Any) -> str:
+    """What makes a generator's images: its name, and for files (a checkpoint, a folder of images)
+    their size and modification time, so a retrained checkpoint under the same path is not reused."""
+    name = str(getattr(generator, "name", generator)) + str(getattr(generator, "identity_extra", ""))
+    for attr in ("checkpoint", "folder", "path"):
+        value = getattr(generator, attr, None)
+        if value is not None and Path(value).exists():
+            p = Path(value)
+            stamp = [
+                (str(q.relative_to(p)) if p.is_dir() else q.name, q.stat().st_size, q.stat().st_mtime_ns)
+                for q in ([p] if p.is_file() else sorted(p.rglob("*")))
+            ]
+            return f"{name}|{hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:16]}"
+    return name
+
+
+def caption_run_key(settings: Settings, identity: str, row: dict[str, Any]) -> str:
+    """A digest of everything one caption's record depends on: a rerun reuses a record only when
+    every setting (K, tau, m, size, detail floor, seed), the generator, the caption and its training
+    images are the same."""
+    blob = json.dumps(
+        {
+            "settings": dataclasses.asdict(settings),
+            "generator": identity,
+            "caption": row["caption"],
+            "keys": sorted(row["keys"] or []),
+            "rank": row.get("rank"),
+        },
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _record_key(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text()).get("run_key")
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def _workdir_of(candidates_file: Path) -> Path | None:

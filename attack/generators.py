@@ -41,6 +41,8 @@ class DDPMGenerator:
         self.schedule = ckpt["config"]["schedule"]
         self.steps, self.guidance = steps, guidance
         self.name = f"ddpm:{checkpoint}"
+        self.checkpoint = checkpoint
+        self.identity_extra = f"steps={steps},guidance={guidance}"  # both change the images
 
     def generate(self, caption: str, k: int, seed: int, cluster_id: int | None = None) -> np.ndarray:
         from attack.sample import ddim

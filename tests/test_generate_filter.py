@@ -66,6 +66,28 @@ def test_directory_generator_flags_exactly_the_memorized_captions(generations_di
     assert again == summary and not list((out / "captions").glob("*.png"))
 
 
+def test_a_rerun_with_other_settings_or_generator_recomputes(generations_dir, tmp_path):
+    """Resume reuses a caption's record only when m, tau, K, the generator and its files are the same."""
+    root, cands = generations_dir
+    out = tmp_path / "out"
+    first = run_generate_filter(cands, DirectoryGenerator(root), Settings(k=12), out, progress=False)
+    assert first["flagged"] == 3
+    # m above the clique size: nothing can be flagged; a stale resume would still say 3
+    strict = run_generate_filter(cands, DirectoryGenerator(root), Settings(k=12, m=13), out, progress=False)
+    assert strict["flagged"] == 0
+    # tau so small that even near-copies are not edges
+    tight = run_generate_filter(
+        cands, DirectoryGenerator(root), Settings(k=12, tau=1e-6), out, progress=False
+    )
+    assert tight["flagged"] == 0
+    # same path, other images: caption 3's generations become near-copies too
+    base = np.asarray(photo(7, (64, 64)), dtype=float)
+    for i, im in enumerate(_near_copies(base, 12, np.random.default_rng(1))):
+        Image.fromarray(im).save(root / "caption_3" / f"{i:03d}.png")
+    changed = run_generate_filter(cands, DirectoryGenerator(root), Settings(k=12), out, progress=False)
+    assert changed["flagged"] == 4
+
+
 def test_verification_against_training_images():
     rng = np.random.default_rng(1)
     train = np.asarray(photo(7, (32, 32)), dtype=float)
