@@ -36,7 +36,16 @@ from dedup.config import ClusterConfig
 from dedup.embed import OK, embeddings_memmap, load_metadata
 from dedup.errors import UserError
 from dedup.grouping import PairOracle, group
-from dedup.layout import WorkDir, atomic_path, is_complete, read_json, read_marker, write_json, write_marker
+from dedup.layout import (
+    WorkDir,
+    atomic_path,
+    is_complete,
+    locked,
+    read_json,
+    read_marker,
+    write_json,
+    write_marker,
+)
 from dedup.representatives import RankContext
 from dedup.search import Candidates, pair_phash_distance, phash_candidates, search
 
@@ -150,6 +159,7 @@ def _stage_key(config: ClusterConfig, work: WorkDir) -> dict[str, Any]:
     return {"config": config.model_dump(mode="json"), "embedded": embedded, "reference": reference}
 
 
+@locked
 def run_cluster(
     config: ClusterConfig, work: WorkDir, progress: bool = True, force: bool = False
 ) -> dict[str, Any]:

@@ -27,7 +27,7 @@ import polars as pl
 
 from dedup.config import DownloadConfig
 from dedup.errors import UserError
-from dedup.layout import WorkDir, read_json, write_json, write_marker
+from dedup.layout import WorkDir, locked, read_json, write_json, write_marker
 
 INPUT_FORMATS = ("parquet", "csv", "tsv", "jsonl", "json", "txt")
 DISALLOWED_DIRECTIVES = ["noai", "noimageai", "noindex", "noimageindex"]
@@ -136,6 +136,7 @@ def validate_url_list(config: DownloadConfig) -> tuple[list[Path], str, int]:
 # -- run ----------------------------------------------------------------------------------------------
 
 
+@locked
 def run_download(config: DownloadConfig, work: WorkDir) -> dict[str, Any]:
     """Download ``config.url_list`` into ``work.download_dir``; return (and save) the summary."""
     files, fmt, total_rows = validate_url_list(config)

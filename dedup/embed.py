@@ -31,6 +31,7 @@ from dedup.hashing import phash_pair, sha256, trim_border
 from dedup.layout import (
     WorkDir,
     atomic_path,
+    locked,
     read_json,
     read_marker,
     remove_stale_temporaries,
@@ -230,6 +231,7 @@ def embed_shard(
     return meta.height
 
 
+@locked
 def run_embed(config: EmbedConfig, work: WorkDir, progress: bool = True) -> dict[str, Any]:
     shards = work.download_shards()
     if not shards:

@@ -163,7 +163,7 @@ def sweep(work: WorkDir, samples: pl.DataFrame, truth_df: pl.DataFrame | None, s
     b = np.array([index.get(k, -1) for k in pairs["key_b"].to_list()])
     sim = pairs["similarity"].to_numpy()
     sig = pairs["signal"].to_numpy()
-    fixed = np.isin(sig, ["exact", "phash", "orb"])
+    fixed = np.isin(sig, ["exact", "phash", "verified"])
     truth = None
     if truth_df is not None:
         g = dict(zip(truth_df["key"].to_list(), truth_df["group"].to_list(), strict=True))

@@ -27,7 +27,7 @@ from typing import Any
 import polars as pl
 
 from dedup.errors import UserError
-from dedup.layout import WorkDir, atomic_path, write_json, write_marker
+from dedup.layout import WorkDir, atomic_path, locked, write_json, write_marker
 from dedup.shards import IMAGE_EXTENSIONS
 
 SOURCE_KINDS = ("folder", "parquet")
@@ -279,6 +279,7 @@ def write_shard(work: WorkDir, shard: int, samples: list[SourceSample]) -> dict[
     return stats
 
 
+@locked
 def run_import(
     source: str | Path, work: WorkDir, samples_per_shard: int = 10_000, caption_col: str | None = None
 ) -> dict[str, Any]:

@@ -22,6 +22,8 @@ config. Layout (``NNNNN`` is a 5-digit shard id, as img2dataset names shards)::
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -322,3 +324,58 @@ def remove_stale_temporaries(folder: Path) -> int:
         p.unlink(missing_ok=True)
         n += 1
     return n
+
+
+_HELD: dict[Path, list[int]] = {}  # lock file -> [fd, depth]: re-entrant within one process
+
+
+@contextmanager
+def work_lock(work: WorkDir) -> Iterator[None]:
+    """One dedup process at a time in a work directory (stages share scratch files and markers).
+
+    An advisory ``flock`` on ``_manifest/lock``, which holds the holder's PID; released when the
+    process ends, however it ends, so a killed run never leaves a stale lock. Re-entrant, so a
+    pipeline that runs several stages holds it once."""
+    path = (work.manifest_dir / "lock").resolve()
+    if path in _HELD:
+        _HELD[path][1] += 1
+        try:
+            yield
+        finally:
+            _HELD[path][1] -= 1
+        return
+    from dedup.errors import UserError
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise UserError(
+            f"{work.root}: in use by another dedup process (PID {holder}); wait for it to finish or stop it"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _HELD[path] = [fd, 1]
+    try:
+        yield
+    finally:
+        del _HELD[path]
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def locked(fn):
+    """Run a stage function holding its work directory's lock (the ``work`` argument)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        work = kwargs.get("work") or next((a for a in args if isinstance(a, WorkDir)), None)
+        if work is None:
+            return fn(*args, **kwargs)
+        with work_lock(work):
+            return fn(*args, **kwargs)
+
+    return wrapper

@@ -20,7 +20,7 @@ from PIL import Image
 
 from dedup.config import ReportConfig
 from dedup.errors import UserError
-from dedup.layout import AttackDir, WorkDir, atomic_path, read_json, write_json
+from dedup.layout import AttackDir, WorkDir, atomic_path, locked, read_json, write_json
 
 THUMB = 112
 KEPT_TAG = "<span class='tag kept'>kept</span>"
@@ -300,6 +300,7 @@ def _table(headers: list[str], rows: list[list[Any]], numeric: set[int] = frozen
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+@locked
 def run_report(config: ReportConfig, work: WorkDir) -> dict[str, Any]:
     if not work.root.is_dir():
         raise UserError(f"{work.root}: no such work directory")

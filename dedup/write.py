@@ -30,6 +30,7 @@ from dedup.layout import (
     WorkDir,
     atomic_path,
     config_hash,
+    locked,
     read_marker,
     remove_stale_temporaries,
     shard_name,
@@ -284,6 +285,7 @@ def removal_report(ledger: pl.DataFrame, index: dict[int, list[Span]]) -> dict[s
     }
 
 
+@locked
 def run_write(
     config: WriteConfig, work: WorkDir, dry_run: bool = False, progress: bool = True
 ) -> dict[str, Any]:

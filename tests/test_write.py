@@ -44,7 +44,7 @@ def test_ledger_accounts_for_every_input_sample(small_demo):
     dups = ledger.filter(pl.col("reason") == "duplicate")
     kept = set(ledger.filter(pl.col("kept"))["key"].to_list())
     assert dups["duplicate_of"].is_in(list(kept)).all()  # every removal points at what was kept
-    assert dups["signal"].is_in(["exact", "phash", "embedding", "orb"]).all()
+    assert dups["signal"].is_in(["exact", "phash", "embedding", "verified"]).all()
     assert dups["similarity"].is_not_null().all() and dups["cluster_id"].is_not_null().all()
     failed = ledger.filter(pl.col("reason") == "download_failed")
     assert failed["detail"].str.contains("http_4xx|truncated").all()

@@ -1,0 +1,54 @@
+"""Two dedup processes on one work directory: the second refuses with the holder's PID (exit 2),
+and the lock goes with the process, however it ends."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from dedup.layout import WorkDir, work_lock
+
+HOLD = """
+import sys, time
+from dedup.layout import WorkDir, work_lock
+with work_lock(WorkDir(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def _hold(root):
+    p = subprocess.Popen([sys.executable, "-c", HOLD, str(root)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+def test_a_second_process_is_refused_with_the_holders_pid(tmp_path, cli):
+    holder = _hold(tmp_path / "w")
+    try:
+        r = cli("cluster", str(tmp_path / "w"))
+        assert r.returncode == 2, r.stderr
+        assert f"PID {holder.pid}" in r.stderr and "Traceback" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
+    holder = _hold(tmp_path / "w")
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    started = time.time()
+    with work_lock(WorkDir(tmp_path / "w")):
+        pass
+    assert time.time() - started < 5
+
+
+def test_the_lock_is_reentrant_within_one_process(tmp_path):
+    work = WorkDir(tmp_path / "w")
+    with work_lock(work), work_lock(work):  # a pipeline holding it while a stage takes it again
+        assert (work.manifest_dir / "lock").read_text().strip() == str(os.getpid())
