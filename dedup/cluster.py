@@ -1,23 +1,24 @@
-"""Cluster stage: near-duplicate pairs from three signals, groups under a chaining policy, one kept per group.
+"""Cluster stage: candidate pairs from cheap signals, a copy verifier's decision per pair, groups
+under a chaining policy, one image kept per group.
 
-Signals, cheapest first: **exact** (same sha256 of the bytes), **phash** (perceptual-hash Hamming
-distance <= ``phash_threshold``, either orientation), **embedding** (cosine >= ``embedding_threshold``;
-mirrored queries for the weight-free descriptor). With ``verify: orb``, candidate pairs the cheap
-signals leave undecided (cosine in [candidate_threshold, embedding_threshold)) are checked with local
-features and a geometric fit, which is what recovers cropped copies without merging look-alikes.
+Candidates, cheapest first: **exact** (same sha256 of the bytes), **phash** (perceptual-hash
+Hamming distance <= ``phash_threshold``, either orientation), **embedding** (cosine >=
+``embedding_threshold``; mirrored queries for the weight-free descriptor; pairs in the band
+[candidate_threshold, embedding_threshold) too, the two most similar per image), and **shared
+keypoints** (ORB descriptors kept by embed, voted through a FAISS binary index: what finds crops).
 
-Default thresholds (per embedder, used when the config leaves them unset) and what they are based on:
+Decision (``grouping.PairOracle``, the only place that decides): same bytes are duplicates; with
+``verify: orb`` every other candidate is verified by ``dedup/copydetect.py`` (align, then compare
+the aligned pixels): a ``copy`` is a duplicate, a ``derived`` image one only under ``derived:
+remove``, anything else is not. Global signals cannot tell a copy from another photograph of the
+same subject, which is why they only propose (``confirm: false`` lets them accept alone, the old
+behaviour). Pairs whose images are already linked by verified copies are not verified again
+(``implied`` in ``pairs.parquet``): they cannot change a group.
 
-* descriptor (weight-free 16x16 colour thumbnail): cosine 0.97; candidates from 0.5; pHash 10.
-  Measured on the demo corpus (3,429 real-photo samples, 142 planted groups; bench/RESULTS.md,
-  bench/quality.py): at 0.95 / 0.97 / 0.98, removal precision 0.93 / 0.96 / 0.98; the thumbnail and
-  pHash both miss crops (recall 0.44-0.73 on cropped copies), which ORB verification (>= 15 inliers)
-  accepts 85-92% of the time while accepting 5% of the most similar look-alike pairs. Requiring ORB
-  to confirm pairs that only one of pHash and cosine accepts (``confirm``) takes removal precision
-  from 0.962 to 0.996 at removal recall 0.985 -> 0.984.
-* clip (open_clip): cosine 0.95, candidates from 0.85. Not measurable here (no pretrained weights
-  offline); 0.95 on L2-normalised CLIP image embeddings is a conservative near-duplicate cut. Pick
-  yours from data with ``dedup evaluate`` on labelled pairs, which prints a threshold sweep.
+Defaults and what they rest on (bench/RESULTS.md: "Copy detection with hard negatives", "Dedup
+quality on the demo corpus"): descriptor cosine 0.97, candidates from 0.5, pHash 10; the verifier's
+constants are in ``dedup/copydetect.py``. For CLIP embeddings (not measurable here: no pretrained
+weights offline) 0.95 / 0.85; pick yours with ``dedup evaluate`` on labelled pairs.
 
 Exact duplicates are collapsed before the search (only one copy per sha256 is searched), so a file
 re-hosted 10,000 times costs one search, not 10^8 pairs.
@@ -25,6 +26,7 @@ re-hosted 10,000 times costs one search, not 10^8 pairs.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,7 @@ VERIFY_TOP_K = 5  # pairs proposed by shared keypoints verified per sample: its 
 # pairs in the cosine band [candidate, embedding threshold) verified per sample; crops, which this
 # band was for, now come from shared keypoints, so two (measured: bench/RESULTS.md, "Copy detection")
 VERIFY_TOP_K_COSINE = 2
+VERIFY_BATCH = 64  # pairs verified at once (fixed, so results do not depend on the thread count)
 
 CLUSTER_SCHEMA = {
     "key": pl.String,
@@ -156,7 +159,8 @@ def _stage_key(config: ClusterConfig, work: WorkDir) -> dict[str, Any]:
         reference = [
             (s, (read_marker(other, "embed", s) or {}).get("config_hash")) for s in other.download_shards()
         ]
-    return {"config": config.model_dump(mode="json"), "embedded": embedded, "reference": reference}
+    settings = config.model_dump(mode="json", exclude={"verify_workers"})  # speed, not results
+    return {"config": settings, "embedded": embedded, "reference": reference}
 
 
 @locked
@@ -282,7 +286,8 @@ def _run_cluster(config: ClusterConfig, work: WorkDir, progress: bool) -> dict[s
         involved = np.unique(np.concatenate([pi[check], pj[check]])) if check.any() else np.zeros(0, np.int64)
         _add_images(work, meta, unique, u_of_row, verifier, involved)
         order = np.lexsort((-cos, signal == ""))  # proposals by a global signal first, most similar first
-        looked = _verify_pairs(oracle, pi, pj, order[check[order]], len(unique), progress)
+        workers = config.verify_workers or os.cpu_count() or 1
+        looked = _verify_pairs(oracle, pi, pj, order[check[order]], len(unique), progress, workers)
         implied = check & ~looked
         check &= looked
     else:
@@ -399,14 +404,25 @@ def _votes_of(
 
 
 def _verify_pairs(
-    oracle: PairOracle, pi: np.ndarray, pj: np.ndarray, order: np.ndarray, n: int, progress: bool
+    oracle: PairOracle,
+    pi: np.ndarray,
+    pj: np.ndarray,
+    order: np.ndarray,
+    n: int,
+    progress: bool,
+    workers: int,
 ) -> np.ndarray:
     """Verify the pairs ``order`` lists, in that order (the slow part: decoding, keypoints,
-    alignment); returns which pairs were looked at.
+    alignment), ``workers`` threads at a time; returns which pairs were looked at.
 
     A pair whose images are already linked by verified copies is skipped: it cannot change any
     group (every grouping links through verified pairs, and a member is checked against its
-    representative directly), and in a group of 150 copies it saves ~10,000 alignments."""
+    representative directly), and in a group of 150 copies it saves ~10,000 alignments. Pairs go
+    out in batches of VERIFY_BATCH taken in order and skipped by the links made before the batch,
+    so which pairs are verified (and every output) does not depend on the number of threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import cv2
     from tqdm import tqdm
 
     parent = np.arange(n)
@@ -418,14 +434,33 @@ def _verify_pairs(
         return x
 
     looked = np.zeros(len(pi), dtype=bool)
-    for t in tqdm(order.tolist(), unit="pair", desc="verify", disable=not progress or len(order) < 200):
-        a, b = int(pi[t]), int(pj[t])
-        ra, rb = find(a), find(b)
-        if ra == rb:
-            continue
-        looked[t] = True
-        if oracle.accepts(oracle.check(a, b)):
-            parent[ra] = rb
+    pending = order.tolist()
+    pos = 0
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # our threads, not OpenCV's, share the cores
+    try:
+        with (
+            ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
+            tqdm(
+                total=len(pending), unit="pair", desc="verify", disable=not progress or len(pending) < 200
+            ) as bar,
+        ):
+            while pos < len(pending):
+                batch, start = [], pos
+                while pos < len(pending) and len(batch) < VERIFY_BATCH:
+                    t = pending[pos]
+                    pos += 1
+                    if find(int(pi[t])) != find(int(pj[t])):
+                        batch.append(t)
+                evidence = list(pool.map(lambda t: oracle.check(int(pi[t]), int(pj[t])), batch))
+                for t, e in zip(batch, evidence, strict=True):
+                    looked[t] = True
+                    ra, rb = find(int(pi[t])), find(int(pj[t]))
+                    if ra != rb and oracle.accepts(e):
+                        parent[ra] = rb
+                bar.update(pos - start)
+    finally:
+        cv2.setNumThreads(threads)
     return looked
 
 

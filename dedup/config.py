@@ -92,6 +92,9 @@ class ClusterConfig(Section):
         "overlay): keep them as distinct (default), or remove them as duplicates",
     )
     orb_min_inliers: int = Field(5, ge=4, description="ORB inliers for a keypoint alignment to be tried")
+    verify_workers: int = Field(
+        0, ge=0, description="threads verifying pairs; 0: one per CPU core (results do not depend on it)"
+    )
     local_candidates: bool = Field(
         True,
         description="propose pairs that share many ORB descriptors (crops) for verification; needs "

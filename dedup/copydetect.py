@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import io
 import math
+import threading
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -101,8 +102,7 @@ class Prepared:
 
     gray: np.ndarray  # (h, w) uint8, longest side SIDE
     lab: np.ndarray  # (h, w, 3) uint8: luma Y, then OpenCV's 8-bit Lab chroma (centred on 128)
-    points: np.ndarray | None = None  # ORB keypoints, computed lazily
-    descriptors: np.ndarray | None = None
+    keypoints: tuple[np.ndarray, np.ndarray | None] | None = None  # ORB (points, descriptors), lazily
     mirrored: Prepared | None = None
     content: np.ndarray | None = None  # 1 on content, 0 on uniform fill (borders), lazily
     real_side: int = 0  # longest side of the decoded image, before normalisation
@@ -161,24 +161,26 @@ class Features:
         self._orb = cv2.ORB_create(nfeatures=nfeatures, fastThreshold=10, edgeThreshold=15, patchSize=15)
         self._matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
 
-    def compute(self, p: Prepared) -> None:
-        if p.points is None:
+    def compute(self, p: Prepared) -> tuple[np.ndarray, np.ndarray | None]:
+        """(points, descriptors), computed once; set in one assignment, so a thread never sees
+        points without their descriptors."""
+        if p.keypoints is None:
             kp, des = self._orb.detectAndCompute(p.gray, None)
-            p.points = np.float32([k.pt for k in kp]).reshape(-1, 2)
-            p.descriptors = des
+            p.keypoints = (np.float32([k.pt for k in kp]).reshape(-1, 2), des)
+        return p.keypoints
 
     def fit(self, a: Prepared, b: Prepared) -> tuple[np.ndarray | None, int, float]:
         """Similarity transform mapping b's pixels onto a's, its inlier count and inlier ratio."""
-        self.compute(a)
-        self.compute(b)
-        if a.descriptors is None or b.descriptors is None or len(a.points) < 4 or len(b.points) < 4:
+        pa, da = self.compute(a)
+        pb, db = self.compute(b)
+        if da is None or db is None or len(pa) < 4 or len(pb) < 4:
             return None, 0, 0.0
-        matches = self._matcher.knnMatch(b.descriptors, a.descriptors, k=2)
+        matches = self._matcher.knnMatch(db, da, k=2)
         good = [m[0] for m in matches if len(m) == 2 and m[0].distance < RATIO * m[1].distance]
         if len(good) < 4:
             return None, 0, 0.0
-        src = b.points[[m.queryIdx for m in good]]
-        dst = a.points[[m.trainIdx for m in good]]
+        src = pb[[m.queryIdx for m in good]]
+        dst = pa[[m.trainIdx for m in good]]
         # RANSAC draws from OpenCV's per-thread RNG; reseeding per pair makes a pair's verdict
         # independent of how many pairs were checked before it (input order, resumed runs).
         cv2.setRNGSeed(RANSAC_SEED)
@@ -620,7 +622,8 @@ class CopyVerifier:
         self._bytes: dict[int, bytes] = {}
         self._prepared: OrderedDict[int, Prepared | None] = OrderedDict()
         self._cache = cache
-        self._features = Features()
+        self._lock = threading.Lock()  # the cache is shared by verifying threads
+        self._local = threading.local()  # an ORB detector per thread (OpenCV's is not thread-safe)
 
     def add_images(self, images: Iterable[tuple[int, bytes]]) -> None:
         for row, data in images:
@@ -630,15 +633,25 @@ class CopyVerifier:
         return np.array([int(i) in self._bytes for i in ids], dtype=bool)
 
     def prepared(self, row: int) -> Prepared | None:
-        if row in self._prepared:
-            self._prepared.move_to_end(row)
-            return self._prepared[row]
+        with self._lock:
+            if row in self._prepared:
+                self._prepared.move_to_end(row)
+                return self._prepared[row]
         data = self._bytes.get(row)
-        p = prepare(data) if data is not None else None
-        self._prepared[row] = p
-        if len(self._prepared) > self._cache:
-            self._prepared.popitem(last=False)
+        p = prepare(data) if data is not None else None  # decoded outside the lock
+        with self._lock:
+            if row in self._prepared:  # another thread decoded it meanwhile: keep one copy
+                return self._prepared[row]
+            self._prepared[row] = p
+            if len(self._prepared) > self._cache:
+                self._prepared.popitem(last=False)
         return p
+
+    @property
+    def _features(self) -> Features:
+        if not hasattr(self._local, "features"):
+            self._local.features = Features()
+        return self._local.features
 
     def examine(self, a: int, b: int, stretch_first: bool = True, window_search: bool = True) -> Evidence:
         pa, pb = self.prepared(a), self.prepared(b)

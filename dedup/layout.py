@@ -22,6 +22,7 @@ config. Layout (``NNNNN`` is a 5-digit shard id, as img2dataset names shards)::
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import hashlib
@@ -346,6 +347,7 @@ def work_lock(work: WorkDir) -> Iterator[None]:
         return
     from dedup.errors import UserError
 
+    created = [d for d in (work.root.resolve(), path.parent) if not d.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -353,6 +355,7 @@ def work_lock(work: WorkDir) -> Iterator[None]:
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
+        _remove_if_only_lock(path, created)
         raise UserError(
             f"{work.root}: in use by another dedup process (PID {holder}); wait for it to finish or stop it"
         ) from None
@@ -363,8 +366,22 @@ def work_lock(work: WorkDir) -> Iterator[None]:
         yield
     finally:
         del _HELD[path]
+        # a command that wrote nothing (bad input) leaves no work directory behind
+        _remove_if_only_lock(path, created)
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def _remove_if_only_lock(lock: Path, created: list[Path]) -> None:
+    """Undo the directories the lock itself created, when nothing but the lock landed in them."""
+    if not created:
+        return
+    if any(p != lock and p != lock.parent for p in created[0].rglob("*")):
+        return
+    lock.unlink(missing_ok=True)
+    for d in sorted(created, key=lambda d: len(d.parts), reverse=True):  # deepest first
+        with contextlib.suppress(OSError):
+            d.rmdir()
 
 
 def locked(fn):

@@ -110,3 +110,18 @@ def test_planted_duplicates_in_real_photos_are_recovered(small_demo):
         assert v["recall"] >= 0.75, transform
     sweep = pl.read_parquet(small_demo.sweep)
     assert sweep["removed"].is_sorted(descending=True)  # a stricter threshold never removes more
+
+
+@pytest.mark.slow
+def test_output_does_not_depend_on_the_number_of_verifying_threads(small_demo, tmp_path):
+    import shutil
+
+    outputs = []
+    for workers in (1, 2):
+        root = tmp_path / f"w{workers}"
+        shutil.copytree(small_demo.root, root)
+        work = WorkDir(root)
+        run_cluster(ClusterConfig(verify_workers=workers), work, progress=False, force=True)
+        outputs.append((work.clusters.read_bytes(), pl.read_parquet(work.pairs)))
+    assert outputs[0][0] == outputs[1][0]
+    assert outputs[0][1].equals(outputs[1][1])
