@@ -169,6 +169,8 @@ def run_cluster(
 ) -> dict[str, Any]:
     """Find the groups and write pairs.parquet, clusters.parquet and the summary (skipped when the config
     and the embeddings are what produced the files already there)."""
+    if config.against and Path(config.against).resolve() == work.root.resolve():
+        raise UserError(f"--against {config.against}: that is this work directory; give another one")
     key = _stage_key(config, work)
     if (
         not force

@@ -75,9 +75,11 @@ class ClusterConfig(Section):
         default_factory=lambda: ["exact", "phash", "embedding"]
     )
     # Defaults and the measurements behind them: see dedup/cluster.py and bench/RESULTS.md.
-    embedding_threshold: float | None = Field(None, description="cosine; None: the embedder's default")
+    embedding_threshold: float | None = Field(
+        None, ge=0, le=1, description="cosine; None: the embedder's default"
+    )
     candidate_threshold: float | None = Field(
-        None, description="lowest cosine worth a local-feature check; None: the embedder's default"
+        None, ge=0, le=1, description="lowest cosine worth a verifier's look; None: the embedder's default"
     )
     phash_threshold: int = Field(10, ge=0, le=64)
     verify: Literal["none", "orb"] = "orb"

@@ -1,5 +1,6 @@
-"""Two dedup processes on one work directory: the second refuses with the holder's PID (exit 2),
-and the lock goes with the process, however it ends."""
+"""Work-directory guards: one dedup process at a time (the second refuses with the holder's PID,
+exit 2; the lock goes with the process, however it ends), no dedup against itself, thresholds in
+range."""
 
 from __future__ import annotations
 
@@ -52,3 +53,15 @@ def test_the_lock_is_reentrant_within_one_process(tmp_path):
     work = WorkDir(tmp_path / "w")
     with work_lock(work), work_lock(work):  # a pipeline holding it while a stage takes it again
         assert (work.manifest_dir / "lock").read_text().strip() == str(os.getpid())
+
+
+def test_against_its_own_work_directory_is_refused(tmp_path, cli):
+    (tmp_path / "w").mkdir()
+    r = cli("cluster", str(tmp_path / "w"), "--against", str(tmp_path / "w"))
+    assert r.returncode == 2 and "that is this work directory" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cosine_thresholds_outside_0_1_are_refused(tmp_path, cli):
+    for flag, value in (("--embedding-threshold", "1.5"), ("--candidate-threshold", "-0.2")):
+        r = cli("cluster", str(tmp_path / "w"), flag, value)
+        assert r.returncode == 2 and "threshold" in r.stderr and "Traceback" not in r.stderr, r.stderr
