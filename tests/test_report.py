@@ -106,3 +106,19 @@ def test_page_in_headless_chromium(report):
     assert [src for src, width in images if width == 0] == []
     assert "<script>alert(1)</script>" in text.lower()  # shown as text, and nothing ran
     assert shot.stat().st_size > 50_000
+
+
+@pytest.mark.slow
+def test_galleries_show_the_verifiers_evidence(report):
+    """Each removed member of a shown group says why: the verifier's verdict and the numbers behind it,
+    read from pairs.parquet."""
+    work, _ = report
+    page = (work.report_dir / "index.html").read_text()
+    pairs = pl.read_parquet(work.pairs).filter(pl.col("verdict") == "copy")
+    assert pairs.height > 0
+    assert "verifier: copy; aligned pixels agree" in page
+    import re
+
+    shown = {int(x) for x in re.findall(r"aligned pixels agree (\d+) %", page)}
+    looked = pl.read_parquet(work.pairs).filter(pl.col("verdict").is_not_null())
+    assert shown <= {round(100 * v) for v in looked["pixel_match"].to_list()}  # numbers from the data
