@@ -18,6 +18,7 @@ config. Layout (``NNNNN`` is a 5-digit shard id, as img2dataset names shards)::
       attack/{before,after}/model.pt, generations.npz, *.parquet; summary.json    (AttackDir)
       report/index.html, summary.json, *.png
       _manifest/<stage>/NNNNN.json, _manifest/<stage>.json  completion markers
+      _manifest/lock                                       PID of the dedup process using the work dir
 """
 
 from __future__ import annotations
