@@ -149,7 +149,9 @@ def run_compare(
         "settings": {
             **cfg.model_dump(mode="json"),
             **extractions["before"].settings,
-            "note": sets.note or None,
+            # both notes survive: the data's (sampling) and the extraction's (a small neighbourhood)
+            "note": "; ".join(n for n in (sets.note, extractions["before"].settings.get("note")) if n)
+            or None,
             "same_for_both": "architecture, resolution, steps, batch size, seed, prompts, sample count",
         },
         "reference_images": len(sets.reference),

@@ -117,7 +117,9 @@ def extract(
             "calibrated": calibrated,
         }
     )
-    for t in CALIBRATED_THRESHOLDS:
+    # the paper's three thresholds, and the configured one when it is another: it is counted, not a label
+    thresholds = sorted(set(CALIBRATED_THRESHOLDS) | {float(threshold)})
+    for t in thresholds:
         gen_df = gen_df.with_columns((pl.col("calibrated") <= t).alias(f"extracted[calibrated<={_label(t)}]"))
     gen_df = gen_df.with_columns((pl.col("l2") <= DELTA).alias(f"extracted[l2<={DELTA:g}]"))
     flags = [c for c in gen_df.columns if c.startswith("extracted[")]
@@ -152,7 +154,7 @@ def extract(
         "neighbours_requested": NEIGHBOURS,
         "neighbours_used": used,
         "neighbourhood_centre": "the training image x (not the generation)",
-        "calibrated_thresholds": [_label(t) for t in CALIBRATED_THRESHOLDS],
+        "calibrated_thresholds": [_label(t) for t in thresholds],
         "primary_threshold": _label(threshold),
         "delta_l2": DELTA,
         "tiles": "4x4",

@@ -96,3 +96,14 @@ def test_generations_round_trip_as_plain_arrays(tmp_path):
     np.savez(path, images=np.ones((3, 8, 8, 3), np.uint8), prompts=np.array(["a", "b", "c"], dtype=str))
     images, prompts = load_generations(path)
     assert images.shape == (3, 8, 8, 3) and prompts == ["a", "b", "c"]
+
+
+def test_a_configured_calibrated_threshold_is_counted_not_only_named():
+    rng = np.random.default_rng(1)
+    train = (rng.random((20, 16, 16, 3)) * 255).astype(np.uint8)
+    gens = np.clip(train[:4].astype(float) + rng.normal(0, 3, (4, 16, 16, 3)), 0, 255).astype(np.uint8)
+    ex = extract(gens, ["p"] * 4, train, [f"k{i}" for i in range(20)], np.ones(20, int), threshold=0.42)
+    assert "extracted[calibrated<=0.42]" in ex.generations.columns
+    assert "0.42" in ex.settings["calibrated_thresholds"] and ex.settings["primary_threshold"] == "0.42"
+    counted = ex.generations["extracted[calibrated<=0.42]"].to_numpy()
+    assert (counted == (ex.generations["calibrated"].to_numpy() <= 0.42)).all()
