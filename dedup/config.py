@@ -202,6 +202,11 @@ class DemoConfig(Section):
 
 class PipelineConfig(Section):
     workdir: str = "work"
+    source: str | None = Field(
+        None,
+        description="data you already have (a folder of images, or parquet with image bytes): the "
+        "download stage imports it instead of downloading a URL list",
+    )
     download: DownloadConfig = Field(default_factory=DownloadConfig)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)

@@ -118,3 +118,21 @@ def test_import_refuses_a_work_directory_that_has_shards(folder, tmp_path, cli):
     run_import(root, WorkDir(tmp_path / "work"))
     r = cli("import", str(root), str(tmp_path / "work"))
     assert r.returncode == 2 and "already holds shards" in r.stderr
+
+
+def test_a_config_with_source_runs_the_pipeline_on_a_folder_and_reruns_up_to_date(folder, tmp_path, cli):
+    root, originals = folder
+    config = tmp_path / "mine.yaml"
+    config.write_text(
+        f"workdir: {tmp_path / 'work'}\n"
+        f"source: {root}\n"
+        "embed: {embedder: descriptor}\n"
+        "stages: [download, embed, cluster, write]\n"
+    )
+    first = cli("run", str(config))
+    assert first.returncode == 0, first.stderr
+    assert "imported 4 of 5 images" in first.stdout
+    ledger = pl.read_parquet(tmp_path / "work" / "ledger.parquet")
+    assert ledger.height == len(originals)
+    again = cli("run", str(config))
+    assert again.returncode == 0 and "up to date: imported from" in again.stdout, again.stdout
