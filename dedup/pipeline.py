@@ -104,12 +104,16 @@ def _import(cfg: PipelineConfig, work: WorkDir) -> None:
     typer.echo(format_import_summary(run_import(source, work, cfg.download.samples_per_shard)))
 
 
+def check_stages(stages: list[str]) -> None:
+    unknown = [s for s in stages if s not in STAGE_ORDER]
+    if unknown:
+        raise UserError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGE_ORDER)}")
+
+
 def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> WorkDir:
     work = WorkDir(cfg.workdir)
     wanted = stages or list(cfg.stages)
-    unknown = [s for s in wanted if s not in STAGE_ORDER]
-    if unknown:
-        raise UserError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGE_ORDER)}")
+    check_stages(wanted)
     runners = _stage_runners()
     work.root.mkdir(parents=True, exist_ok=True)
     with atomic_path(work.config_copy) as tmp:
@@ -129,6 +133,8 @@ def run_demo(workdir: Path, cfg: PipelineConfig | None = None, stages: list[str]
     from dedup.demo import build_corpus, ensure_port
     from dedup.serve import serve_directory
 
+    if stages:
+        check_stages(stages)  # before the corpus is built, not after
     cfg = (cfg or demo_config()).model_copy(deep=True)
     cfg.workdir = str(workdir)
     cfg.demo = cfg.demo or DemoConfig()

@@ -65,3 +65,9 @@ def test_cosine_thresholds_outside_0_1_are_refused(tmp_path, cli):
     for flag, value in (("--embedding-threshold", "1.5"), ("--candidate-threshold", "-0.2")):
         r = cli("cluster", str(tmp_path / "w"), flag, value)
         assert r.returncode == 2 and "threshold" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_demo_rejects_a_misspelt_stage_before_building_anything(tmp_path, cli):
+    r = cli("demo", str(tmp_path / "w"), "--stages", "downlaod")
+    assert r.returncode == 2 and "unknown stage(s) downlaod" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "w").exists()
