@@ -70,14 +70,9 @@ class PairOracle:
     evidence: dict[tuple[int, int], Any] = field(default_factory=dict)
 
     def cosine_pairs(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-        if len(i) == 0:
-            return np.zeros(0, dtype=np.float32)
-        a = np.asarray(self.embeddings[i], dtype=np.float32)
-        b = np.asarray(self.embeddings[j], dtype=np.float32)
-        sims = np.einsum("ij,ij->i", a, b)
-        if self.mirror_view is not None and len(i):
-            sims = np.maximum(sims, np.einsum("ij,ij->i", self.mirror_view(a), b))
-        return sims
+        from dedup.search import pair_cosine
+
+        return pair_cosine(self.embeddings, np.asarray(i), np.asarray(j), self.mirror_view)
 
     def cosine(self, a: int, bs: np.ndarray) -> np.ndarray:
         bs = np.asarray(bs, dtype=np.int64)

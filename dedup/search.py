@@ -311,6 +311,25 @@ def phash_candidates(
     return i[ok], j[ok], dist[ok]
 
 
+def pair_cosine(
+    x: np.ndarray,
+    i: np.ndarray,
+    j: np.ndarray,
+    mirror: Callable[[np.ndarray], np.ndarray] | None = None,
+    block: int = 65_536,
+) -> np.ndarray:
+    """Cosine of each pair (the better orientation with a mirror view), in float32 blocks."""
+    out = np.zeros(len(i), dtype=np.float32)
+    for lo in range(0, len(i), block):
+        a = np.asarray(x[i[lo : lo + block]], dtype=np.float32)
+        b = np.asarray(x[j[lo : lo + block]], dtype=np.float32)
+        sims = np.einsum("ij,ij->i", a, b)
+        if mirror is not None:
+            sims = np.maximum(sims, np.einsum("ij,ij->i", mirror(a), b))
+        out[lo : lo + block] = sims
+    return out
+
+
 def pair_phash_distance(
     hashes: np.ndarray, mirrors: np.ndarray | None, i: np.ndarray, j: np.ndarray
 ) -> np.ndarray:
