@@ -17,7 +17,7 @@ import polars as pl
 from PIL import Image
 
 from dedup.errors import UserError
-from dedup.layout import WorkDir, shards_in
+from dedup.layout import WorkDir, shards_in, tar_in
 from dedup.shards import iter_samples
 
 
@@ -62,7 +62,7 @@ def shard_folder(path: Path, stage: str) -> Path:
 def read_images(folder: Path, resolution: int, keys: set[str] | None = None) -> ImageSet:
     images, out_keys, captions = [], [], []
     for shard in shards_in(folder):
-        for sample in iter_samples(folder / f"{shard:05d}.tar"):
+        for sample in iter_samples(tar_in(folder, shard)):
             if keys is not None and sample.key not in keys:
                 continue
             data = sample.image

@@ -133,10 +133,12 @@ def download(
 @app.command("import", rich_help_panel="Stages")
 def import_cmd(
     source: Annotated[
-        Path,
+        str,
         typer.Argument(
-            help="A folder of images (recursively; captions from sidecar .txt/.json) or parquet "
-            "file(s) with image bytes (Hugging Face layout: an 'image' struct with bytes/path)."
+            help="WebDataset shards (a .tar, a folder of them, a glob or 'dir/{00000..00099}.tar'; read "
+            "in place), a folder of images (recursively; captions from sidecar .txt/.json) or parquet "
+            "file(s) with image bytes (Hugging Face layout: an 'image' struct with bytes/path). A path "
+            "or an fsspec URL (file://, s3://, gs://, hf:// with that package installed)."
         ),
     ],
     workdir: WorkdirArg,
@@ -147,8 +149,10 @@ def import_cmd(
 ) -> None:
     """Dedup the data you already have: import it as WORKDIR's download stage, without downloading.
 
-    Each image keeps its original bytes (never re-encoded); the key is its relative path. Unreadable
-    files get a ledger row (download_failed), never a silent drop. Then run embed, cluster, write.
+    Local shards are referenced, not copied (a changed original is refused later, never reused).
+    A folder's or parquet's images keep their original bytes (never re-encoded); a folder's key is the
+    relative path. Unreadable files get a ledger row (download_failed), never a silent drop. A killed
+    import resumes when rerun. Then run embed, cluster, write.
     """
     from dedup.ingest import format_import_summary, run_import
     from dedup.layout import WorkDir

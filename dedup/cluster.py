@@ -103,7 +103,7 @@ def _load_images(work: WorkDir, meta: pl.DataFrame, rows: np.ndarray) -> list[tu
     out = []
     for (shard,), part in wanted.group_by("shard"):
         by_key = dict(zip(part["key"].to_list(), part["row"].to_list(), strict=True))
-        for sample in iter_samples(work.download_tar(int(shard))):
+        for sample in iter_samples(work.input_tar(int(shard))):
             row = by_key.get(sample.key)
             if row is not None and sample.image is not None:
                 out.append((int(row), sample.image))
@@ -135,6 +135,7 @@ def _stage_key(config: ClusterConfig, work: WorkDir) -> dict[str, Any]:
             s,
             (read_marker(work, "embed", s) or {}).get("config_hash"),
             (read_marker(work, "embed", s) or {}).get("rows"),
+            (read_marker(work, "embed", s) or {}).get("input"),
         )
         for s in work.download_shards()
     ]
@@ -156,6 +157,7 @@ def run_cluster(
     and the embeddings are what produced the files already there)."""
     if config.against and Path(config.against).resolve() == work.root.resolve():
         raise UserError(f"--against {config.against}: that is this work directory; give another one")
+    work.check_inputs()
     key = _stage_key(config, work)
     if (
         not force

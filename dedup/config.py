@@ -204,8 +204,9 @@ class PipelineConfig(Section):
     workdir: str = "work"
     source: str | None = Field(
         None,
-        description="data you already have (a folder of images, or parquet with image bytes): the "
-        "download stage imports it instead of downloading a URL list",
+        description="data you already have (WebDataset shards read in place, a folder of images, or "
+        "parquet with image bytes; a path or fsspec URL): the download stage imports it instead of "
+        "downloading a URL list",
     )
     download: DownloadConfig = Field(default_factory=DownloadConfig)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)

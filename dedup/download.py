@@ -10,6 +10,7 @@ so any tool that reads img2dataset output reads ours.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -137,6 +138,18 @@ def validate_url_list(config: DownloadConfig) -> tuple[list[Path], str, int]:
 
 
 @locked
+def refuse_imported(work: WorkDir) -> None:
+    """A work dir made by ``dedup import`` is not downloaded into: its shards (some perhaps read in
+    place from the user's own files) would mix with img2dataset's."""
+    if work.download_summary.exists():
+        previous = json.loads(work.download_summary.read_text())
+        if previous.get("kind") in ("shards", "folder", "parquet"):
+            raise UserError(
+                f"{work.root}: holds data imported from {previous.get('source')}; "
+                "download into a new work directory"
+            )
+
+
 def run_download(config: DownloadConfig, work: WorkDir) -> dict[str, Any]:
     """Download ``config.url_list`` into ``work.download_dir``; return (and save) the summary."""
     files, fmt, total_rows = validate_url_list(config)
@@ -161,6 +174,7 @@ def run_download(config: DownloadConfig, work: WorkDir) -> dict[str, Any]:
         require("pyspark", extra="spark", purpose="--distributor pyspark")
 
     out = work.download_dir
+    refuse_imported(work)
     if not config.incremental and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -77,6 +77,8 @@ def shard_done(work: WorkDir, shard: int, config: EmbedConfig) -> bool:
     emb, meta = work.img_emb(shard), work.metadata(shard)
     if marker is None or marker.get("config_hash") != config_hash(_stage_config(config)):
         return False
+    if marker.get("input") != work.input_identity(shard):
+        return False  # the shard was downloaded (or imported) again since: its embeddings are stale
     if not (emb.exists() and meta.exists()):
         return False
     try:
@@ -179,7 +181,7 @@ def embed_shard(
     locals_: list[np.ndarray] = []
     dim = lookup.dim if lookup is not None else embedder.dim
     for batch in prefetch_batches(
-        iter_samples(work.download_tar(shard)),
+        iter_samples(work.input_tar(shard)),
         lambda s: prepare_sample(s, prepare, config.local_features),
         config.batch_size,
         config.workers,
@@ -225,6 +227,7 @@ def embed_shard(
         shard,
         _stage_config(config),
         rows=meta.height,
+        input=work.input_identity(shard),
         ok=int((meta["status"] == OK).sum()) if meta.height else 0,
         statuses={s: n for s, n in statuses},
     )
@@ -236,6 +239,7 @@ def run_embed(config: EmbedConfig, work: WorkDir, progress: bool = True) -> dict
     shards = work.download_shards()
     if not shards:
         raise UserError(f"{work.download_dir}: no downloaded shards; run `dedup download` first")
+    work.check_inputs()
     lookup = PrecomputedIndex(Path(config.from_precomputed)) if config.from_precomputed else None
     remove_stale_temporaries(work.embed_dir)
     todo = [s for s in shards if not shard_done(work, s, config)]

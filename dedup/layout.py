@@ -7,6 +7,7 @@ config. Layout (``NNNNN`` is a 5-digit shard id, as img2dataset names shards)::
 
     WORKDIR/
       download/NNNNN.tar, NNNNN.parquet, NNNNN_stats.json   img2dataset's own layout
+      download/NNNNN.tar.ref                               (import) an original tar read in place
       download_summary.json
       embed/img_emb/img_emb_NNNNN.npy                      clip-retrieval's layout
       embed/metadata/metadata_NNNNN.parquet
@@ -39,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 SHARD_DIGITS = 5
-_SHARD_RE = re.compile(r"^(\d+)\.tar$")
+_SHARD_RE = re.compile(r"^(\d+)\.tar(?:\.ref)?$")
 
 
 def shard_name(shard: int) -> str:
@@ -60,6 +61,30 @@ class WorkDir:
 
     def download_tar(self, shard: int) -> Path:
         return self.download_dir / f"{shard_name(shard)}.tar"
+
+    def download_ref(self, shard: int) -> Path:
+        """An imported shard read in place: the original tar's path, size and mtime (JSON)."""
+        return self.download_dir / f"{shard_name(shard)}.tar.ref"
+
+    def input_tar(self, shard: int) -> Path:
+        """The tar every stage reads shard ``shard`` from: the work dir's own, or the original an
+        import references in place, refused (one line) when it changed since the import."""
+        return tar_in(self.download_dir, shard)
+
+    def input_identity(self, shard: int) -> list[int]:
+        """What a shard's results were made from: its tar's and its parquet's size and mtime. A shard
+        downloaded again (other data, same name) gets another identity, so its results are redone."""
+        out = []
+        for path in (self.input_tar(shard), self.download_parquet(shard)):
+            st = path.stat()
+            out += [st.st_size, st.st_mtime_ns]
+        return out
+
+    def check_inputs(self) -> None:
+        """Every input tar is there and, if imported in place, unchanged: checked before a stage
+        starts, so a stage refuses in one line instead of failing half-way."""
+        for shard in self.download_shards():
+            self.input_tar(shard)
 
     def download_parquet(self, shard: int) -> Path:
         return self.download_dir / f"{shard_name(shard)}.parquet"
@@ -210,15 +235,43 @@ class AttackDir:
         return self.root / "reference.npz"
 
 
+def tar_in(folder: Path, shard: int) -> Path:
+    """Shard ``shard`` of a folder of shards, following an import's in-place reference."""
+    ref = folder / f"{shard_name(shard)}.tar.ref"
+    return referenced_tar(ref) if ref.exists() else folder / f"{shard_name(shard)}.tar"
+
+
+def referenced_tar(ref: Path) -> Path:
+    """The original tar a ``.tar.ref`` names, checked unchanged (size and mtime) since the import:
+    results made from other bytes are never reused."""
+    from dedup.errors import UserError
+
+    try:
+        record = json.loads(ref.read_text())
+        path = Path(record["path"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"{ref}: damaged reference to an imported shard; import again") from None
+    try:
+        stat = path.stat()
+    except OSError:
+        raise UserError(f"{ref}: the imported shard {path} is gone (moved or deleted)") from None
+    if stat.st_size != record.get("size") or stat.st_mtime != record.get("mtime"):
+        raise UserError(
+            f"{path}: changed since it was imported into {ref.parent.parent} "
+            f"(size {record.get('size')} -> {stat.st_size}); import it into a new work directory"
+        )
+    return path
+
+
 def shards_in(folder: Path) -> list[int]:
     """Shard ids in a folder of img2dataset-style shards that have their ``_stats.json``."""
     if not folder.is_dir():
         return []
-    out = []
+    out = set()
     for p in folder.iterdir():
         m = _SHARD_RE.match(p.name)
         if m and (folder / f"{m.group(1)}_stats.json").exists():
-            out.append(int(m.group(1)))
+            out.add(int(m.group(1)))
     return sorted(out)
 
 

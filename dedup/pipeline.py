@@ -92,16 +92,16 @@ def _stage_runners() -> dict[str, Callable[[PipelineConfig, WorkDir], None]]:
 def _import(cfg: PipelineConfig, work: WorkDir) -> None:
     """The download stage of a config with ``source:``: import once; a rerun with the same source
     is up to date, another source into the same work directory is refused by the import itself."""
-    from dedup.ingest import format_import_summary, run_import
+    from dedup.ingest import format_import_summary, open_source, run_import, source_identity
     from dedup.layout import read_json
 
-    source = Path(cfg.source).resolve()  # type: ignore[arg-type]
+    source = source_identity(open_source(cfg.source))  # type: ignore[arg-type]
     if work.download_summary.exists() and work.download_shards():
         previous = read_json(work.download_summary)
-        if previous.get("source") == str(source):
+        if previous.get("source") == source and previous.get("complete"):
             typer.echo(f"   up to date: imported from {source} already ({previous.get('downloaded')} images)")
             return
-    typer.echo(format_import_summary(run_import(source, work, cfg.download.samples_per_shard)))
+    typer.echo(format_import_summary(run_import(cfg.source, work, cfg.download.samples_per_shard)))
 
 
 def check_stages(stages: list[str]) -> None:

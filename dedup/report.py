@@ -229,7 +229,7 @@ def thumbnails(work: WorkDir, keys: set[str], folder: Path) -> dict[str, str]:
     if not keys:
         return out
     for shard in work.download_shards():
-        for sample in iter_samples(work.download_tar(shard)):
+        for sample in iter_samples(work.input_tar(shard)):
             if sample.key not in keys or sample.image is None:
                 continue
             try:

@@ -61,7 +61,7 @@ def verify(work: WorkDir, check_bytes: bool = True) -> list[str]:
 
     if check_bytes:
         for shard in work.download_shards():
-            for sample in iter_samples(work.download_tar(shard)):
+            for sample in iter_samples(work.input_tar(shard)):
                 got = out_hashes.get(sample.key)
                 if got is None:
                     continue

@@ -142,7 +142,7 @@ def index_shards(work: WorkDir) -> dict[int, list[Span]]:
             df = pl.read_parquet(meta, columns=["key", "tar_start", "tar_end"])
             out[shard] = [Span(k, shard, a, b) for k, a, b in df.iter_rows()]
         else:
-            out[shard] = index_tar(work.download_tar(shard), shard)
+            out[shard] = index_tar(work.input_tar(shard), shard)
     return out
 
 
@@ -162,7 +162,7 @@ def _shard_config(config: WriteConfig, spans: list[Span], work: WorkDir) -> dict
     for s in spans:
         digest.update(f"{s.key}:{s.shard}:{s.start}:{s.end};".encode())
     inputs = sorted({s.shard for s in spans})
-    sizes = {shard_name(i): work.download_tar(i).stat().st_size for i in inputs}
+    sizes = {shard_name(i): work.input_tar(i).stat().st_size for i in inputs}
     return {"config": _output_config(config), "plan": digest.hexdigest(), "inputs": sizes}
 
 
@@ -201,11 +201,11 @@ def copy_spans(spans: list[Span], work: WorkDir, out: Path) -> None:
     try:
         for shard, start, end in _ranges(spans):
             if shard not in handles:
-                handles[shard] = os.open(work.download_tar(shard), os.O_RDONLY)
+                handles[shard] = os.open(work.input_tar(shard), os.O_RDONLY)
             try:
                 _copy_range(handles[shard], dst, start, end - start)
             except OSError as err:
-                raise OSError(f"{work.download_tar(shard)}: {err}") from None
+                raise OSError(f"{work.input_tar(shard)}: {err}") from None
         os.write(dst, END_OF_ARCHIVE)
         os.fsync(dst)
     finally:
@@ -290,6 +290,7 @@ def run_write(
     config: WriteConfig, work: WorkDir, dry_run: bool = False, progress: bool = True
 ) -> dict[str, Any]:
     started = time.time()
+    work.check_inputs()
     ledger = build_ledger(work).sort("key")
     index = index_shards(work)
     report = removal_report(ledger, index)
