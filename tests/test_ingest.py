@@ -225,6 +225,15 @@ def test_shards_are_read_in_place_and_run_the_whole_chain(shards, tmp_path, form
     assert {name.split(".", 1)[0] for name in members} == kept
     for name, data in members.items():
         assert originals[name] == data  # original member bytes and names
+    if form == "folder":  # the report and the attack's reader work on a work dir read in place
+        from attack.data import read_images
+        from dedup.config import ReportConfig
+        from dedup.report import run_report
+
+        run_report(ReportConfig(), work)
+        assert (work.report_dir / "index.html").exists()
+        images = read_images(work.download_dir, 16)
+        assert len(images.keys) == 11 and "000010002" not in images.keys  # the undecodable one skipped
 
 
 def test_a_changed_source_shard_is_refused_not_reused(shards, tmp_path, cli):
