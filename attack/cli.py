@@ -108,8 +108,11 @@ def sample_cmd(
     from attack.sample import sample_to_file
     from attack.train import load_checkpoint
 
+    if n < 1:
+        raise UserError(f"-n {n}: the number of images is at least 1")
     if not model.exists():
         raise UserError(f"{model}: no such checkpoint")
+    load_checkpoint(model)  # refuse a file that is not one before anything is written
     captions = None
     if prompts_from is not None:
         res = load_checkpoint(model)["config"]["unet"]["resolution"]
@@ -228,6 +231,8 @@ def candidates_cmd(
     from attack.generate_filter import candidates
     from dedup.layout import WorkDir, atomic_path
 
+    if top < 1:
+        raise UserError(f"--top {top}: the number of groups is at least 1")
     work = WorkDir(workdir)
     table = candidates(work, top)
     out = out or work.attack_dir / "candidates.parquet"
@@ -284,6 +289,10 @@ def generate_filter_cmd(
 
     if k < 2:
         raise UserError("-k must be at least 2: a clique needs generations to compare")
+    if tau < 0:
+        raise UserError(f"--tau {tau}: a distance threshold is at least 0")
+    if m is not None and m < 2:
+        raise UserError(f"--m {m}: a clique that flags a caption has at least 2 generations")
     gen = make_generator(generator, steps, guidance, device)
     out = out or candidates.parent / "generate_filter"
     summary = run_generate_filter(

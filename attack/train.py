@@ -66,7 +66,19 @@ def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    return torch.load(path, map_location=device, weights_only=True)
+    """A checkpoint from ``dedup attack train``; anything else is a one-line error naming the file."""
+    from dedup.errors import UserError
+
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such checkpoint") from None
+    except Exception as err:
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{path}: not a checkpoint from `dedup attack train` ({msg[:160]})") from None
+    if not isinstance(ckpt, dict) or "config" not in ckpt or "unet" not in ckpt.get("config", {}):
+        raise UserError(f"{path}: not a checkpoint from `dedup attack train` (no model config in it)")
+    return ckpt
 
 
 def load_model(path: Path, device: torch.device | str = "cpu", ema: bool = True) -> tuple[UNet, dict]:

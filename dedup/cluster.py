@@ -35,7 +35,7 @@ import numpy as np
 import polars as pl
 
 from dedup.config import ClusterConfig
-from dedup.embed import OK, embeddings_memmap, load_metadata
+from dedup.embed import OK, check_embeddings, embeddings_memmap, load_metadata
 from dedup.errors import UserError
 from dedup.grouping import PairOracle, group
 from dedup.layout import (
@@ -45,6 +45,7 @@ from dedup.layout import (
     locked,
     read_json,
     read_marker,
+    shard_name,
     write_json,
     write_marker,
 )
@@ -158,6 +159,16 @@ def run_cluster(
     if config.against and Path(config.against).resolve() == work.root.resolve():
         raise UserError(f"--against {config.against}: that is this work directory; give another one")
     work.check_inputs()
+    stale = [
+        s
+        for s in work.download_shards()
+        if (read_marker(work, "embed", s) or {}).get("input") != work.input_identity(s)
+    ]
+    if stale:
+        raise UserError(
+            f"{work.root}: shard(s) {', '.join(shard_name(s) for s in stale[:5])} changed or are not "
+            "embedded yet; run `dedup embed` first"
+        )
     key = _stage_key(config, work)
     if (
         not force
@@ -179,6 +190,7 @@ def run_cluster(
 
 def _run_cluster(config: ClusterConfig, work: WorkDir, progress: bool) -> dict[str, Any]:
     started = time.time()
+    check_embeddings(work)
     info = embed_info(work)
     embedder = str(info.get("embedder"))
     t_emb, t_cand = thresholds(config, embedder)

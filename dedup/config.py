@@ -186,7 +186,14 @@ ATTACK_BUDGETS: dict[str, dict[str, Any]] = {
 def resolve_attack(cfg: AttackConfig) -> AttackConfig:
     """The budget preset, with every field the user set explicitly on top."""
     explicit = {k: getattr(cfg, k) for k in cfg.model_fields_set if k != "budget"}
-    return AttackConfig.model_validate({"budget": cfg.budget, **ATTACK_BUDGETS[cfg.budget], **explicit})
+    out = AttackConfig.model_validate({"budget": cfg.budget, **ATTACK_BUDGETS[cfg.budget], **explicit})
+    halvings = len(out.channel_mults) - 1
+    if out.resolution % (2**halvings):
+        raise UserError(
+            f"attack resolution {out.resolution}: must be a multiple of {2**halvings} "
+            f"(the UNet halves it {halvings} times; channel_mults {out.channel_mults})"
+        )
+    return out
 
 
 class ReportConfig(Section):

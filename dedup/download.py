@@ -29,6 +29,7 @@ import polars as pl
 from dedup.config import DownloadConfig
 from dedup.errors import UserError
 from dedup.layout import WorkDir, locked, read_json, write_json, write_marker
+from dedup.urllist import check_same_input, fingerprint, input_rows, key_settings, normalise
 
 INPUT_FORMATS = ("parquet", "csv", "tsv", "jsonl", "json", "txt")
 DISALLOWED_DIRECTIVES = ["noai", "noimageai", "noindex", "noimageindex"]
@@ -175,20 +176,24 @@ def run_download(config: DownloadConfig, work: WorkDir) -> dict[str, Any]:
 
     out = work.download_dir
     refuse_imported(work)
+    settings = key_settings(config, fmt)
+    identity = check_same_input(work, files, settings) if config.incremental else fingerprint(files, settings)
     if not config.incremental and out.exists():
         shutil.rmtree(out)
+    total_rows = normalise(work, files, fmt, config, identity)
     out.mkdir(parents=True, exist_ok=True)
     done = set(work.download_shards())
     tmp = out / "_tmp"
     tmp.mkdir(exist_ok=True)
-    source = Path(config.url_list)  # type: ignore[arg-type]
-    url_list = str(source.resolve() if source.is_dir() else files[0].resolve())
+    txt = fmt.removesuffix(".gz") == "txt"
 
+    # img2dataset reads the normalised parts (dedup.urllist), by column name: the keys it gives are
+    # the ones input/ recorded, and every caption and extra column is a string it can write.
     reader = Reader(
-        url_list,
-        fmt,
-        config.url_col if fmt.removesuffix(".gz") != "txt" else "url",
-        config.caption_col if fmt.removesuffix(".gz") != "txt" else None,
+        str(work.input_dir.resolve()),
+        "parquet",
+        "url",
+        "caption" if config.caption_col is not None and not txt else None,
         None,
         None,
         list(config.save_additional_columns) or None,
@@ -272,6 +277,7 @@ FAILURE_LABELS = {
     "undecodable": "undecodable image",
     "too_small": "image too small",
     "aspect_ratio": "aspect ratio too large",
+    "not_recorded": "not recorded by img2dataset",
     "other": "other",
 }
 
@@ -288,6 +294,8 @@ def failure_reason(status: str | None, error_message: str | None, url: str | Non
     m = re.search(r"http error (\d)\d\d", msg)
     if m:
         return "http_4xx" if m.group(1) == "4" else "http_5xx"
+    if NOT_RECORDED in msg.lower():
+        return "not_recorded"
     rules = [
         (("unknown url type", "no host given", "invalid url", "url can't contain"), "malformed_url"),
         (("connection refused",), "connection_refused"),
@@ -329,6 +337,7 @@ def download_rows(work: WorkDir) -> pl.DataFrame:
             if c in df.columns
         ]
         frames.append(df.select(keep).with_columns(pl.lit(shard).alias("shard")))
+    frames += unrecorded_rows(work, frames)
     if not frames:
         return pl.DataFrame(
             schema={
@@ -351,6 +360,31 @@ def download_rows(work: WorkDir) -> pl.DataFrame:
         )
     ]
     return df.with_columns(pl.Series("reason", reasons, dtype=pl.String))
+
+
+NOT_RECORDED = "img2dataset wrote no row for it"
+
+
+def unrecorded_rows(work: WorkDir, frames: list[pl.DataFrame]) -> list[pl.DataFrame]:
+    """Input rows img2dataset did not record (its shard died, or its writer dropped them): failed
+    rows that say so, so the ledger still accounts for them and a rerun retries their shard."""
+    inputs = input_rows(work)
+    if inputs is None:
+        return []
+    seen = pl.concat([f.select("key") for f in frames]) if frames else pl.DataFrame(schema={"key": pl.String})
+    missing = inputs.join(seen, on="key", how="anti")
+    if missing.height == 0:
+        return []
+    finished = set(work.download_shards())
+    why = pl.when(pl.col("shard").is_in(list(finished)))
+    return [
+        missing.with_columns(
+            pl.lit("failed_to_download").alias("status"),
+            why.then(pl.lit(f"{NOT_RECORDED} (its shard finished without it)"))
+            .otherwise(pl.lit(f"{NOT_RECORDED} (its shard did not finish; a rerun retries it)"))
+            .alias("error_message"),
+        )
+    ]
 
 
 def summarize_download(

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import io
 import json
+import tarfile
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -167,6 +169,54 @@ def prefetch_batches(
             yield pending.popleft().result()
 
 
+def _guarded(tar: Path, batches: Any) -> Any:
+    """The batches of one tar; a damaged archive is a one-line error naming it, not a traceback."""
+    try:
+        yield from batches
+    except (tarfile.TarError, EOFError, zlib.error) as err:
+        raise UserError(
+            f"{tar}: damaged tar ({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
+            "download or import the shard again"
+        ) from None
+
+
+def check_complete(work: WorkDir, shard: int, tar: Path, keys: list[str]) -> None:
+    """Every sample the download parquet says reached the tar was read from it: a tar cut short at a
+    member boundary reads without error, and its lost samples must not become silent decode_failed rows."""
+    rows = pl.read_parquet(work.download_parquet(shard), columns=["key", "status"])
+    expected = set(rows.filter(pl.col("status") == "success")["key"].to_list())
+    missing = sorted(expected - set(keys))
+    if missing:
+        raise UserError(
+            f"{tar}: truncated or damaged: {len(missing)} of {len(expected)} downloaded samples are not "
+            f"in it (first: {missing[0]}); download or import the shard again"
+        )
+
+
+def check_embeddings(work: WorkDir) -> None:
+    """Each shard's embeddings readable, one per metadata row, and finite, before cluster uses them."""
+    for shard in work.download_shards():
+        path = work.img_emb(shard)
+        try:
+            arr = np.load(path, mmap_mode="r")
+            rows = pq.ParquetFile(work.metadata(shard)).metadata.num_rows
+        except (OSError, ValueError, EOFError) as err:
+            raise UserError(
+                f"{path}: damaged ({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
+                f"delete it and run `dedup embed {work.root}` to redo the shard"
+            ) from None
+        if arr.ndim != 2 or arr.shape[0] != rows:
+            raise UserError(
+                f"{path}: {arr.shape[0] if arr.ndim else 0} vectors for {rows} metadata rows; delete it and "
+                f"run `dedup embed {work.root}` to redo the shard"
+            )
+        for lo in range(0, arr.shape[0], 65_536):
+            if not np.isfinite(arr[lo : lo + 65_536]).all():
+                raise UserError(
+                    f"{path}: holds NaN or infinite values; delete it and run `dedup embed {work.root}`"
+                )
+
+
 def embed_shard(
     work: WorkDir,
     shard: int,
@@ -180,11 +230,15 @@ def embed_shard(
     chunks: list[np.ndarray] = []
     locals_: list[np.ndarray] = []
     dim = lookup.dim if lookup is not None else embedder.dim
-    for batch in prefetch_batches(
-        iter_samples(work.input_tar(shard)),
-        lambda s: prepare_sample(s, prepare, config.local_features),
-        config.batch_size,
-        config.workers,
+    tar = work.input_tar(shard)
+    for batch in _guarded(
+        tar,
+        prefetch_batches(
+            iter_samples(tar),
+            lambda s: prepare_sample(s, prepare, config.local_features),
+            config.batch_size,
+            config.workers,
+        ),
     ):
         out = np.zeros((len(batch), dim), dtype=np.float32)
         ok = [i for i, (facts, _) in enumerate(batch) if facts["status"] == OK]
@@ -197,6 +251,9 @@ def embed_shard(
                     batch[i][0]["status"] = "no_precomputed_embedding"
         elif ok:
             out[ok] = embedder.embed(np.stack([batch[i][1] for i in ok]))
+        for i in np.flatnonzero(~np.isfinite(out).all(axis=1)):
+            batch[i][0]["status"] = "nonfinite_embedding"  # never searched with NaN or inf
+            out[i] = 0.0
         for facts, _ in batch:
             facts["shard"] = shard
             facts["row"] = len(rows)
@@ -209,6 +266,7 @@ def embed_shard(
         chunks.append(out.astype(np.float16))
         if bar is not None:
             bar.update(len(batch))
+    check_complete(work, shard, tar, [r["key"] for r in rows])
     emb = np.concatenate(chunks) if chunks else np.zeros((0, dim), dtype=np.float16)
     meta = pl.DataFrame(rows, schema=METADATA_SCHEMA) if rows else pl.DataFrame(schema=METADATA_SCHEMA)
     with atomic_path(work.img_emb(shard)) as tmp, open(tmp, "wb") as f:

@@ -27,6 +27,9 @@ from dedup.layout import WorkDir, write_json
 SWEEP = (0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99)
 
 
+_TEXT_COLUMNS = ("key", "key_a", "key_b", "url", "url_a", "url_b", "duplicate")
+
+
 def _read_table(path: Path) -> pl.DataFrame:
     if not path.exists():
         raise UserError(f"{path}: no such ground-truth file")
@@ -34,7 +37,11 @@ def _read_table(path: Path) -> pl.DataFrame:
         if path.suffix == ".parquet":
             return pl.read_parquet(path)
         if path.suffix in (".csv", ".tsv"):
-            return pl.read_csv(path, separator="\t" if path.suffix == ".tsv" else ",")
+            # keys are strings ("000000042"): never read as numbers, which drops their leading zeros
+            sep = "\t" if path.suffix == ".tsv" else ","
+            names = pl.read_csv(path, separator=sep, n_rows=0).columns
+            text = {c: pl.String for c in names if c in _TEXT_COLUMNS}
+            return pl.read_csv(path, separator=sep, schema_overrides=text)
         if path.suffix == ".jsonl":
             return pl.read_ndjson(path)
     except Exception as err:
@@ -220,6 +227,24 @@ def run_evaluate(work: WorkDir, ground_truth: Path | None) -> dict[str, Any]:
     return result
 
 
+_TRUE = {"true", "yes", "1", "duplicate", "dup"}
+_FALSE = {"false", "no", "0", "distinct", "not_duplicate"}
+
+
+def _label(value: object, a: str, b: str) -> bool:
+    """A pair's label read strictly: a typo such as ``maybe`` is an error, never counted as True."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise UserError(f"pair ({a}, {b}): duplicate label {value!r} is not true/false, yes/no or 1/0")
+
+
 def _labelled_pairs(samples: pl.DataFrame, truth: pl.DataFrame) -> dict[str, Any]:
     by = "key" if "key_a" in truth.columns else "url"
     cluster = dict(zip(samples[by].to_list(), samples["cluster_id"].to_list(), strict=True))
@@ -227,9 +252,10 @@ def _labelled_pairs(samples: pl.DataFrame, truth: pl.DataFrame) -> dict[str, Any
     for a, b, d in zip(
         truth[f"{by}_a"].to_list(), truth[f"{by}_b"].to_list(), truth["duplicate"].to_list(), strict=True
     ):
+        labelled = _label(d, a, b)  # every row, matched or not: a typo is found wherever it is
         if a in cluster and b in cluster:
             pred.append(cluster[a] == cluster[b])
-            label.append(bool(d))
+            label.append(labelled)
     p, y = np.array(pred, dtype=bool), np.array(label, dtype=bool)
     tp, fp, fn = int((p & y).sum()), int((p & ~y).sum()), int((~p & y).sum())
     return {

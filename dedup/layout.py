@@ -6,6 +6,7 @@ and a completion marker per (stage, shard) under ``_manifest/`` records what is 
 config. Layout (``NNNNN`` is a 5-digit shard id, as img2dataset names shards)::
 
     WORKDIR/
+      input/part_NNNNN.parquet, manifest.json              the URL list normalised and keyed
       download/NNNNN.tar, NNNNN.parquet, NNNNN_stats.json   img2dataset's own layout
       download/NNNNN.tar.ref                               (import) an original tar read in place
       download_summary.json
@@ -54,6 +55,18 @@ class WorkDir:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         object.__setattr__(self, "root", Path(root))
 
+    # -- the URL list, normalised and keyed before download (dedup.urllist) --
+    @property
+    def input_dir(self) -> Path:
+        return self.root / "input"
+
+    def input_part(self, index: int) -> Path:
+        return self.input_dir / f"part_{shard_name(index)}.parquet"
+
+    @property
+    def input_manifest(self) -> Path:
+        return self.input_dir / "manifest.json"
+
     # -- download (img2dataset's output folder, left exactly as it writes it) --
     @property
     def download_dir(self) -> Path:
@@ -83,8 +96,17 @@ class WorkDir:
     def check_inputs(self) -> None:
         """Every input tar is there and, if imported in place, unchanged: checked before a stage
         starts, so a stage refuses in one line instead of failing half-way."""
+        from dedup.errors import UserError
+
+        if self.download_dir.exists() and not self.download_dir.is_dir():
+            raise UserError(f"{self.download_dir}: not a folder (a work dir's download stage is one)")
         for shard in self.download_shards():
             self.input_tar(shard)
+            if not self.download_parquet(shard).is_file():
+                raise UserError(
+                    f"{self.download_parquet(shard)}: missing (the shard's record of its samples); "
+                    "download or import the shard again"
+                )
 
     def download_parquet(self, shard: int) -> Path:
         return self.download_dir / f"{shard_name(shard)}.parquet"

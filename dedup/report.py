@@ -304,6 +304,7 @@ def _table(headers: list[str], rows: list[list[Any]], numeric: set[int] = frozen
 def run_report(config: ReportConfig, work: WorkDir) -> dict[str, Any]:
     if not work.root.is_dir():
         raise UserError(f"{work.root}: no such work directory")
+    work.check_inputs()
     out = work.report_dir
     if out.exists():
         shutil.rmtree(out)

@@ -16,7 +16,7 @@ import polars as pl
 
 from dedup.download import download_rows
 from dedup.errors import UserError
-from dedup.layout import WorkDir, read_json, shards_in
+from dedup.layout import WorkDir, read_json, shard_name, shards_in
 from dedup.shards import iter_samples
 
 
@@ -28,6 +28,7 @@ def verify(work: WorkDir, check_bytes: bool = True) -> list[str]:
     """All violations found (empty when the output is sound)."""
     if not work.ledger.exists():
         raise UserError(f"{work.ledger}: missing; run `dedup write {work.root}` first")
+    work.check_inputs()
     problems: list[str] = []
     inputs = download_rows(work)["key"].to_list()
     ledger = pl.read_parquet(work.ledger)
@@ -50,6 +51,11 @@ def verify(work: WorkDir, check_bytes: bool = True) -> list[str]:
                 out_hashes[sample.key] = _digests(sample.members)
         except tarfile.TarError as err:
             problems.append(f"{work.dedup_tar(shard)}: not a readable tar ({err})")
+    finished = {shard_name(s) for s in shards_in(work.dedup_dir)}
+    if work.dedup_dir.is_dir():
+        for stray in sorted(work.dedup_dir.glob("*.tar")):
+            if stray.stem not in finished:
+                problems.append(f"{stray}: an output tar without its _stats.json (unfinished or stray)")
     kept = set(ledger.filter(pl.col("kept"))["key"].to_list())
     for key in sorted(kept - set(output)):
         problems.append(f"kept sample {key} is missing from the output shards")
