@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -9,6 +11,8 @@ import typer
 from typer.core import TyperGroup
 
 from dedup.errors import UserError
+
+_NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
 class Group(TyperGroup):
@@ -20,6 +24,16 @@ class Group(TyperGroup):
         except UserError as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(2) from None
+        except OSError as err:
+            if err.errno not in _NO_SPACE:
+                raise
+            where = f" writing {err.filename}" if err.filename else ""
+            typer.echo(
+                f"error: {os.strerror(err.errno)}{where}; nothing was left half-written under a final "
+                "name: free space and rerun the same command to resume",
+                err=True,
+            )
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             typer.echo("interrupted: rerun the same command to resume", err=True)
             raise typer.Exit(130) from None

@@ -205,7 +205,9 @@ def copy_spans(spans: list[Span], work: WorkDir, out: Path) -> None:
             try:
                 _copy_range(handles[shard], dst, start, end - start)
             except OSError as err:
-                raise OSError(f"{work.input_tar(shard)}: {err}") from None
+                raise OSError(
+                    err.errno, f"{work.input_tar(shard)}: {err.strerror or err}", str(out)
+                ) from None
         os.write(dst, END_OF_ARCHIVE)
         os.fsync(dst)
     finally:

@@ -50,7 +50,16 @@ CASES = {
     "extract junk": (["attack", "extract", "{r}/junk.npz", "--train", "{w}"], "junk.npz"),
     "candidates top -3": (["attack", "candidates", "{w}", "--top", "-3"], "--top"),
     "generate-filter tau -1": (
-        ["attack", "generate-filter", "--generator", "ddpm:{r}/junk.pt", "--candidates", "{r}/none.parquet", "--tau", "-1"],
+        [
+            "attack",
+            "generate-filter",
+            "--generator",
+            "ddpm:{r}/junk.pt",
+            "--candidates",
+            "{r}/none.parquet",
+            "--tau",
+            "-1",
+        ],
         "--tau",
     ),
     "evaluate empty csv": (["evaluate", "{w}", "--ground-truth", "{r}/empty.csv"], "empty.csv"),
