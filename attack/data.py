@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-from PIL import Image
+from PIL import Image, ImageOps
 
 from dedup.errors import UserError
 from dedup.layout import WorkDir, shards_in, tar_in
@@ -70,6 +70,7 @@ def read_images(folder: Path, resolution: int, keys: set[str] | None = None) -> 
                 continue
             try:
                 with Image.open(io.BytesIO(data)) as im:
+                    im = ImageOps.exif_transpose(im)
                     arr = square(im, resolution)
             except Exception:
                 continue

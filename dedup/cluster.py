@@ -203,6 +203,9 @@ def _run_cluster(config: ClusterConfig, work: WorkDir, progress: bool) -> dict[s
         raise UserError(f"{work.embed_dir}: no successfully embedded images to cluster")
     mirror = _mirror_view(info)
     use = set(config.signals)
+    # The verifier's own candidates (a cosine band, shared keypoints) serve the near-duplicate signals:
+    # with `signals: [exact]` only byte-identical copies are removed.
+    near = bool(use & {"phash", "embedding"})
 
     # exact duplicates collapse onto the first-seen copy before any search
     sha_id = meta.select(pl.col("sha256").rank("dense").cast(pl.Int64) - 1).to_series().to_numpy()
@@ -232,14 +235,18 @@ def _run_cluster(config: ClusterConfig, work: WorkDir, progress: bool) -> dict[s
             block_size=config.block_size,
             progress=progress,
         )
-        if "embedding" in use or config.verify == "orb"
+        if "embedding" in use or (near and config.verify == "orb")
         else (Candidates.empty(), "none")
     )
     pi, pj = cand.i, cand.j
     if "phash" in use:
         hi, hj, _ = phash_candidates(phash, phash_m, config.phash_threshold)
         pi, pj = np.concatenate([pi, hi]), np.concatenate([pj, hj])
-    local = _local_candidates(work, embed_rows[unique], len(unique), config)
+    local = (
+        _local_candidates(work, embed_rows[unique], len(unique), config)
+        if near
+        else (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
+    )
     pi, pj = np.concatenate([pi, local[0]]), np.concatenate([pj, local[1]])
     pairs = pl.DataFrame({"i": pi, "j": pj}).unique().sort("i", "j")
     pi, pj = pairs["i"].to_numpy(), pairs["j"].to_numpy()

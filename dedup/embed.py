@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from dedup.config import EmbedConfig
@@ -62,7 +62,7 @@ METADATA_SCHEMA = {
     "local_count": pl.Int32,  # ORB descriptors stored for this sample in embed/local/
 }
 OK = "ok"
-VIEW = "trim-border-v2"
+VIEW = "exif-trim-border-v3"
 
 
 def _stage_config(config: EmbedConfig) -> dict[str, Any]:
@@ -129,7 +129,9 @@ def prepare_sample(
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
-            rgb = im.convert("RGB")
+            # the image as every viewer shows it: a copy re-saved with rotated pixels and an EXIF
+            # orientation tag looks like its original, so it must hash and embed like it
+            rgb = ImageOps.exif_transpose(im).convert("RGB")
     except Exception as err:
         facts["status"] = f"decode_error: {str(err).strip()[:120] or type(err).__name__}"
         return facts, None

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -108,6 +109,8 @@ class ClipEmbedder:
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.model_id = f"{model}/{Path(pretrained).name if Path(pretrained).is_file() else pretrained}"
+        if not Path(pretrained).is_file():
+            require_reachable_weights(model, pretrained)
         try:
             net, _, preprocess = open_clip.create_model_and_transforms(
                 model, pretrained=pretrained, device=self.device
@@ -143,6 +146,45 @@ class ClipEmbedder:
             else:
                 out = self._net.encode_image(x)
         return l2_normalize(out.float().cpu().numpy())
+
+
+def hub_endpoint() -> tuple[str, int]:
+    """Host and port of the Hugging Face hub as huggingface_hub would reach it (HF_ENDPOINT)."""
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    return url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+
+
+def require_reachable_weights(model: str, pretrained: str, timeout: float = 3.0) -> None:
+    """Fail in seconds, not after a minute of retries, when hub weights are neither cached nor reachable.
+    Cached weights load with HF_HUB_OFFLINE set, so a loaded model never waits on the network."""
+    import socket
+
+    from open_clip.pretrained import get_pretrained_cfg
+
+    hub = (get_pretrained_cfg(model, pretrained) or {}).get("hf_hub", "")
+    if not hub:
+        return  # not a hub tag: open_clip's own error names it
+    repo_id = hub.rstrip("/")
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        for name in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+            if isinstance(try_to_load_from_cache(repo_id, name), str):
+                os.environ.setdefault("HF_HUB_OFFLINE", "1")
+                return
+    except Exception:
+        pass
+    host, port = hub_endpoint()
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as err:
+        raise UserError(
+            f"open_clip weights '{pretrained}' for '{model}' ({repo_id}) are not in the local cache and "
+            f"{host}:{port} is unreachable ({err.strerror or err}). Offline? Pass a local checkpoint file: "
+            "--pretrained /path/to/open_clip_model.safetensors (or use --embedder descriptor)"
+        ) from None
 
 
 def make_embedder(config: EmbedConfig) -> Any:

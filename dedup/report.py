@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from PIL import Image
+from PIL import Image, ImageOps
 
 from dedup.config import ReportConfig
 from dedup.errors import UserError
@@ -29,6 +29,17 @@ BUCKETS = (("1", 1, 1), ("2-4", 2, 4), ("5-19", 5, 19), ("20+", 20, 10**12))
 
 def esc(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
+
+
+CAPTION_CHARS = 300
+
+
+def caption_text(value: Any) -> str:
+    """A caption as shown: escaped, and cut to CAPTION_CHARS (a scraped caption can be a megabyte)."""
+    text = "" if value is None else str(value)
+    if len(text) > CAPTION_CHARS:
+        text = f"{text[:CAPTION_CHARS]}… ({len(text):,} characters)"
+    return esc(text)
 
 
 # -- numbers ------------------------------------------------------------------------------------------
@@ -234,7 +245,7 @@ def thumbnails(work: WorkDir, keys: set[str], folder: Path) -> dict[str, str]:
                 continue
             try:
                 with Image.open(io.BytesIO(sample.image)) as im:
-                    im = im.convert("RGB")
+                    im = ImageOps.exif_transpose(im).convert("RGB")
                     im.thumbnail((THUMB, THUMB))
                     name = f"{len(out):05d}.jpg"
                     im.save(folder / name, "JPEG", quality=85)
@@ -547,7 +558,9 @@ def _galleries(
                 f"{r['similarity_to_representative']:.3f}</span>"
                 f"{_evidence_line(evidence.get(_pair_key(r['key'], r['representative_key'])))}"
             )
-            figs.append(_figure(thumbs.get(r["key"]), f"{label}{esc(r['caption'])}", r["is_representative"]))
+            figs.append(
+                _figure(thumbs.get(r["key"]), f"{label}{caption_text(r['caption'])}", r["is_representative"])
+            )
         more = f"<p>… and {n - members.height} more copies</p>" if n > members.height else ""
         html_parts.append(
             f'<div class="group"><b>group {cid}</b>: {n} copies'
@@ -562,7 +575,7 @@ def _galleries(
                 k = r[side]
                 kept = bool(info.get(k, {}).get("is_representative"))
                 tag = KEPT_TAG if kept else ""
-                cells.append(_figure(thumbs.get(k), tag + esc(info.get(k, {}).get("caption")), kept))
+                cells.append(_figure(thumbs.get(k), tag + caption_text(info.get(k, {}).get("caption")), kept))
             html_parts.append(
                 f"<div class='pair'>{''.join(cells)}<div><b>{esc(verdict)}</b>"
                 f"<br>cosine {r['similarity']:.3f}<br>pHash distance {r['phash_distance']}"
