@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 CONFIG ?= configs/demo.yaml
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install test lint format demo bench bench-quality download embed cluster write attack report run clean
+.PHONY: install test lint format demo bench bench-quality mutation download embed cluster write attack report run clean
 
 install: $(STAMP)
 
@@ -35,6 +35,14 @@ format: install
 # The whole main job, offline, on the bundled demo corpus.
 demo: install
 	$(BIN)/dedup demo demo-work
+
+# Mutation run over the modules that guard data (pyproject's [tool.mutmut]); not in CI: about an hour
+# on 2 cores. Prints the counts; bench/RESULTS.md records the share of mutants killed.
+mutation: install
+	$(BIN)/python -m pip install --quiet mutmut==3.8.1
+	rm -rf mutants
+	$(BIN)/mutmut run --max-children 2 || true
+	$(BIN)/mutmut results --all true | awk '{print $$NF}' | sort | uniq -c
 
 bench: install
 	$(BIN)/python -m bench

@@ -138,7 +138,6 @@ def validate_url_list(config: DownloadConfig) -> tuple[list[Path], str, int]:
 # -- run ----------------------------------------------------------------------------------------------
 
 
-@locked
 def refuse_imported(work: WorkDir) -> None:
     """A work dir made by ``dedup import`` is not downloaded into: its shards (some perhaps read in
     place from the user's own files) would mix with img2dataset's."""
@@ -151,6 +150,7 @@ def refuse_imported(work: WorkDir) -> None:
             )
 
 
+@locked
 def run_download(config: DownloadConfig, work: WorkDir) -> dict[str, Any]:
     """Download ``config.url_list`` into ``work.download_dir``; return (and save) the summary."""
     files, fmt, total_rows = validate_url_list(config)

@@ -471,6 +471,9 @@ def _remove_if_only_lock(lock: Path, created: list[Path]) -> None:
             d.rmdir()
 
 
+_CREATES_WORKDIR = ("run_download", "run_import")  # the stages that start a work directory
+
+
 def locked(fn):
     """Run a stage function holding its work directory's lock (the ``work`` argument)."""
 
@@ -479,6 +482,10 @@ def locked(fn):
         work = kwargs.get("work") or next((a for a in args if isinstance(a, WorkDir)), None)
         if work is None:
             return fn(*args, **kwargs)
+        if fn.__name__ not in _CREATES_WORKDIR and not work.root.is_dir():
+            from dedup.errors import UserError
+
+            raise UserError(f"{work.root}: no such work directory")
         with work_lock(work):
             return fn(*args, **kwargs)
 

@@ -16,6 +16,63 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 REPO = Path(__file__).resolve().parents[1]
+LOCAL_HOSTS = {"127.0.0.1", "::1", "localhost"}
+
+
+def _guard_sockets() -> None:
+    """Tests reach nothing beyond 127.0.0.1 (#15; pytest-socket's rule, without the dependency): an
+    outside connection from the test process, or a child it forks, is an error naming the host."""
+    import socket
+
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def check(sock: socket.socket, address: object) -> None:
+        inet = sock.family in (socket.AF_INET, socket.AF_INET6) and isinstance(address, tuple)
+        if inet and str(address[0]) not in LOCAL_HOSTS:  # type: ignore[index]
+            raise ConnectionRefusedError(
+                f"tests may not open sockets beyond 127.0.0.1 (tried {address[0]})"  # type: ignore[index]
+            )
+
+    def connect(self: socket.socket, address: object) -> None:
+        check(self, address)
+        return real_connect(self, address)
+
+    def connect_ex(self: socket.socket, address: object) -> int:
+        check(self, address)
+        return real_connect_ex(self, address)
+
+    socket.socket.connect = connect  # type: ignore[method-assign]
+    socket.socket.connect_ex = connect_ex  # type: ignore[method-assign]
+
+
+_guard_sockets()
+
+
+def allowed_skips() -> set[str]:
+    """Tests the README's "Tests that may skip" list names (with why); in CI any other skip fails."""
+    text = (REPO / "README.md").read_text()
+    if "### Tests that may skip" not in text:
+        return set()
+    section = text.split("### Tests that may skip", 1)[1].split("\n#", 1)[0]
+    import re
+
+    return set(re.findall(r"`(tests/[^`]+::[^`]+)`", section))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """In CI (DEDUP_CI=1), a skipped test the README does not list fails the run, naming it."""
+    if os.environ.get("DEDUP_CI") != "1":
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = [r.nodeid for r in (reporter.stats.get("skipped", []) if reporter else [])]
+    unlisted = sorted(n for n in skipped if n.split("[")[0] not in allowed_skips())
+    if unlisted:
+        reporter.write_line(
+            "CI: skipped tests the README does not list under 'Tests that may skip': " + ", ".join(unlisted),
+            red=True,
+        )
+        if exitstatus == 0:
+            session.exitstatus = 1
 
 
 def photo(seed: int, size: tuple[int, int] = (96, 72)) -> Image.Image:

@@ -23,6 +23,7 @@ def clustered(tmp_path_factory):
     (root / "empty.csv").write_text("")
     (root / "maybe.csv").write_text("key_a,key_b,duplicate\n000000000,000000004,maybe\n")
     (root / "junk.npz").write_bytes(b"this is not an npz file")
+    (root / "typo.yaml").write_text(f"workdir: {work.root}\nclusterr: {{k: 3}}\n")
     (root / "junk.pt").write_bytes(b"this is not a checkpoint")
     import polars as pl
 
@@ -69,6 +70,16 @@ CASES = {
         "urls.parquet",
     ),
     "status on no work dir": (["status", "{r}/nowhere"], "nowhere"),
+    "embed on no work dir": (["embed", "{r}/nowhere", "--embedder", "descriptor"], "nowhere"),
+    "cluster on no work dir": (["cluster", "{r}/nowhere"], "nowhere"),
+    "write on no work dir": (["write", "{r}/nowhere"], "nowhere"),
+    "report on no work dir": (["report", "{r}/nowhere"], "nowhere"),
+    "verify on no work dir": (["verify", "{r}/nowhere"], "nowhere"),
+    "import nothing": (["import", "{r}/nothing", "{r}/w3"], "nothing"),
+    "embed bad precomputed": (["embed", "{w}", "--from-precomputed", "{r}"], "img_emb"),
+    "cluster threshold 2": (["cluster", "{w}", "--embedding-threshold", "2"], "embedding_threshold"),
+    "run unknown key": (["run", "{r}/typo.yaml"], "clusterr"),
+    "demo misspelt stage": (["demo", "{r}/demo-w", "--stages", "downlaod"], "downlaod"),
     "run missing config": (["run", "{r}/none.yaml"], "none.yaml"),
     "compare missing after": (["attack", "compare", "--before", "{w}", "--after", "{r}/nowhere"], "nowhere"),
 }

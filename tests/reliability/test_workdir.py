@@ -29,11 +29,27 @@ def _hold(root):
 
 def test_a_second_process_is_refused_with_the_holders_pid(tmp_path, cli):
     holder = _hold(tmp_path / "w")
+    urls = tmp_path / "u.csv"
+    urls.write_text("URL,TEXT\nhttp://127.0.0.1:9/a.jpg,a\n")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(b"\xff\xd8\xff")
     try:
-        r = cli("cluster", str(tmp_path / "w"))
-        assert r.returncode == 2, r.stderr
-        assert f"PID {holder.pid}" in r.stderr and "Traceback" not in r.stderr
-        assert len(r.stderr.strip().splitlines()) == 1
+        for args in (
+            ("cluster",),
+            ("embed", "--embedder", "descriptor"),
+            ("write",),
+            ("report",),
+        ):
+            r = cli(args[0], str(tmp_path / "w"), *args[1:])
+            assert r.returncode == 2, (args, r.stderr)
+            assert f"PID {holder.pid}" in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+            assert len(r.stderr.strip().splitlines()) == 1
+        for r in (
+            cli("download", str(urls), str(tmp_path / "w")),
+            cli("import", str(photos), str(tmp_path / "w")),
+        ):
+            assert r.returncode == 2 and f"PID {holder.pid}" in r.stderr, r.stderr
     finally:
         holder.kill()
         holder.wait()
