@@ -456,23 +456,17 @@ def run(
 @app.command(rich_help_panel="Inspect")
 def status(workdir: WorkdirArg) -> None:
     """Show which stages and shards are complete in WORKDIR, and with which config."""
-    from dedup.layout import WorkDir, manifest
+    from dedup.layout import WorkDir, stage_status
 
     work = WorkDir(workdir)
     if not work.root.is_dir():
         raise UserError(f"{workdir}: no such work directory")
-    info = manifest(work)
-    if not info:
+    lines = stage_status(work)
+    if not lines:
         typer.echo(f"{workdir}: nothing complete yet")
         return
-    for stage, entry in info.items():
-        shards = entry.get("shards", {})
-        hashes = sorted(
-            {m.get("config_hash") for m in shards.values()}
-            | ({entry["stage"].get("config_hash")} if "stage" in entry else set())
-        )
-        done = f"{len(shards)} shard(s)" if shards else "complete"
-        typer.echo(f"{stage:<10} {done:<14} config {', '.join(h for h in hashes if h)}")
+    for stage, text in lines:
+        typer.echo(f"{stage:<10} {text}")
 
 
 def _register_attack() -> None:

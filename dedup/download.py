@@ -28,7 +28,7 @@ import polars as pl
 
 from dedup.config import DownloadConfig
 from dedup.errors import UserError
-from dedup.layout import WorkDir, locked, read_json, write_json, write_marker
+from dedup.layout import WorkDir, locked, read_json, read_marker, write_json, write_marker
 from dedup.urllist import check_same_input, fingerprint, input_rows, key_settings, normalise
 
 INPUT_FORMATS = ("parquet", "csv", "tsv", "jsonl", "json", "txt")
@@ -246,6 +246,8 @@ def run_download(config: DownloadConfig, work: WorkDir) -> dict[str, Any]:
 
     summary = summarize_download(work, total_rows=total_rows, run_seconds=elapsed, resumed_shards=len(done))
     for shard in work.download_shards():
+        if shard in done and read_marker(work, "download", shard) is not None:
+            continue  # a shard an earlier run made keeps the record of the settings that made it
         stats = read_json(work.download_stats(shard))
         write_marker(
             work,

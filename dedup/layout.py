@@ -362,6 +362,51 @@ def manifest(work: WorkDir) -> dict[str, Any]:
     return out
 
 
+def stage_status(work: WorkDir) -> list[tuple[str, str]]:
+    """One line per stage for ``dedup status``: what is done, with which config, and what is stale
+    (made from inputs that changed since), judged by the same markers the stages resume from."""
+    info = manifest(work)
+    lines: list[tuple[str, str]] = []
+    latest: dict[str, str] = {}
+    stale_stage: set[str] = set()
+    inputs = set(work.download_shards())
+    for stage, entry in info.items():
+        shards = entry.get("shards", {})
+        records = list(shards.values()) + ([entry["stage"]] if "stage" in entry else [])
+        hashes = sorted({str(m.get("config_hash")) for m in records if m.get("config_hash")})
+        latest[stage] = max((str(m.get("completed_at", "")) for m in records), default="")
+        text = f"{len(shards)} shard(s)" if shards else "complete"
+        if stage == "embed":
+            stale = [
+                s
+                for s, m in shards.items()
+                if int(s) not in inputs or m.get("input") != _identity(work, int(s))
+            ]
+            missing = len(inputs - {int(s) for s in shards})
+            if stale or missing:
+                stale_stage.add(stage)
+                text += f", {len(stale)} stale (input changed since), {missing} not embedded"
+        lines.append((stage, f"{text:<14} config {', '.join(hashes)}"))
+    upstream = {"cluster": "embed", "write": "cluster", "report": "write"}
+    order = ["download", "import", "embed", "cluster", "write", "attack", "report"]
+    lines.sort(key=lambda line: order.index(line[0]) if line[0] in order else len(order))
+    out = []
+    for stage, text in lines:
+        up = upstream.get(stage)
+        if up and (up in stale_stage or latest.get(up, "") > latest.get(stage, "")):
+            stale_stage.add(stage)
+            text += f"  STALE: {up} changed since; rerun {stage}"
+        out.append((stage, text))
+    return out
+
+
+def _identity(work: WorkDir, shard: int) -> list[int] | None:
+    try:
+        return work.input_identity(shard)
+    except Exception:
+        return None
+
+
 # -- atomic files ------------------------------------------------------------------------------------
 
 

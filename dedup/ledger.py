@@ -103,7 +103,3 @@ def build_ledger(work: WorkDir) -> pl.DataFrame:
         .alias("detail"),
     )
     return df.select(list(LEDGER_SCHEMA)).cast(LEDGER_SCHEMA)
-
-
-def reason_counts(ledger: pl.DataFrame) -> dict[str, int]:
-    return {r: n for r, n in ledger.group_by("reason").len().sort("reason").rows()}

@@ -128,8 +128,10 @@ def test_another_url_list_into_a_used_work_dir_is_refused(site, tmp_path, cli):
     assert json.loads((work / "_manifest" / "download" / "00000.json").read_text()) == marker  # untouched
     r = cli("download", str(first), str(work), "--samples-per-shard", "1")
     assert r.returncode == 2 and "samples_per_shard 10000 -> 1" in r.stderr, r.stderr
-    again = cli("download", str(first), str(work))  # the same list: resumes, nothing new
+    again = cli("download", str(first), str(work), "--image-size", "64")  # the same list: resumes
     assert again.returncode == 0, again.stderr
+    # the finished shard keeps the record of the settings that made it (dedup status reads it)
+    assert json.loads((work / "_manifest" / "download" / "00000.json").read_text()) == marker
 
 
 def test_new_data_after_write_is_never_reused_stale(site, tmp_path):
@@ -147,3 +149,24 @@ def test_new_data_after_write_is_never_reused_stale(site, tmp_path):
         run_cluster(ClusterConfig(), work, progress=False)
     ledger = _chain(work)
     assert ledger["reason"].to_list() == ["kept", "kept"] and verify(work) == []
+
+
+def test_status_is_right_after_a_rerun_with_changed_inputs(site, tmp_path, cli):
+    _, base = site
+    url_list = tmp_path / "u.parquet"
+    pl.DataFrame({"URL": [f"{base}/0.jpg", f"{base}/1.jpg"], "TEXT": ["a", "b"]}).write_parquet(url_list)
+    work = WorkDir(tmp_path / "w")
+    run_download(DownloadConfig(url_list=str(url_list)), work)
+    _chain(work)
+    fresh = cli("status", str(work.root)).stdout
+    assert "STALE" not in fresh and "stale" not in fresh, fresh
+    pl.DataFrame({"URL": [f"{base}/2.jpg", f"{base}/3.jpg"], "TEXT": ["c", "d"]}).write_parquet(url_list)
+    run_download(DownloadConfig(url_list=str(url_list), incremental=False), work)
+    out = cli("status", str(work.root)).stdout
+    lines = {line.split()[0]: line for line in out.splitlines()}
+    assert "1 stale" in lines["embed"], out
+    assert "STALE" in lines["cluster"] and "STALE" in lines["write"], out
+    run_embed(EmbedConfig(embedder="descriptor"), work, progress=False)
+    out = cli("status", str(work.root)).stdout
+    lines = {line.split()[0]: line for line in out.splitlines()}
+    assert "stale" not in lines["embed"] and "STALE: embed changed" in lines["cluster"], out
