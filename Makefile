@@ -36,13 +36,10 @@ format: install
 demo: install
 	$(BIN)/dedup demo demo-work
 
-# Mutation run over the modules that guard data (pyproject's [tool.mutmut]); not in CI: about an hour
-# on 2 cores. Prints the counts; bench/RESULTS.md records the share of mutants killed.
+# Mutation run over the modules that guard data (bench/mutation.py: a fresh pytest process per mutant);
+# not in CI: about an hour on 2 cores, resumable. bench/RESULTS.md records the share of mutants killed.
 mutation: install
-	$(BIN)/python -m pip install --quiet mutmut==3.8.1
-	rm -rf mutants
-	$(BIN)/mutmut run --max-children 2 || true
-	$(BIN)/mutmut results --all true | awk '{print $$NF}' | sort | uniq -c
+	$(BIN)/python -m bench.mutation
 
 bench: install
 	$(BIN)/python -m bench

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The five one-line bugs #15 planted that the earlier suite let through: each is applied in turn,
-# tests/reliability/test_planted_bugs.py must fail on it, and the file is restored (git checkout).
+# tests/reliability/test_planted_bugs.py must fail on it, and the file is restored with git checkout:
+# run it on a clean tree (uncommitted edits to the planted files would be lost).
 set -u
 cd "$(dirname "$0")/.."
 plant() { # file, python-replace-old, new
