@@ -71,3 +71,49 @@ def test_neighbourhood_uses_all_others_when_the_set_is_small():
     assert used == 4
     by_hand = [np.mean([l2(train[i], train[j]) for j in range(5) if j != i]) for i in range(5)]
     assert np.allclose(neigh, by_hand, rtol=1e-4)
+
+
+def test_the_papers_constants():
+    """attack.md §1-2 (paper §4.1, §4.2.1, §5.1): the settings every count depends on."""
+    from attack import distance
+
+    assert distance.NEIGHBOURS == 50 and distance.ALPHA == 0.5 and distance.GRID == 4
+    assert distance.DELTA == 0.15 and distance.CALIBRATED_THRESHOLDS == (1 / 3, 0.5, 1.0)
+
+
+@pytest.mark.parametrize("shape", [(8, 10, 3), (10, 8, 3)])
+def test_tiled_l2_refuses_either_side_not_divisible(shape):
+    with pytest.raises(ValueError, match="4x4"):
+        tiled_l2(np.zeros(shape), np.zeros(shape))
+
+
+def _brute_neighbourhood(train: np.ndarray, n: int) -> np.ndarray:
+    out = []
+    for i in range(len(train)):
+        d = sorted(l2(train[i], train[j]) for j in range(len(train)) if j != i)
+        out.append(np.mean(d[:n]))
+    return np.array(out)
+
+
+@pytest.mark.parametrize(("count", "n"), [(2, 50), (3, 50), (6, 2), (7, 1)])
+def test_neighbourhood_matches_brute_force(count, n):
+    train = np.random.default_rng(count).random((count, 4, 4, 3))
+    neigh, used = neighbourhood_l2(train, n=n)
+    assert used == min(n, count - 1)
+    assert np.allclose(neigh, _brute_neighbourhood(train, used), rtol=1e-4)
+
+
+def test_neighbourhood_with_exact_twins_drops_one_entry_per_image():
+    """Five identical images: the search may list twins before an image itself; each image still
+    averages over exactly n others."""
+    rng = np.random.default_rng(0)
+    a, b = rng.random((4, 4, 3)), rng.random((4, 4, 3))
+    train = np.stack([a] * 5 + [b])
+    neigh, used = neighbourhood_l2(train, n=1)
+    assert used == 1 and np.allclose(neigh[:5], 0.0, atol=1e-6)
+    assert neigh[5] == pytest.approx(float(l2(b, a)), rel=1e-4)
+
+
+def test_a_single_training_image_is_refused():
+    with pytest.raises(ValueError, match="at least two"):
+        neighbourhood_l2(np.zeros((1, 4, 4, 3)))

@@ -88,3 +88,15 @@ def test_rank_keeps_to_the_members_given_and_refuses_an_unknown_policy():
         assert sorted(got.tolist()) == sorted(members)
     with pytest.raises(ValueError, match="unknown representative policy"):
         rank("largest", np.arange(2), ctx)
+
+
+def test_one_word_captions_that_agree_score_one_with_each_other():
+    assert np.allclose(caption_scores(["barn", "barn", "lake"]), [0.5, 0.5, 0.0])
+
+
+def test_groups_larger_than_the_default_sample_use_256_members():
+    rng = np.random.default_rng(3)
+    words = ["barn", "red", "lake", "photo", "stock", "blue"]
+    caps = [" ".join(rng.choice(words, size=rng.integers(1, 4))) for _ in range(300)]
+    others = np.linspace(0, 299, 256).astype(int).tolist()
+    assert np.allclose(caption_scores(caps), _brute(caps, others), atol=1e-12)

@@ -100,9 +100,28 @@ DAMAGE = {
         "write_summary says 3 input samples",
     ),
     "summary kept count": (lambda w: _summary_edit(w, "kept", 1), "counts do not add up"),
+    "summary removed count": (lambda w: _summary_edit(w, "removed", 0), "counts do not add up"),
+    "an extra member in an output sample": (None, ".extra differs from the input"),
     "summary reasons": (lambda w: _summary_edit(w, "by_reason", {}), "write_summary reasons"),
     "summary missing": (lambda w: w.write_summary.unlink(), "write_summary.json: missing"),
 }
+
+
+def _add_a_member(work: WorkDir) -> None:
+    """The first output sample gains a member the input sample does not have (same key, adjacent)."""
+    import io
+
+    tar = work.dedup_tar(0)
+    with tarfile.open(tar) as t:
+        members = [(m, t.extractfile(m).read()) for m in t.getmembers()]
+    key = members[0][0].name.split(".", 1)[0]
+    last = max(i for i, (m, _) in enumerate(members) if m.name.split(".", 1)[0] == key)
+    extra = tarfile.TarInfo(f"{key}.extra")
+    extra.size = 5
+    members.insert(last + 1, (extra, b"extra"))
+    with tarfile.open(tar, "w", format=tarfile.USTAR_FORMAT) as t:
+        for m, data in members:
+            t.addfile(m, io.BytesIO(data))
 
 
 def _flip_a_byte(work: WorkDir) -> None:
@@ -119,7 +138,7 @@ def test_verify_names_each_kind_of_damage(finished, tmp_path, damage):
     work = WorkDir(tmp_path / "w")
     shutil.copytree(finished.root, work.root)
     fn, expected = DAMAGE[damage]
-    (fn or _flip_a_byte)(work)
+    (fn or (_add_a_member if "extra" in damage else _flip_a_byte))(work)
     problems = verify(work)
     assert any(expected in p for p in problems), problems
     assert verify(finished) == []
