@@ -36,6 +36,7 @@ OUT = ROOT / "bench" / "out" / "mutation"
 # module -> the tests that exercise it in seconds (in process or through the CLI)
 TARGETS: dict[str, list[str]] = {
     "dedup/ledger.py": [
+        "tests/reliability/test_ledger.py",
         "tests/reliability/test_planted_bugs.py",
         "tests/reliability/test_verify.py",
         "tests/reliability/test_integrity.py",
@@ -43,6 +44,7 @@ TARGETS: dict[str, list[str]] = {
     "dedup/verify.py": ["tests/reliability/test_verify.py", "tests/reliability/test_integrity.py"],
     "dedup/representatives.py": ["tests/test_representatives.py", "tests/reliability/test_planted_bugs.py"],
     "dedup/write.py": [
+        "tests/reliability/test_ledger.py",
         "tests/reliability/test_planted_bugs.py",
         "tests/reliability/test_verify.py",
         "tests/reliability/test_integrity.py",
