@@ -51,6 +51,7 @@ TARGETS: dict[str, list[str]] = {
     ],
     "dedup/grouping.py": ["tests/test_grouping.py"],
     "dedup/hashing.py": [
+        "tests/test_hashing.py",
         "tests/test_embed.py::test_phash_matches_imagehash_bit_for_bit",
         "tests/test_grouping.py",
     ],

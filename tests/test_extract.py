@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+import pytest
 
 from attack.extract import extract
 
@@ -107,3 +108,50 @@ def test_a_configured_calibrated_threshold_is_counted_not_only_named():
     assert "0.42" in ex.settings["calibrated_thresholds"] and ex.settings["primary_threshold"] == "0.42"
     counted = ex.generations["extracted[calibrated<=0.42]"].to_numpy()
     assert (counted == (ex.generations["calibrated"].to_numpy() <= 0.42)).all()
+
+
+def test_counts_and_continuous_signals_match_a_brute_force_recount():
+    """Every number counts() reports, recomputed from the per-generation table by plain loops."""
+    from attack.distance import calibrated_l2, l2, neighbourhood_l2
+    from attack.extract import BUCKETS, bucket_of, extract
+
+    rng = np.random.default_rng(7)
+    ref = rng.integers(0, 256, size=(8, 8, 8, 3), dtype=np.uint8)
+    k = np.array([1, 1, 2, 4, 5, 19, 20, 60])
+    noise = [0, 2, 40, 3, 90, 1, 5, 140]  # some near copies, some far from every training image
+    picks = [0, 2, 2, 3, 5, 6, 6, 7, 7, 4]
+    gens = np.stack(
+        [
+            np.clip(ref[i].astype(int) + rng.integers(-noise[i], noise[i] + 1, ref[i].shape), 0, 255)
+            for i in picks
+        ]
+    ).astype(np.uint8)
+    ex = extract(gens, [f"p{i}" for i in range(len(gens))], ref, [f"r{i}" for i in range(8)], k)
+    got = ex.counts()
+    neigh, _ = neighbourhood_l2(ref, 50)
+    g = ex.generations
+    assert g["nearest_index"].to_list() == [min(range(8), key=lambda j: float(l2(x, ref[j]))) for x in gens]
+    cal = [
+        float(calibrated_l2(l2(x, ref[j]), neigh[j])) for x, j in zip(gens, g["nearest_index"], strict=True)
+    ]
+    assert np.allclose(g["calibrated"].to_numpy(), cal)
+    for name, t in (("calibrated<=1/3", 1 / 3), ("calibrated<=0.5", 0.5), ("calibrated<=1.0", 1.0)):
+        hit = {j for j, c in zip(g["nearest_index"], cal, strict=True) if c <= t}
+        want = {b: sum(1 for j in hit if bucket_of(int(k[j])) == b) for b, _, _ in BUCKETS}
+        assert got["by_criterion"][name] == {"total": len(hit), **want}, name
+    near = g["nearest_index"].to_list()
+    cont = got["continuous"]
+    assert cont["generations"] == len(gens)
+    assert cont["share_nearest_duplicated"] == round(sum(k[j] > 1 for j in near) / len(gens), 4)
+    for b, _, _ in BUCKETS:
+        members = [j for j in range(8) if bucket_of(int(k[j])) == b]
+        assert cont["images_by_bucket"][b] == len(members)
+        assert cont["images_hit_by_bucket"][b] == len({j for j in near if j in members})
+        assert cont["share_nearest_by_bucket"][b] == round(sum(j in members for j in near) / len(gens), 4)
+        best = [min(c for c, j in zip(cal, near, strict=True) if j == m) for m in members if m in near]
+        want = None if not best else round(float(np.median(best)), 4)
+        got_median = cont["median_best_calibrated_by_bucket"][b]
+        assert (got_median is None and want is None) or got_median == pytest.approx(want, abs=1e-4), b
+    assert cont["min_calibrated"] == pytest.approx(round(min(cal), 4), abs=1e-4)
+    images = ex.images.sort("index")
+    assert images["times_nearest"].to_list() == [near.count(j) for j in range(8)]
