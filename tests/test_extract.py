@@ -155,3 +155,11 @@ def test_counts_and_continuous_signals_match_a_brute_force_recount():
     assert cont["min_calibrated"] == pytest.approx(round(min(cal), 4), abs=1e-4)
     images = ex.images.sort("index")
     assert images["times_nearest"].to_list() == [near.count(j) for j in range(8)]
+
+
+def test_duplicate_count_buckets_at_their_edges():
+    """attack.md §4's buckets: 1, 2-4, 5-19, 20+."""
+    from attack.extract import bucket_of
+
+    edges = {1: "1", 2: "2-4", 4: "2-4", 5: "5-19", 19: "5-19", 20: "20+", 10_000: "20+"}
+    assert {k: bucket_of(k) for k in edges} == edges

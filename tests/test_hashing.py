@@ -94,3 +94,14 @@ def test_phash_bits_by_hand_and_the_mirror_hash():
     symmetric = Image.fromarray(np.concatenate([symmetric, symmetric[:, ::-1]], axis=1))
     h, m = phash_pair(symmetric)
     assert hamming(np.array([h], np.uint64), np.array([m], np.uint64))[0] <= 2
+
+
+def test_trimming_at_its_boundaries():
+    """16 px is the smallest side trimmed; at least 8 px of content are always left."""
+    flat = Image.new("RGB", (40, 40), "black")
+    assert trim_border(flat).size == (8, 8)  # 16 rows off each side leave exactly 8
+    flat20 = Image.new("RGB", (20, 20), "black")
+    assert trim_border(flat20) is flat20  # 8 off each side would leave 4
+    content = photo(7, (16, 16))
+    framed = _padded(content, 0, 0, 2, 2)  # 20 wide, 16 high: the smallest height trimmed
+    assert trim_border(framed).size == (16, 16)
