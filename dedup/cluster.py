@@ -131,15 +131,8 @@ def _top_k_mask(c: Candidates, k: int) -> np.ndarray:
 
 def _stage_key(config: ClusterConfig, work: WorkDir) -> dict[str, Any]:
     """The config and the embed outputs it reads: the cluster stage is done while both are unchanged."""
-    embedded = [
-        (
-            s,
-            (read_marker(work, "embed", s) or {}).get("config_hash"),
-            (read_marker(work, "embed", s) or {}).get("rows"),
-            (read_marker(work, "embed", s) or {}).get("input"),
-        )
-        for s in work.download_shards()
-    ]
+    markers = {s: read_marker(work, "embed", s) or {} for s in work.download_shards()}
+    embedded = [(s, m.get("config_hash"), m.get("rows"), m.get("input")) for s, m in markers.items()]
     reference = None
     if config.against:
         other = WorkDir(config.against)

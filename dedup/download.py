@@ -10,7 +10,6 @@ so any tool that reads img2dataset output reads ours.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -142,8 +141,10 @@ def refuse_imported(work: WorkDir) -> None:
     """A work dir made by ``dedup import`` is not downloaded into: its shards (some perhaps read in
     place from the user's own files) would mix with img2dataset's."""
     if work.download_summary.exists():
-        previous = json.loads(work.download_summary.read_text())
-        if previous.get("kind") in ("shards", "folder", "parquet"):
+        from dedup.ingest import SOURCE_KINDS
+
+        previous = read_json(work.download_summary)
+        if previous.get("kind") in SOURCE_KINDS:
             raise UserError(
                 f"{work.root}: holds data imported from {previous.get('source')}; "
                 "download into a new work directory"

@@ -41,7 +41,7 @@ from typing import Any
 import polars as pl
 
 from dedup.errors import UserError
-from dedup.layout import WorkDir, atomic_path, locked, shards_in, write_json, write_marker
+from dedup.layout import WorkDir, atomic_path, locked, read_json, shards_in, write_json, write_marker
 from dedup.shards import IMAGE_EXTENSIONS, iter_samples
 
 SOURCE_KINDS = ("shards", "folder", "parquet")
@@ -480,7 +480,7 @@ def run_import(
     """
     src = open_source(source)
     identity = source_identity(src)
-    previous = json.loads(work.download_summary.read_text()) if work.download_summary.exists() else None
+    previous = read_json(work.download_summary) if work.download_summary.exists() else None
     if previous is not None and previous.get("kind") in SOURCE_KINDS:
         if previous.get("source") != identity:
             raise UserError(
@@ -499,7 +499,7 @@ def run_import(
     if src.kind == "shards":
         for shard, path in enumerate(shard_files(src)):
             stats = (
-                json.loads(work.download_stats(shard).read_text())
+                read_json(work.download_stats(shard))
                 if shard in done
                 else import_shard(src, path, work, shard)
             )
@@ -542,11 +542,7 @@ def source_identity(src: Source) -> str:
 def _finish(
     work: WorkDir, shard: int, batch: list[SourceSample], totals: dict[str, int], done: set[int]
 ) -> None:
-    stats = (
-        json.loads(work.download_stats(shard).read_text())
-        if shard in done
-        else write_shard(work, shard, batch)
-    )
+    stats = read_json(work.download_stats(shard)) if shard in done else write_shard(work, shard, batch)
     totals["count"] += stats["count"]
     totals["successes"] += stats["successes"]
 
