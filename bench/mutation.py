@@ -12,7 +12,8 @@ children sat at 0 % CPU until their time limit, so its "timeouts" were hangs, no
 fresh process per mutant costs a second or two of start-up and is never wrong that way.
 
 Resumable: results go to ``bench/out/mutation/results.jsonl`` keyed by the module's source hash and
-the mutant's index, so a rerun skips what is done and a changed module is mutated afresh.
+the mutant's index, so a rerun skips what is done and a changed module is mutated afresh; a survivor
+is rerun when the tests that target it change (new tests may kill it).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ TARGETS: dict[str, list[str]] = {
     "dedup/verify.py": ["tests/reliability/test_verify.py", "tests/reliability/test_integrity.py"],
     "dedup/representatives.py": ["tests/test_representatives.py", "tests/reliability/test_planted_bugs.py"],
     "dedup/write.py": [
+        "tests/test_tar_index.py",
         "tests/reliability/test_ledger.py",
         "tests/reliability/test_planted_bugs.py",
         "tests/reliability/test_verify.py",
@@ -208,6 +210,7 @@ class Job:
     module: str
     source: str
     digest: str
+    tests_digest: str
     tests: list[str]
     limit: float
     free: list[Path]
@@ -223,12 +226,26 @@ class Job:
         return {
             "module": self.module,
             "source": self.digest,
+            "tests": self.tests_digest,
             "index": site.index,
             "line": site.line,
             "what": site.what,
             "outcome": outcome,
             "seconds": round(seconds, 1),
         }
+
+
+def _tests_digest(tests: list[str]) -> str:
+    """The tests' own sources (and conftest): a survivor is rerun when they change."""
+    files = sorted({ROOT / t.split("::")[0] for t in tests} | set(ROOT.glob("tests/**/conftest.py")))
+    return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:12]
+
+
+def _reusable(result: dict | None, tests_digest: str) -> bool:
+    """A killed mutant stays killed while its module is unchanged; a survivor only under the same tests."""
+    if result is None:
+        return False
+    return result["outcome"] != "survived" or result.get("tests") == tests_digest
 
 
 def main(argv: list[str]) -> None:
@@ -251,13 +268,14 @@ def main(argv: list[str]) -> None:
         if status != "survived":
             raise SystemExit(f"{module}: its tests fail without any mutant ({tests}); fix them first")
         limit = baseline * 3 + 20
-        todo = [s for s in sites(source) if (module, digest, s.index) not in done]
+        tests_digest = _tests_digest(tests)
+        todo = [s for s in sites(source) if not _reusable(done.get((module, digest, s.index)), tests_digest)]
         print(
             f"{module}: {len(sites(source))} mutants ({len(todo)} to run), tests {baseline:.1f} s", flush=True
         )
 
         with ThreadPoolExecutor(max_workers=len(workers)) as pool, open(results_path, "a") as log:
-            job = Job(module, source, digest, tests, limit, free)
+            job = Job(module, source, digest, tests_digest, tests, limit, free)
             for future in as_completed([pool.submit(job.run, s) for s in todo]):
                 r = future.result()
                 done[(module, digest, r["index"])] = r

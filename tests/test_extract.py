@@ -163,3 +163,62 @@ def test_duplicate_count_buckets_at_their_edges():
 
     edges = {1: "1", 2: "2-4", 4: "2-4", 5: "5-19", 19: "5-19", 20: "20+", 10_000: "20+"}
     assert {k: bucket_of(k) for k in edges} == edges
+
+
+def _near_copies(rng, ref, picks, noise=2):
+    return np.stack(
+        [np.clip(ref[i].astype(int) + rng.integers(-noise, noise + 1, ref[i].shape), 0, 255) for i in picks]
+    ).astype(np.uint8)
+
+
+def test_defaults_are_the_papers_and_reported_numbers_have_four_digits():
+    from attack.distance import NEIGHBOURS
+
+    rng = np.random.default_rng(3)
+    ref = rng.integers(0, 256, size=(NEIGHBOURS + 1, 8, 8, 3), dtype=np.uint8)  # just enough: no note
+    k = np.ones(len(ref), dtype=int)
+    k[0] = 3
+    gens = _near_copies(rng, ref, [0, 1, 2])
+    ex = extract(gens, ["a", "b", "c"], ref, [f"r{i}" for i in range(len(ref))], k)
+    assert ex.settings["primary_threshold"] == "1/3"
+    assert ex.settings["calibrated_thresholds"] == ["1/3", "0.5", "1.0"]
+    assert ex.settings["neighbours_used"] == NEIGHBOURS and "note" not in ex.settings
+    cont = ex.counts()["continuous"]
+    assert cont["share_nearest_duplicated"] == 0.3333  # 1 of 3, four digits
+    assert cont["share_nearest_by_bucket"] == {"1": 0.6667, "2-4": 0.3333, "5-19": 0.0, "20+": 0.0}
+    cal = ex.generations["calibrated"].to_list()
+    assert cont["min_calibrated"] == round(min(cal), 4)
+    assert cont["median_best_calibrated_by_bucket"]["2-4"] == round(cal[0], 4)
+    # one generation: shares are of one, not of a floor of two
+    one = extract(gens[:1], ["a"], ref, [f"r{i}" for i in range(len(ref))], k).counts()["continuous"]
+    assert one["share_nearest_duplicated"] == 1.0
+
+
+def test_the_small_reference_note_names_the_paper_neighbourhood_size():
+    rng = np.random.default_rng(1)
+    train = (rng.random((10, 16, 16, 3)) * 255).astype(np.uint8)
+    ex = extract(train[:1], ["a"], train, [str(i) for i in range(10)], np.ones(10, dtype=int))
+    assert ex.settings["note"] == "fewer than 51 training images: the neighbourhood uses all 9 others"
+
+
+def test_mismatched_shapes_are_named():
+    ref = np.zeros((3, 16, 16, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"^generations are \(8, 8, 3\) but training images \(16, 16, 3\)$"):
+        extract(np.zeros((1, 8, 8, 3), np.uint8), ["a"], ref, ["a", "b", "c"], np.ones(3, int))
+
+
+def test_both_criteria_are_inclusive_at_their_threshold(monkeypatch):
+    import attack.extract as extract_module
+
+    rng = np.random.default_rng(5)
+    ref = rng.integers(0, 256, size=(12, 8, 8, 3), dtype=np.uint8)
+    gens = _near_copies(rng, ref, [0, 1], noise=30)
+    keys, k = [f"r{i}" for i in range(12)], np.ones(12, int)
+    first = extract(gens, ["a", "b"], ref, keys, k)
+    at = float(first.generations["calibrated"][0])
+    ex = extract(gens, ["a", "b"], ref, keys, k, threshold=at)
+    assert ex.generations[f"extracted[calibrated<={at:g}]"][0] is True
+    plain = float(first.generations["l2"][0])
+    monkeypatch.setattr(extract_module, "DELTA", plain)
+    ex = extract_module.extract(gens, ["a", "b"], ref, keys, k)
+    assert ex.generations[f"extracted[l2<={plain:g}]"][0] is True

@@ -105,3 +105,53 @@ def test_trimming_at_its_boundaries():
     content = photo(7, (16, 16))
     framed = _padded(content, 0, 0, 2, 2)  # 20 wide, 16 high: the smallest height trimmed
     assert trim_border(framed).size == (16, 16)
+
+
+def test_pack_of_no_set_bits_is_zero():
+    from dedup.hashing import _pack
+
+    assert _pack(np.zeros((8, 8), dtype=bool)) == 0
+    one = np.zeros((8, 8), dtype=bool)
+    one[7, 7] = True
+    assert _pack(one) == 1
+
+
+@pytest.mark.parametrize(("width", "trimmed"), [(16, True), (15, False)])
+def test_the_narrowest_image_trimmed_is_16_wide(width, trimmed):
+    content = photo(8, (width, 20))
+    barred = _padded(content, 20, 20, 0, 0)  # tall enough; only the width is at the limit
+    out = trim_border(barred)
+    assert (out.size == content.size) if trimmed else (out is barred)
+
+
+def test_a_one_pixel_frame_is_trimmed():
+    content = photo(9, (40, 30))
+    framed = _padded(content, 1, 1, 1, 1, colour=(200, 30, 30))
+    assert trim_border(framed).size == content.size
+
+
+def test_the_border_tolerances_are_inclusive():
+    """A row whose pixels vary by exactly BORDER_STD, or whose mean is exactly BORDER_DIFF from the
+    edge's, still counts as border."""
+    from dedup.hashing import BORDER_DIFF, BORDER_STD
+
+    content = np.asarray(photo(10, (40, 30)), dtype=np.uint8)
+    edge = np.full((1, 40, 3), 100, np.uint8)
+    noisy = np.full((1, 40, 3), 100, np.uint8)
+    noisy[0, ::2] -= int(BORDER_STD)
+    noisy[0, 1::2] += int(BORDER_STD)  # std exactly BORDER_STD, mean exactly the edge's
+    shifted = np.full((1, 40, 3), 100 + int(BORDER_DIFF), np.uint8)
+    for second in (noisy, shifted):
+        image = Image.fromarray(np.concatenate([edge, second, content]))
+        assert trim_border(image).size == (40, 30)
+
+
+@pytest.mark.parametrize(("rows", "trimmed"), [(8, True), (6, False)])
+def test_at_least_8_rows_or_columns_of_content_are_left(rows, trimmed):
+    strip = photo(11, (40, rows))
+    bar = (20 - rows) // 2
+    tall = _padded(strip, bar, bar, 0, 0)  # trimmed rows only
+    wide = _padded(strip.transpose(Image.Transpose.TRANSPOSE), 0, 0, bar, bar)  # columns only
+    for image, content in ((tall, (40, rows)), (wide, (rows, 40))):
+        out = trim_border(image)
+        assert (out.size == content) if trimmed else (out is image)
