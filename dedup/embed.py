@@ -12,20 +12,18 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 from PIL import Image, ImageOps
-from tqdm import tqdm
 
 from dedup.config import EmbedConfig
 from dedup.errors import UserError
@@ -41,6 +39,10 @@ from dedup.layout import (
     write_marker,
 )
 from dedup.shards import Sample, iter_samples
+from dedup.stage import Advance, Plan, Resources, Stage, Unit, run_stage
+
+if TYPE_CHECKING:
+    from dedup.executors import Executor
 
 METADATA_SCHEMA = {
     "key": pl.String,
@@ -225,7 +227,7 @@ def embed_shard(
     embedder: Any,
     config: EmbedConfig,
     lookup: PrecomputedIndex | None = None,
-    bar: tqdm | None = None,
+    advance: Callable[[int], Any] | None = None,
 ) -> int:
     prepare = None if lookup is not None else embedder.prepare
     rows: list[dict[str, Any]] = []
@@ -266,8 +268,8 @@ def embed_shard(
                 facts["local_count"] = 0
             rows.append(facts)
         chunks.append(out.astype(np.float16))
-        if bar is not None:
-            bar.update(len(batch))
+        if advance is not None:
+            advance(len(batch))
     check_complete(work, shard, tar, [r["key"] for r in rows])
     emb = np.concatenate(chunks) if chunks else np.zeros((0, dim), dtype=np.float16)
     meta = pl.DataFrame(rows, schema=METADATA_SCHEMA) if rows else pl.DataFrame(schema=METADATA_SCHEMA)
@@ -294,39 +296,84 @@ def embed_shard(
     return meta.height
 
 
-@locked
-def run_embed(config: EmbedConfig, work: WorkDir, progress: bool = True) -> dict[str, Any]:
-    shards = work.download_shards()
-    if not shards:
-        raise UserError(f"{work.download_dir}: no downloaded shards; run `dedup download` first")
-    work.check_inputs()
-    lookup = PrecomputedIndex(Path(config.from_precomputed)) if config.from_precomputed else None
-    remove_stale_temporaries(work.embed_dir)
-    todo = [s for s in shards if not shard_done(work, s, config)]
-    expected = sum(read_json(work.download_stats(s)).get("successes", 0) for s in todo)
-    embedder: Any = None
-    if todo and lookup is None:
+def _describe(embedder: Any, lookup: PrecomputedIndex | None) -> dict[str, Any]:
+    """What made the vectors, as the summary and the cluster stage record it."""
+    if lookup is not None:
+        return {
+            "model": f"precomputed:{lookup.root}",
+            "dim": lookup.dim,
+            "device": "none",
+            "precision": "none",
+        }
+    return {
+        "model": embedder.model_id,
+        "dim": embedder.dim,
+        "device": embedder.device,
+        "precision": embedder.precision,
+    }
+
+
+class EmbedStage(Stage):
+    """Units: input shards. Setup loads the model once per worker; a unit writes one shard's
+    embeddings, hashes and metadata, then its marker."""
+
+    name = "embed"
+    unit_name = "shard"
+
+    def __init__(self, config: EmbedConfig) -> None:
+        self.config = config
+
+    def resources(self) -> Resources:
+        # the decode threads run beside the model; a GPU is asked for only when the config says cuda
+        return Resources(cpus=float(self.config.workers), gpus=1.0 if self.config.device == "cuda" else 0.0)
+
+    def plan(self, work: WorkDir) -> Plan:
+        shards = work.download_shards()
+        if not shards:
+            raise UserError(f"{work.download_dir}: no downloaded shards; run `dedup download` first")
+        work.check_inputs()
+        if self.config.from_precomputed:
+            PrecomputedIndex(Path(self.config.from_precomputed))  # a bad folder fails here, not on a worker
+        remove_stale_temporaries(work.embed_dir)
+        return Plan([Unit(s, size=read_json(work.download_stats(s)).get("successes", 0)) for s in shards])
+
+    def done(self, work: WorkDir, unit: Unit) -> bool:
+        return shard_done(work, unit.index, self.config)
+
+    def setup(self, work: WorkDir) -> tuple[Any, PrecomputedIndex | None]:
+        if self.config.from_precomputed:
+            return None, PrecomputedIndex(Path(self.config.from_precomputed))
         from dedup.embedders import make_embedder
 
-        embedder = make_embedder(config)
-    started = time.time()
-    images = 0
-    with tqdm(
-        total=expected, unit="img", desc="embed", disable=not progress or not todo, smoothing=0.1
-    ) as bar:
-        for shard in todo:
-            images += embed_shard(work, shard, embedder, config, lookup, bar)
-    seconds = time.time() - started
-    summary = _summary(work, config, embedder, lookup, images, seconds, skipped=len(shards) - len(todo))
-    write_json(work.embed_summary, summary)
-    return summary
+        return make_embedder(self.config), None
+
+    def process(
+        self, work: WorkDir, unit: Unit, state: tuple[Any, PrecomputedIndex | None], advance: Advance = None
+    ) -> dict[str, Any]:
+        embedder, lookup = state
+        images = embed_shard(work, unit.index, embedder, self.config, lookup, advance)
+        return {"images": images, **_describe(embedder, lookup)}
+
+    def finish(self, work: WorkDir, plan: Plan, todo: list[Unit], results: list[Any], seconds: float) -> dict:
+        images = sum(r["images"] for r in results)
+        made_by = results[0] if results else None
+        summary = _summary(work, self.config, made_by, images, seconds, skipped=len(plan.units) - len(todo))
+        write_json(work.embed_summary, summary)
+        return summary
+
+
+@locked
+def run_embed(
+    config: EmbedConfig, work: WorkDir, progress: bool = True, executor: Executor | None = None
+) -> dict[str, Any]:
+    """Embeddings, hashes and metadata for every input shard not yet done with these settings."""
+    return run_stage(EmbedStage(config), work, executor, progress)
 
 
 def _summary(
     work: WorkDir,
     config: EmbedConfig,
-    embedder: Any,
-    lookup: PrecomputedIndex | None,
+    made_by: dict[str, Any] | None,
     images: int,
     seconds: float,
     skipped: int,
@@ -339,15 +386,11 @@ def _summary(
         total += marker.get("rows", 0)
         for s, n in marker.get("statuses", {}).items():
             statuses[s] = statuses.get(s, 0) + n
-    if lookup is not None:
-        model, dim, device, precision = f"precomputed:{lookup.root}", lookup.dim, "none", "none"
-    elif embedder is not None:
-        model, dim, device, precision = embedder.model_id, embedder.dim, embedder.device, embedder.precision
-    else:
-        model, dim = previous.get("model"), previous.get("dim")
-        device, precision = previous.get("device"), previous.get("precision")
+    source = made_by or previous
+    model, dim = source.get("model"), source.get("dim")
+    device, precision = source.get("device"), source.get("precision")
     return {
-        "embedder": config.embedder if lookup is None else "precomputed",
+        "embedder": config.embedder if not config.from_precomputed else "precomputed",
         "model": model,
         "dim": dim,
         "device": device,

@@ -189,6 +189,11 @@ class WorkDir:
     def write_summary(self) -> Path:
         return self.root / "write_summary.json"
 
+    @property
+    def write_rows(self) -> Path:
+        """The kept samples' download rows, written once by the driver for every output-shard unit."""
+        return self.manifest_dir / "write_rows.parquet"
+
     # -- attack and report --
     @property
     def attack_dir(self) -> Path:

@@ -16,14 +16,12 @@ import mmap
 import os
 import tarfile
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from dedup.config import WriteConfig
 from dedup.layout import (
@@ -38,6 +36,10 @@ from dedup.layout import (
     write_marker,
 )
 from dedup.ledger import build_ledger
+from dedup.stage import Advance, Plan, Stage, Unit, run_stage
+
+if TYPE_CHECKING:
+    from dedup.executors import Executor
 
 END_OF_ARCHIVE = b"\0" * 1024
 _CHUNK = 1 << 20
@@ -216,16 +218,10 @@ def copy_spans(spans: list[Span], work: WorkDir, out: Path) -> None:
             os.close(h)
 
 
-def _shard_table(rows: pl.DataFrame, spans: list[Span], ledger: pl.DataFrame) -> pl.DataFrame:
+def _shard_table(rows: pl.DataFrame, spans: list[Span]) -> pl.DataFrame:
+    """The output shard's parquet: its samples' download rows (with their cluster), in tar order."""
     order = pl.DataFrame({"key": [s.key for s in spans]}).with_row_index("_order")
-    extra = ledger.select(
-        "key",
-        pl.col("cluster_id").alias("dedup_cluster_id"),
-        pl.col("cluster_size").alias("dedup_cluster_size"),
-    )
-    return (
-        order.join(rows, on="key", how="left").join(extra, on="key", how="left").sort("_order").drop("_order")
-    )
+    return order.join(rows, on="key", how="left").sort("_order").drop("_order")
 
 
 def write_shard(
@@ -233,14 +229,13 @@ def write_shard(
     index: int,
     spans: list[Span],
     rows: pl.DataFrame,
-    ledger: pl.DataFrame,
     config: WriteConfig,
 ) -> None:
     started = time.time()
     with atomic_path(work.dedup_tar(index)) as tmp:
         copy_spans(spans, work, tmp)
     with atomic_path(work.dedup_parquet(index)) as tmp:
-        _shard_table(rows, spans, ledger).write_parquet(tmp)
+        _shard_table(rows, spans).write_parquet(tmp)
     ended = time.time()
     n = len(spans)
     write_json(
@@ -287,60 +282,95 @@ def removal_report(ledger: pl.DataFrame, index: dict[int, list[Span]]) -> dict[s
     }
 
 
-@locked
-def run_write(
-    config: WriteConfig, work: WorkDir, dry_run: bool = False, progress: bool = True
-) -> dict[str, Any]:
-    started = time.time()
-    work.check_inputs()
-    ledger = build_ledger(work).sort("key")
-    index = index_shards(work)
-    report = removal_report(ledger, index)
-    if dry_run:
-        return {**report, "dry_run": True}
-    with atomic_path(work.ledger) as tmp:
-        ledger.write_parquet(tmp)
-    kept = set(ledger.filter(pl.col("kept"))["key"].to_list())
-    plan = plan_shards(index, kept, config.samples_per_shard)
-    remove_stale_temporaries(work.dedup_dir)
-    work.dedup_dir.mkdir(parents=True, exist_ok=True)
-    rows = pl.concat(
-        [pl.read_parquet(work.download_parquet(s)) for s in work.download_shards()], how="diagonal_relaxed"
-    ).filter(pl.col("key").is_in(list(kept)))
-    todo = [i for i, spans in enumerate(plan) if not shard_done(work, i, spans, config)]
-    with (
-        tqdm(
-            total=sum(len(plan[i]) for i in todo),
-            unit="sample",
-            desc="write",
-            disable=not progress or not todo,
-        ) as bar,
-        ThreadPoolExecutor(max_workers=config.workers) as pool,
-    ):
+class WriteStage(Stage):
+    """Units: output shards. The driver builds the ledger and the plan; each unit copies its spans."""
+
+    name = "write"
+    unit_name = "output shard"
+
+    def __init__(self, config: WriteConfig) -> None:
+        self.config = config
+
+    def local_workers(self) -> int:
         # Shards are independent files: while one waits on fsync, the kernel copies the next. Each
         # shard's bytes depend only on the plan, so the output is identical for any worker count.
-        futures = {pool.submit(write_shard, work, i, plan[i], rows, ledger, config): i for i in todo}
-        for done in as_completed(futures):
-            done.result()
-            bar.update(len(plan[futures[done]]))
-    _remove_extra_shards(work, len(plan))
-    summary = {
-        **report,
-        "output_shards": len(plan),
-        "written_shards": len(todo),
-        "output_bytes": sum(work.dedup_tar(i).stat().st_size for i in range(len(plan))),
-        "seconds": round(time.time() - started, 3),
-    }
-    write_json(work.write_summary, summary)
-    write_marker(
-        work,
-        "write_stage",
-        None,
-        _output_config(config),
-        kept=summary["kept"],
-        removed=summary["removed"],
-    )
-    return summary
+        return self.config.workers
+
+    def plan(self, work: WorkDir) -> Plan:
+        started = time.time()
+        work.check_inputs()
+        ledger = build_ledger(work).sort("key")
+        index = index_shards(work)
+        with atomic_path(work.ledger) as tmp:
+            ledger.write_parquet(tmp)
+        kept = ledger.filter(pl.col("kept"))["key"]
+        plan = plan_shards(index, set(kept.to_list()), self.config.samples_per_shard)
+        remove_stale_temporaries(work.dedup_dir)
+        work.dedup_dir.mkdir(parents=True, exist_ok=True)
+        rows = pl.concat(
+            [pl.read_parquet(work.download_parquet(s)) for s in work.download_shards()],
+            how="diagonal_relaxed",
+        ).filter(pl.col("key").is_in(kept.implode()))
+        rows = rows.join(
+            ledger.select(
+                "key",
+                pl.col("cluster_id").alias("dedup_cluster_id"),
+                pl.col("cluster_size").alias("dedup_cluster_size"),
+            ),
+            on="key",
+            how="left",
+        )
+        with atomic_path(work.write_rows) as tmp:
+            rows.write_parquet(tmp)
+        units = [Unit(i, size=len(spans), payload=spans) for i, spans in enumerate(plan)]
+        return Plan(units, {"report": removal_report(ledger, index), "started": started})
+
+    def done(self, work: WorkDir, unit: Unit) -> bool:
+        return shard_done(work, unit.index, unit.payload, self.config)
+
+    def process(self, work: WorkDir, unit: Unit, state: Any, advance: Advance = None) -> int:
+        keys = [s.key for s in unit.payload]
+        rows = pl.scan_parquet(work.write_rows).filter(pl.col("key").is_in(keys)).collect()
+        write_shard(work, unit.index, unit.payload, rows, self.config)
+        return len(keys)
+
+    def finish(self, work: WorkDir, plan: Plan, todo: list[Unit], results: list[Any], seconds: float) -> dict:
+        n = len(plan.units)
+        _remove_extra_shards(work, n)
+        work.write_rows.unlink(missing_ok=True)
+        report = plan.context["report"]
+        summary = {
+            **report,
+            "output_shards": n,
+            "written_shards": len(todo),
+            "output_bytes": sum(work.dedup_tar(i).stat().st_size for i in range(n)),
+            "seconds": round(time.time() - plan.context["started"], 3),
+        }
+        write_json(work.write_summary, summary)
+        write_marker(
+            work,
+            "write_stage",
+            None,
+            _output_config(self.config),
+            kept=summary["kept"],
+            removed=summary["removed"],
+        )
+        return summary
+
+
+@locked
+def run_write(
+    config: WriteConfig,
+    work: WorkDir,
+    dry_run: bool = False,
+    progress: bool = True,
+    executor: Executor | None = None,
+) -> dict[str, Any]:
+    """The deduplicated shards and the ledger (``dry_run``: only what would be removed)."""
+    if dry_run:
+        work.check_inputs()
+        return {**removal_report(build_ledger(work), index_shards(work)), "dry_run": True}
+    return run_stage(WriteStage(config), work, executor, progress)
 
 
 def _remove_extra_shards(work: WorkDir, n: int) -> None:
