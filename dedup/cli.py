@@ -13,7 +13,15 @@ from typing import Annotated
 import typer
 
 from dedup.errors import UserError
-from dedup.options import ConfigOpt, Group, WorkdirArg, load_pipeline_config
+from dedup.options import (
+    ConfigOpt,
+    ExecutorOpt,
+    Group,
+    RayAddressOpt,
+    WorkdirArg,
+    load_pipeline_config,
+    open_executor,
+)
 
 app = typer.Typer(
     cls=Group,
@@ -195,6 +203,8 @@ def embed(
             "layout) joined by key or URL, instead of running a model."
         ),
     ] = None,
+    executor: ExecutorOpt = None,
+    ray_address: RayAddressOpt = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Embed every downloaded image and hash it (sha256 of the bytes, 64-bit perceptual hash), per shard.
@@ -207,8 +217,9 @@ def embed(
     from dedup.embed import format_embed_summary, run_embed
     from dedup.layout import WorkDir
 
+    pipeline = load_pipeline_config(config)
     cfg = override(
-        load_pipeline_config(config).embed,
+        pipeline.embed,
         embedder=embedder,
         model=model,
         pretrained=pretrained,
@@ -218,7 +229,8 @@ def embed(
         precision=precision,
         from_precomputed=str(from_precomputed) if from_precomputed else None,
     )
-    typer.echo(format_embed_summary(run_embed(cfg, WorkDir(workdir), progress=progress)))
+    with open_executor(pipeline, executor, ray_address) as ex:
+        typer.echo(format_embed_summary(run_embed(cfg, WorkDir(workdir), progress=progress, executor=ex)))
 
 
 @app.command(rich_help_panel="Stages")
@@ -285,6 +297,8 @@ def cluster(
             "samples that duplicate it are removed; it is not modified."
         ),
     ] = None,
+    executor: ExecutorOpt = None,
+    ray_address: RayAddressOpt = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     force: Annotated[bool, typer.Option("--force", help="Recompute even if nothing changed.")] = False,
 ) -> None:
@@ -299,8 +313,9 @@ def cluster(
     from dedup.config import override
     from dedup.layout import WorkDir
 
+    pipeline = load_pipeline_config(config)
     cfg = override(
-        load_pipeline_config(config).cluster,
+        pipeline.cluster,
         signals=signals.split(",") if signals else None,
         embedding_threshold=embedding_threshold,
         candidate_threshold=candidate_threshold,
@@ -313,7 +328,9 @@ def cluster(
         representative=representative,
         against=str(against) if against else None,
     )
-    typer.echo(format_cluster_summary(run_cluster(cfg, WorkDir(workdir), progress=progress, force=force)))
+    with open_executor(pipeline, executor, ray_address) as ex:
+        summary = run_cluster(cfg, WorkDir(workdir), progress=progress, force=force, executor=ex)
+    typer.echo(format_cluster_summary(summary))
 
 
 @app.command(rich_help_panel="Inspect")
@@ -355,6 +372,8 @@ def write(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Only say what would be removed (samples, bytes, by reason).")
     ] = False,
+    executor: ExecutorOpt = None,
+    ray_address: RayAddressOpt = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Write the deduplicated WebDataset and the ledger.
@@ -368,8 +387,11 @@ def write(
     from dedup.layout import WorkDir
     from dedup.write import format_write_summary, run_write
 
-    cfg = override(load_pipeline_config(config).write, samples_per_shard=samples_per_shard, workers=workers)
-    typer.echo(format_write_summary(run_write(cfg, WorkDir(workdir), dry_run=dry_run, progress=progress)))
+    pipeline = load_pipeline_config(config)
+    cfg = override(pipeline.write, samples_per_shard=samples_per_shard, workers=workers)
+    with open_executor(pipeline, executor, ray_address) as ex:
+        summary = run_write(cfg, WorkDir(workdir), dry_run=dry_run, progress=progress, executor=ex)
+    typer.echo(format_write_summary(summary))
 
 
 @app.command("verify", rich_help_panel="Inspect")
@@ -442,14 +464,25 @@ def run(
     stages: Annotated[
         str | None, typer.Option(help="Comma-separated stages to run (default: the config's list).")
     ] = None,
+    executor: ExecutorOpt = None,
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """Run every stage of a YAML pipeline in order, skipping work already complete."""
     from dedup.config import load_config
+    from dedup.executors import EXECUTORS
     from dedup.pipeline import run_pipeline
 
     cfg = load_config(config)
     if workdir is not None:
         cfg.workdir = str(workdir)
+    if executor is not None:
+        if executor not in EXECUTORS:
+            raise UserError(f"--executor {executor}: choose from {', '.join(EXECUTORS)}")
+        cfg.executor = executor
+    if ray_address is not None:
+        if cfg.executor != "ray":
+            raise UserError("--ray-address needs --executor ray")
+        cfg.ray.address = ray_address
     run_pipeline(cfg, stages.split(",") if stages else None)
 
 

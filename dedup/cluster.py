@@ -50,7 +50,7 @@ from dedup.layout import (
     write_marker,
 )
 from dedup.representatives import RankContext
-from dedup.search import Candidates, pair_phash_distance, phash_candidates, search
+from dedup.search import Candidates, Mapper, pair_phash_distance, phash_candidates, search
 
 DEFAULTS = {
     "descriptor": {"embedding_threshold": 0.97, "candidate_threshold": 0.5},
@@ -145,10 +145,18 @@ def _stage_key(config: ClusterConfig, work: WorkDir) -> dict[str, Any]:
 
 @locked
 def run_cluster(
-    config: ClusterConfig, work: WorkDir, progress: bool = True, force: bool = False
+    config: ClusterConfig,
+    work: WorkDir,
+    progress: bool = True,
+    force: bool = False,
+    executor: Mapper | None = None,
 ) -> dict[str, Any]:
     """Find the groups and write pairs.parquet, clusters.parquet and the summary (skipped when the config
-    and the embeddings are what produced the files already there)."""
+    and the embeddings are what produced the files already there).
+
+    With an ``executor`` the embedding search's partitions (or query blocks) run as its tasks, after
+    the partition assignment on the driver and before a sorted merge; verification and grouping run
+    here. The files are the same for any executor."""
     if config.against and Path(config.against).resolve() == work.root.resolve():
         raise UserError(f"--against {config.against}: that is this work directory; give another one")
     work.check_inputs()
@@ -172,7 +180,7 @@ def run_cluster(
         summary = read_json(work.cluster_summary)
         return {**summary, "skipped": True}
     try:
-        summary = _run_cluster(config, work, progress)
+        summary = _run_cluster(config, work, progress, executor)
         write_marker(work, "cluster", None, key, clusters=summary["clusters"], removed=summary["removed"])
         return summary
     finally:
@@ -181,7 +189,9 @@ def run_cluster(
             (work.cluster_dir / name).unlink(missing_ok=True)
 
 
-def _run_cluster(config: ClusterConfig, work: WorkDir, progress: bool) -> dict[str, Any]:
+def _run_cluster(
+    config: ClusterConfig, work: WorkDir, progress: bool, executor: Mapper | None
+) -> dict[str, Any]:
     started = time.time()
     check_embeddings(work)
     info = embed_info(work)
@@ -227,6 +237,7 @@ def _run_cluster(config: ClusterConfig, work: WorkDir, progress: bool) -> dict[s
             nprobe=config.nprobe,
             block_size=config.block_size,
             progress=progress,
+            mapper=executor,
         )
         if "embedding" in use or (near and config.verify == "orb")
         else (Candidates.empty(), "none")
@@ -322,7 +333,7 @@ def _run_cluster(config: ClusterConfig, work: WorkDir, progress: bool) -> dict[s
     reference = None
     if config.against:
         reference = match_reference(
-            config, work, Path(config.against), meta, x, unique, u_of_row, t_emb, t_cand
+            config, work, Path(config.against), meta, x, unique, u_of_row, t_emb, t_cand, executor
         )
         clusters = _mark_reference(clusters, reference)
     else:
@@ -482,6 +493,7 @@ def match_reference(
     u_of_row: np.ndarray,
     t_emb: float,
     t_cand: float,
+    executor: Mapper | None = None,
 ) -> pl.DataFrame:
     """Samples (key) that duplicate a sample of the reference work directory (reference_key, similarity).
 
@@ -518,6 +530,7 @@ def match_reference(
         nlist=config.nlist,
         nprobe=config.nprobe,
         block_size=config.block_size,
+        mapper=executor,
     )
     if len(cand):
         from dedup.hashing import hamming

@@ -207,8 +207,25 @@ class DemoConfig(Section):
     tile: int = Field(160, ge=32)
 
 
+class RayConfig(Section):
+    """Where ``executor: ray`` runs (README, "On a cluster")."""
+
+    address: str | None = Field(
+        None,
+        description="a running Ray cluster to join ('auto', 'ray://head:10001'); none starts a local "
+        "cluster for this run and stops it at the end",
+    )
+    num_cpus: int | None = Field(None, gt=0, description="CPUs of that local cluster [default: all]")
+
+
 class PipelineConfig(Section):
     workdir: str = "work"
+    executor: Literal["local", "ray"] = Field(
+        "local",
+        description="where embed, cluster and write run their units: this process, or Ray tasks "
+        "(download then uses img2dataset's ray distributor); the files are the same",
+    )
+    ray: RayConfig = Field(default_factory=RayConfig)
     source: str | None = Field(
         None,
         description="data you already have (WebDataset shards read in place, a folder of images, or "

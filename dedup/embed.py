@@ -355,6 +355,7 @@ class EmbedStage(Stage):
         return {"images": images, **_describe(embedder, lookup)}
 
     def finish(self, work: WorkDir, plan: Plan, todo: list[Unit], results: list[Any], seconds: float) -> dict:
+        remove_stale_temporaries(work.embed_dir)  # a unit retried after its worker died left one
         images = sum(r["images"] for r in results)
         made_by = results[0] if results else None
         summary = _summary(work, self.config, made_by, images, seconds, skipped=len(plan.units) - len(todo))

@@ -34,6 +34,7 @@ class LocalExecutor:
     """Units in this process: one ``setup``, then ``stage.local_workers()`` threads."""
 
     name = "local"
+    parallelism = 1  # pieces of one stage run one after another; FAISS and BLAS use the cores
 
     def run_units(self, stage: Stage, work: WorkDir, units: list[Unit], progress: bool) -> list[Any]:
         state = stage.setup(work)
@@ -75,11 +76,9 @@ _WORKER_STATE: dict[str, Any] = {}
 
 
 def _state_key(stage: Stage, work: WorkDir) -> str:
-    import pickle
-
     from dedup.layout import config_hash
 
-    return f"{type(stage).__qualname__}:{work.root}:{config_hash({'stage': pickle.dumps(stage).hex()})}"
+    return f"{type(stage).__qualname__}:{work.root}:{config_hash(vars(stage))}"
 
 
 def _process_remote(stage: Stage, work: WorkDir, unit: Unit) -> Any:
@@ -116,6 +115,7 @@ class RayExecutor:
             except ConnectionError as e:
                 raise UserError(f"--executor ray: cannot join the Ray cluster at {address}: {e}") from None
             self._started = True
+        self.parallelism = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self._unit = ray.remote(_process_remote)
         self._call = ray.remote(_call_remote)
 

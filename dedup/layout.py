@@ -319,10 +319,32 @@ def write_marker(work: WorkDir, stage: str, shard: int | None, config: Any, **fa
         "shard": shard,
         "config_hash": config_hash(config),
         "completed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "written_ns": time.time_ns(),  # two runs within one second still differ
         **facts,
     }
+    if stage in UPSTREAM:
+        record["upstream"] = upstream_fingerprint(work, stage)
     write_json(work.marker(stage, shard), record)
     return record
+
+
+# A whole-stage marker -> the marker(s) of the stage whose outputs it read.
+UPSTREAM = {"cluster": "embed", "write_stage": "cluster", "report": "write_stage"}
+
+
+def upstream_fingerprint(work: WorkDir, stage: str) -> str:
+    """What the upstream markers say now (each file's settings and when it was written): a stage
+    marker records it, and ``dedup status`` calls the stage stale when it no longer matches."""
+    up = UPSTREAM[stage]
+    paths = [*sorted((work.manifest_dir / up).glob("*.json")), work.marker(up)]
+    records = []
+    for path in paths:
+        marker = read_json(path) if path.is_file() else None
+        if marker:
+            records.append(
+                [path.name, marker.get("config_hash"), marker.get("written_ns", marker.get("completed_at"))]
+            )
+    return config_hash(records)
 
 
 def read_marker(work: WorkDir, stage: str, shard: int | None = None) -> dict[str, Any] | None:
@@ -398,11 +420,22 @@ def stage_status(work: WorkDir) -> list[tuple[str, str]]:
     out = []
     for stage, text in lines:
         up = upstream.get(stage)
-        if up and (up in stale_stage or latest.get(up, "") > latest.get(stage, "")):
+        if up and (up in stale_stage or _upstream_changed(work, info, stage, latest)):
             stale_stage.add(stage)
             text += f"  STALE: {up} changed since; rerun {stage}"
         out.append((stage, text))
     return out
+
+
+def _upstream_changed(work: WorkDir, info: dict[str, Any], stage: str, latest: dict[str, str]) -> bool:
+    """The stage marker's upstream fingerprint against today's; markers from before it existed are
+    judged by their completion times."""
+    name = {"write": "write_stage"}.get(stage, stage)
+    record = info.get(name, {}).get("stage") or {}
+    if name in UPSTREAM and "upstream" in record:
+        return record["upstream"] != upstream_fingerprint(work, name)
+    up = {"cluster": "embed", "write": "cluster", "report": "write"}[stage]
+    return latest.get(up, "") > latest.get(stage, "")
 
 
 def _identity(work: WorkDir, shard: int) -> list[int] | None:

@@ -46,6 +46,30 @@ ConfigOpt = Annotated[
     ),
 ]
 WorkdirArg = Annotated[Path, typer.Argument(help="Work directory shared by all stages.")]
+ExecutorOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="local (this machine) | ray (Ray tasks; pip install 'dedup[ray]'); the files are the same. "
+        "[default: the config's, else local]"
+    ),
+]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Ray cluster to join with --executor ray ('auto', 'ray://head:10001'); none starts one."
+    ),
+]
+
+
+def open_executor(config: Any, executor: str | None, ray_address: str | None) -> Any:
+    """The executor a command runs on: the options, else the config's ``executor`` and ``ray``."""
+    from dedup.executors import make_executor
+
+    name = executor or config.executor
+    address = ray_address or config.ray.address
+    if ray_address and name != "ray":
+        raise UserError("--ray-address needs --executor ray")
+    return make_executor(name, address, config.ray.num_cpus)
 
 
 def load_pipeline_config(path: Path | None) -> Any:

@@ -11,6 +11,7 @@ import typer
 
 from dedup.config import DemoConfig, PipelineConfig, dump_config
 from dedup.errors import UserError
+from dedup.executors import Executor, make_executor
 from dedup.layout import WorkDir, atomic_path
 
 STAGE_ORDER = ("download", "embed", "cluster", "write", "attack", "report")
@@ -41,39 +42,44 @@ def demo_config() -> PipelineConfig:
     return PipelineConfig.model_validate(DEMO_SETTINGS)
 
 
-def _stage_runners() -> dict[str, Callable[[PipelineConfig, WorkDir], None]]:
-    def download(cfg: PipelineConfig, work: WorkDir) -> None:
+Runner = Callable[[PipelineConfig, WorkDir, Executor], None]
+
+
+def _stage_runners() -> dict[str, Runner]:
+    def download(cfg: PipelineConfig, work: WorkDir, executor: Executor) -> None:
         if cfg.source:
             return _import(cfg, work)
         from dedup.download import format_summary, run_download
 
-        summary = run_download(cfg.download, work)
-        typer.echo(format_summary(summary))
+        settings = cfg.download
+        if executor.name == "ray" and settings.distributor == "multiprocessing":
+            settings = settings.model_copy(update={"distributor": "ray"})  # img2dataset's own, on the cluster
+        typer.echo(format_summary(run_download(settings, work)))
 
-    def embed(cfg: PipelineConfig, work: WorkDir) -> None:
+    def embed(cfg: PipelineConfig, work: WorkDir, executor: Executor) -> None:
         from dedup.embed import format_embed_summary, run_embed
 
-        typer.echo(format_embed_summary(run_embed(cfg.embed, work)))
+        typer.echo(format_embed_summary(run_embed(cfg.embed, work, executor=executor)))
 
-    def cluster(cfg: PipelineConfig, work: WorkDir) -> None:
+    def cluster(cfg: PipelineConfig, work: WorkDir, executor: Executor) -> None:
         from dedup.cluster import format_cluster_summary, run_cluster
         from dedup.evaluate import format_evaluation, run_evaluate
 
-        typer.echo(format_cluster_summary(run_cluster(cfg.cluster, work)))
+        typer.echo(format_cluster_summary(run_cluster(cfg.cluster, work, executor=executor)))
         if cfg.cluster.ground_truth:
             typer.echo(format_evaluation(run_evaluate(work, Path(cfg.cluster.ground_truth))))
 
-    def write(cfg: PipelineConfig, work: WorkDir) -> None:
+    def write(cfg: PipelineConfig, work: WorkDir, executor: Executor) -> None:
         from dedup.write import format_write_summary, run_write
 
-        typer.echo(format_write_summary(run_write(cfg.write, work)))
+        typer.echo(format_write_summary(run_write(cfg.write, work, executor=executor)))
 
-    def attack(cfg: PipelineConfig, work: WorkDir) -> None:
+    def attack(cfg: PipelineConfig, work: WorkDir, executor: Executor) -> None:
         from attack.compare import format_compare, run_compare
 
         typer.echo(format_compare(run_compare(work.root, work.root, work.attack_dir, cfg.attack)))
 
-    def report(cfg: PipelineConfig, work: WorkDir) -> None:
+    def report(cfg: PipelineConfig, work: WorkDir, executor: Executor) -> None:
         from dedup.report import run_report
 
         run_report(cfg.report, work)
@@ -118,14 +124,15 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> WorkDi
     work.root.mkdir(parents=True, exist_ok=True)
     with atomic_path(work.config_copy) as tmp:
         tmp.write_text(dump_config(cfg))
-    for stage in (s for s in STAGE_ORDER if s in wanted):
-        if stage not in runners:
-            typer.echo(f"== {stage}: not available in this version, skipped")
-            continue
-        typer.echo(f"== {stage}")
-        started = time.time()
-        runners[stage](cfg, work)
-        typer.echo(f"   {stage} finished in {time.time() - started:.1f} s")
+    with make_executor(cfg.executor, cfg.ray.address, cfg.ray.num_cpus) as executor:
+        for stage in (s for s in STAGE_ORDER if s in wanted):
+            if stage not in runners:
+                typer.echo(f"== {stage}: not available in this version, skipped")
+                continue
+            typer.echo(f"== {stage}" + (f" (executor: {executor.name})" if executor.name != "local" else ""))
+            started = time.time()
+            runners[stage](cfg, work, executor)
+            typer.echo(f"   {stage} finished in {time.time() - started:.1f} s")
     return work
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import polars as pl
@@ -87,35 +88,57 @@ def exact_search(
     views: Sequence[View] = (),
     block_size: int = 16_384,
     progress: bool = False,
+    mapper: Mapper | None = None,
 ) -> Candidates:
     """Top-k neighbours with similarity >= threshold by exhaustive inner product (FAISS flat).
 
     Without ``queries`` the base is searched against itself and pairs come back unordered (i < j);
-    with them, pairs are (query row, base row).
+    with them, pairs are (query row, base row). ``mapper`` runs groups of query blocks (an executor's
+    ``map``: Ray tasks); each block's hits are the same wherever it runs, and the merge sorts them.
     """
-    import faiss
-
     symmetric = queries is None
     q_all = base if queries is None else queries
-    n, d = base.shape
+    n = base.shape[0]
     if n == 0 or len(q_all) == 0 or (symmetric and n < 2):
         return Candidates.empty()
+    kk = min(k + int(symmetric), n)
+    steps = [(v, lo) for v in range(1 + len(views)) for lo in range(0, len(q_all), block_size)]
+    shared = {
+        "base": _shareable(base),
+        "queries": None if symmetric else _shareable(q_all),
+        "views": list(views),
+        "kk": kk,
+        "threshold": threshold - SIM_MARGIN,
+        "block_size": block_size,
+        "progress": progress and mapper is None,
+    }
+    cand = _merge(_run(_exact_blocks, steps, shared, mapper), symmetric)
+    return _rescored(cand, base, q_all, views, threshold)
+
+
+def _exact_blocks(shared: dict, steps: list[tuple[int, int]]) -> list[tuple[np.ndarray, ...]]:
+    """One task: a flat index over the whole base, searched with some query blocks."""
+    import faiss
+
+    base = _opened(shared["base"])
+    q_all = base if shared["queries"] is None else _opened(shared["queries"])
+    n, d = base.shape
+    bs = shared["block_size"]
     index = faiss.IndexFlatIP(d)
     if _gpu_available():
         index = faiss.index_cpu_to_all_gpus(index)
-    for lo in range(0, n, block_size):
-        index.add(_rows(base, slice(lo, min(n, lo + block_size))))
-    kk = min(k + int(symmetric), n)
+    for lo in range(0, n, bs):
+        index.add(_rows(base, slice(lo, min(n, lo + bs))))
+    kk, threshold, views = shared["kk"], shared["threshold"], [None, *shared["views"]]
     parts = []
-    steps = [(v, lo) for v in [None, *views] for lo in range(0, len(q_all), block_size)]
-    for view, lo in tqdm(steps, desc="search", unit="block", disable=not progress):
-        q = _rows(q_all, slice(lo, min(len(q_all), lo + block_size)), view)
+    for v, lo in tqdm(steps, desc="search", unit="block", disable=not shared["progress"]):
+        q = _rows(q_all, slice(lo, min(len(q_all), lo + bs)), views[v])
         sims, idx = index.search(q, kk)
         rows = np.repeat(np.arange(lo, lo + len(q)), kk)
         sims, idx = sims.ravel(), idx.ravel()
         ok = (idx >= 0) & (sims >= threshold)
         parts.append((rows[ok], idx[ok], sims[ok]))
-    return _merge(parts, symmetric)
+    return parts
 
 
 def _kmeans(x: np.ndarray, nlist: int, seed: int, per_centroid: int = 40) -> np.ndarray:
@@ -186,6 +209,7 @@ def ivf_search(
     block_size: int = 16_384,
     seed: int = 0,
     progress: bool = False,
+    mapper: Mapper | None = None,
 ) -> Candidates:
     """Partitioned search: every base vector lives in its nearest k-means partition; every query is
     compared, with one GEMM per partition, to the members of its ``nprobe`` nearest partitions.
@@ -217,18 +241,102 @@ def ivf_search(
         q_row = np.repeat(np.arange(len(q_all)), nprobe)
         q_order = np.argsort(q_part, kind="stable")
         q_bounds = np.searchsorted(q_part[q_order], np.arange(nlist + 1))
-        for p in tqdm(range(nlist), desc="search", unit="part", disable=not progress):
-            qs = q_row[q_order[q_bounds[p] : q_bounds[p + 1]]]
-            ms = b_order[b_bounds[p] : b_bounds[p + 1]]
-            if not len(qs) or not len(ms):
-                continue
-            m = _rows(base, ms)
-            for lo in range(0, len(qs), 4096):
-                chunk = qs[lo : lo + 4096]
-                sims = _rows(q_all, chunk, view) @ m.T
-                r, c = _topk_hits(sims, kk, threshold)
-                parts.append((chunk[r], ms[c], sims[r, c]))
-    return _merge(parts, symmetric)
+        # partition assignment done: each partition's queries and members are independent work
+        shared = {
+            "base": _shareable(base),
+            "queries": None if symmetric else _shareable(q_all),
+            "view": view,
+            "members": [b_order[b_bounds[p] : b_bounds[p + 1]] for p in range(nlist)],
+            "asked": [q_row[q_order[q_bounds[p] : q_bounds[p + 1]]] for p in range(nlist)],
+            "kk": kk,
+            "threshold": threshold - SIM_MARGIN,
+            "progress": progress and mapper is None,
+        }
+        parts += _run(_partition_hits, list(range(nlist)), shared, mapper)
+    return _rescored(_merge(parts, symmetric), base, q_all, views, threshold)
+
+
+def _partition_hits(shared: dict, partitions: list[int]) -> list[tuple[np.ndarray, ...]]:
+    """One task: each partition's queries against its members, one GEMM per 4,096 queries."""
+    base = _opened(shared["base"])
+    q_all = base if shared["queries"] is None else _opened(shared["queries"])
+    view, kk, threshold = shared["view"], shared["kk"], shared["threshold"]
+    parts = []
+    for p in tqdm(partitions, desc="search", unit="part", disable=not shared["progress"]):
+        qs, ms = shared["asked"][p], shared["members"][p]
+        if not len(qs) or not len(ms):
+            continue
+        m = _rows(base, ms)
+        for lo in range(0, len(qs), 4096):
+            chunk = qs[lo : lo + 4096]
+            sims = _rows(q_all, chunk, view) @ m.T
+            r, c = _topk_hits(sims, kk, threshold)
+            parts.append((chunk[r], ms[c], sims[r, c]))
+    return parts
+
+
+# A GEMM's last bits depend on how BLAS splits it over threads, which differs between a laptop, a
+# Ray worker (one thread) and a GPU. Candidates are found with this much slack, then every pair's
+# similarity is recomputed by one fixed-order dot product and the real threshold applied, so the
+# pairs and their similarities are the same wherever the search ran.
+SIM_MARGIN = 1e-3
+
+
+def _rescored(
+    cand: Candidates, base: np.ndarray, queries: np.ndarray, views: Sequence[View], threshold: float
+) -> Candidates:
+    if not len(cand):
+        return cand
+    sims = np.full(len(cand), -np.inf, dtype=np.float32)
+    for lo in range(0, len(cand), 65_536):
+        b = _rows(base, cand.j[lo : lo + 65_536])
+        for view in [None, *views]:
+            q = _rows(queries, cand.i[lo : lo + 65_536], view)
+            sims[lo : lo + 65_536] = np.maximum(sims[lo : lo + 65_536], np.einsum("ij,ij->i", q, b))
+    keep = sims >= threshold
+    return Candidates(cand.i[keep], cand.j[keep], sims[keep])
+
+
+# -- running the search's independent pieces on an executor --
+
+
+class Mapper(Protocol):
+    """What the search needs of an executor (``dedup.executors``): an ordered map and its width."""
+
+    parallelism: int
+
+    def map(self, fn: Callable[[Any, Any], Any], items: Sequence[Any], shared: Any = None) -> list[Any]: ...
+
+
+def _run(fn: Callable[[Any, Any], Any], items: list[Any], shared: Any, mapper: Mapper | None) -> list[Any]:
+    """``fn(shared, group)`` over contiguous groups of items, flattened in order: one group in this
+    process without an executor, a few per worker with one (a task has a fixed cost). Grouping
+    changes where the work runs, never a result."""
+    if not items:
+        return []
+    n = 1 if mapper is None else min(len(items), 4 * max(1, mapper.parallelism))
+    size = -(-len(items) // n)
+    groups = [items[i : i + size] for i in range(0, len(items), size)]
+    done = [fn(shared, g) for g in groups] if mapper is None else mapper.map(fn, groups, shared)
+    return [part for group in done for part in group]
+
+
+def _shareable(x: np.ndarray) -> Any:
+    """A memory-mapped array travels as its path (workers map it; the work dir is shared), anything
+    else as the array."""
+    import mmap
+
+    # only the memmap itself: a slice of one keeps the parent's offset attribute, not its own
+    if isinstance(x, np.memmap) and x.filename and x.flags.c_contiguous and isinstance(x.base, mmap.mmap):
+        return ("memmap", str(x.filename), x.dtype.str, tuple(x.shape), int(x.offset))
+    return np.asarray(x)
+
+
+def _opened(x: Any) -> np.ndarray:
+    if isinstance(x, tuple) and x and x[0] == "memmap":
+        _, path, dtype, shape, offset = x
+        return np.memmap(path, dtype=np.dtype(dtype), mode="r", shape=shape, offset=offset)
+    return x
 
 
 def search(
@@ -243,12 +351,16 @@ def search(
     nprobe: int = 8,
     block_size: int = 16_384,
     progress: bool = False,
+    mapper: Mapper | None = None,
 ) -> tuple[Candidates, str]:
     """Dispatch on ``method`` (auto: exact up to ``exact_max`` vectors); returns the method used."""
     used = method if method != "auto" else ("exact" if len(base) <= exact_max else "ivf")
     if used == "exact":
-        return exact_search(base, k, threshold, queries, views, block_size, progress), used
-    return ivf_search(base, k, threshold, queries, views, nlist, nprobe, block_size, progress=progress), used
+        return exact_search(base, k, threshold, queries, views, block_size, progress, mapper), used
+    cand = ivf_search(
+        base, k, threshold, queries, views, nlist, nprobe, block_size, progress=progress, mapper=mapper
+    )
+    return cand, used
 
 
 def _permute_bits(h: np.ndarray, perm: np.ndarray) -> np.ndarray:

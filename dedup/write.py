@@ -336,6 +336,7 @@ class WriteStage(Stage):
 
     def finish(self, work: WorkDir, plan: Plan, todo: list[Unit], results: list[Any], seconds: float) -> dict:
         n = len(plan.units)
+        remove_stale_temporaries(work.dedup_dir)  # a unit retried after its worker died left one
         _remove_extra_shards(work, n)
         work.write_rows.unlink(missing_ok=True)
         report = plan.context["report"]
