@@ -61,9 +61,9 @@ def train_cmd(
 ) -> None:
     """Train the reference DDPM on a set of shards. Checkpoints load with torch.load(weights_only=True)."""
     from attack.compare import train_config
+    from attack.config import resolve_attack
     from attack.data import read_images, shard_folder
     from attack.train import train
-    from dedup.config import resolve_attack
 
     cfg = resolve_attack(
         _attack_cfg(
@@ -229,13 +229,13 @@ def candidates_cmd(
     LAION images.
     """
     from attack.generate_filter import candidates
-    from dedup.layout import WorkDir, atomic_path
+    from dedup.layout import AttackDir, WorkDir, atomic_path
 
     if top < 1:
         raise UserError(f"--top {top}: the number of groups is at least 1")
     work = WorkDir(workdir)
     table = candidates(work, top)
-    out = out or work.attack_dir / "candidates.parquet"
+    out = out or AttackDir(work.attack_dir).candidates
     with atomic_path(out) as tmp:
         table.write_parquet(tmp)
     typer.echo(
@@ -286,6 +286,7 @@ def generate_filter_cmd(
     """
     from attack.generate_filter import Settings, format_generate_filter, run_generate_filter
     from attack.generators import make_generator
+    from dedup.layout import AttackDir
 
     if k < 2:
         raise UserError("-k must be at least 2: a clique needs generations to compare")
@@ -294,7 +295,7 @@ def generate_filter_cmd(
     if m is not None and m < 2:
         raise UserError(f"--m {m}: a clique that flags a caption has at least 2 generations")
     gen = make_generator(generator, steps, guidance, device)
-    out = out or candidates.parent / "generate_filter"
+    out = out or AttackDir(candidates.parent).generate_filter.root  # beside the candidates
     summary = run_generate_filter(
         candidates,
         gen,

@@ -19,12 +19,12 @@ import numpy as np
 import polars as pl
 import typer
 
+from attack.config import AttackConfig, resolve_attack
 from attack.data import AttackSets, attack_sets
 from attack.extract import BUCKETS, Extraction, extract
 from attack.model import UNetConfig
 from attack.sample import load_generations, sample_to_file
 from attack.train import TrainConfig, data_digest, train
-from dedup.config import AttackConfig, resolve_attack
 from dedup.layout import AttackDir, atomic_path, config_hash, read_json, write_json
 
 WHICH = ("before", "after")

@@ -34,7 +34,7 @@ from attack.distance import DELTA, as_float, l2, tiled_l2
 from attack.extract import BUCKETS, bucket_of
 from dedup.cluster import load_clusters
 from dedup.errors import UserError
-from dedup.layout import WorkDir, atomic_path, write_json
+from dedup.layout import GenerateFilterDir, WorkDir, atomic_path, write_json
 
 TAU = 0.15  # attack.md §3 (setting; not published): default 0.15
 
@@ -157,7 +157,8 @@ def run_generate_filter(
         raise UserError(f"{candidates_file}: missing column(s) {', '.join(sorted(missing))}")
     work_root = train if train is not None else _workdir_of(candidates_file)
     folder = shard_folder(work_root, "before") if work_root is not None else None
-    per_caption = out / "captions"
+    paths = GenerateFilterDir(out)
+    per_caption = paths.captions
     per_caption.mkdir(parents=True, exist_ok=True)
     identity = generator_identity(generator)
     for row in tqdm(cands.iter_rows(named=True), total=cands.height, desc="captions", disable=not progress):
@@ -242,7 +243,7 @@ def summarize(cands: pl.DataFrame, per_caption: Path, settings: Settings, genera
         if (per_caption / f"{c}.json").exists()
     ]
     table = pl.DataFrame(records, infer_schema_length=None) if records else pl.DataFrame()
-    with atomic_path(out / "results.parquet") as tmp:
+    with atomic_path(GenerateFilterDir(out).results) as tmp:
         table.write_parquet(tmp)
     by_bucket = {}
     for name, _, _ in BUCKETS:
@@ -270,7 +271,7 @@ def summarize(cands: pl.DataFrame, per_caption: Path, settings: Settings, genera
         "verified": sum(r["verified"] for r in records),
         "by_bucket": by_bucket,
     }
-    write_json(out / "summary.json", summary)
+    write_json(GenerateFilterDir(out).summary, summary)
     return summary
 
 

@@ -16,10 +16,10 @@ import numpy as np
 import polars as pl
 
 from attack.compare import format_compare, run_compare
+from attack.config import AttackConfig
 from attack.extract import BUCKETS
 from attack.generate_filter import Settings, candidates, run_generate_filter
 from attack.generators import DDPMGenerator
-from dedup.config import AttackConfig
 from dedup.layout import AttackDir, WorkDir
 
 ROOT = Path("bench/out/demo")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
 
 from dedup.errors import UserError
 
@@ -119,83 +119,6 @@ class WriteConfig(Section):
     workers: int = Field(4, ge=1, description="shards written at once (copies overlap other shards' fsync)")
 
 
-class AttackConfig(Section):
-    """Before/after training of a reference DDPM and the extraction test (../shared/docs/attack.md).
-
-    ``budget`` picks a preset (``demo``: ~15 minutes on 2 CPU cores; ``gpu``: larger images, model and
-    run); any field set explicitly in the YAML or on the command line overrides the preset.
-    """
-
-    budget: Literal["demo", "gpu"] = "demo"
-    resolution: int = Field(16, ge=8)
-    channels: int = Field(24, gt=0)
-    channel_mults: list[int] = Field(default_factory=lambda: [1, 2, 2])
-    attention: bool = True
-    steps: int = Field(1200, gt=0)
-    batch_size: int = Field(64, gt=0)
-    lr: float = Field(2e-3, gt=0)
-    warmup: int = Field(100, ge=0)
-    ema: float = Field(0.999, gt=0, lt=1)
-    schedule: Literal["linear", "cosine"] = "linear"
-    seed: int = 0
-    conditional: bool = True
-    caption_dropout: float = Field(0.1, ge=0, le=1)
-    guidance: float = Field(3.0, ge=0)
-    samples: int = Field(1700, gt=0)
-    duplicated_prompt_repeats: int = Field(
-        8, ge=1, description="prompts per caption of a duplicated group (singletons get one); attack.md §3.1"
-    )
-    sample_steps: int = Field(15, gt=0)
-    max_distinct: int | None = Field(
-        None, gt=1, description="train on at most this many near-duplicate groups (all duplicated ones kept)"
-    )
-    calibrated_threshold: float = Field(1 / 3, gt=0, description="attack.md §1 (setting): default 1/3")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-
-
-ATTACK_BUDGETS: dict[str, dict[str, Any]] = {
-    "demo": {
-        # Measured on the 2-core machine (bench/RESULTS.md, "Attack"): a 1.4M-parameter UNet at
-        # ~0.31 s per step and ~45 ms per 15-step DDIM sample, so two models of 1200 steps and 1,700
-        # generations each (600 reference captions: 446 singletons once, 154 duplicated ones 8 times)
-        # take about 15 minutes together.
-        "resolution": 16,
-        "channels": 24,
-        "channel_mults": [1, 2, 2],
-        "steps": 1200,
-        "batch_size": 64,
-        "lr": 2e-3,
-        "samples": 1700,
-        "sample_steps": 15,
-        "max_distinct": 600,
-    },
-    "gpu": {
-        "resolution": 32,
-        "channels": 64,
-        "channel_mults": [1, 2, 2, 2],
-        "steps": 30000,
-        "batch_size": 128,
-        "lr": 2e-4,
-        "samples": 10000,
-        "sample_steps": 50,
-        "max_distinct": None,
-    },
-}
-
-
-def resolve_attack(cfg: AttackConfig) -> AttackConfig:
-    """The budget preset, with every field the user set explicitly on top."""
-    explicit = {k: getattr(cfg, k) for k in cfg.model_fields_set if k != "budget"}
-    out = AttackConfig.model_validate({"budget": cfg.budget, **ATTACK_BUDGETS[cfg.budget], **explicit})
-    halvings = len(out.channel_mults) - 1
-    if out.resolution % (2**halvings):
-        raise UserError(
-            f"attack resolution {out.resolution}: must be a multiple of {2**halvings} "
-            f"(the UNet halves it {halvings} times; channel_mults {out.channel_mults})"
-        )
-    return out
-
-
 class ReportConfig(Section):
     gallery_groups: int = Field(12, ge=0)
     borderline_pairs: int = Field(12, ge=0)
@@ -218,6 +141,19 @@ class RayConfig(Section):
     num_cpus: int | None = Field(None, gt=0, description="CPUs of that local cluster [default: all]")
 
 
+# Sections that other packages own, found by entry point (group "dedup.sections" in their
+# pyproject): the attack package registers ``attack = "attack.config:AttackConfig"``, so dedup reads
+# and validates its settings without importing it by name.
+SECTION_GROUP = "dedup.sections"
+
+
+def extension_section(name: str) -> type[Section] | None:
+    from importlib.metadata import entry_points
+
+    found = list(entry_points(group=SECTION_GROUP, name=name))
+    return found[0].load() if found else None
+
+
 class PipelineConfig(Section):
     workdir: str = "work"
     executor: Literal["local", "ray"] = Field(
@@ -236,12 +172,25 @@ class PipelineConfig(Section):
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     write: WriteConfig = Field(default_factory=WriteConfig)
-    attack: AttackConfig = Field(default_factory=AttackConfig)
+    attack: SerializeAsAny[Section] = Field(
+        default_factory=lambda: _extension_or_empty("attack"),
+        description="the attack stage's settings; owned and documented by attack/config.py",
+    )
     report: ReportConfig = Field(default_factory=ReportConfig)
     demo: DemoConfig | None = None
     stages: list[Literal["download", "embed", "cluster", "write", "attack", "report"]] = Field(
         default_factory=lambda: ["download", "embed", "cluster", "write", "report"]
     )
+
+    @field_validator("attack", mode="before")
+    @classmethod
+    def _attack_section(cls, v: Any) -> Any:
+        section = extension_section("attack")
+        if section is None:
+            if v:
+                raise ValueError("the attack package is not installed (pip install dedup)")
+            return Section()
+        return v if isinstance(v, section) else section.model_validate(v or {})
 
     @field_validator("workdir")
     @classmethod
@@ -254,9 +203,17 @@ class PipelineConfig(Section):
 S = TypeVar("S", bound=Section)
 
 
-def _first_error(err: ValidationError) -> str:
+def _extension_or_empty(name: str) -> Section:
+    section = extension_section(name)
+    return section() if section is not None else Section()
+
+
+def _first_error(err: ValidationError, prefix: tuple[Any, ...] = ()) -> str:
     e = err.errors()[0]
-    loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
+    inner = (e.get("ctx") or {}).get("error")
+    if isinstance(inner, ValidationError):  # an extension section's own error, raised in a validator
+        return _first_error(inner, prefix + tuple(e["loc"]))
+    loc = ".".join(str(x) for x in prefix + tuple(e["loc"])) or "(top level)"
     more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
     return f"key '{loc}': {e['msg']}{more}"
 

@@ -261,6 +261,38 @@ class AttackDir:
     def reference(self) -> Path:
         return self.root / "reference.npz"
 
+    @property
+    def candidates(self) -> Path:
+        return self.root / "candidates.parquet"
+
+    @property
+    def generate_filter(self) -> GenerateFilterDir:
+        return GenerateFilterDir(self.root / "generate_filter")
+
+    @property
+    def generate_filter_summary(self) -> Path:
+        return self.generate_filter.summary
+
+
+@dataclass(frozen=True)
+class GenerateFilterDir:
+    """Paths of one generate-and-filter run (``WORKDIR/attack/generate_filter`` by default)."""
+
+    root: Path
+
+    @property
+    def captions(self) -> Path:
+        """One file of flags per caption: a rerun resumes caption by caption."""
+        return self.root / "captions"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results.parquet"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
 
 def tar_in(folder: Path, shard: int) -> Path:
     """Shard ``shard`` of a folder of shards, following an import's in-place reference."""

@@ -7,7 +7,6 @@ from memory, and every string that came from the web (captions, URLs, keys) is H
 
 from __future__ import annotations
 
-import html
 import io
 import json
 import shutil
@@ -23,23 +22,19 @@ from dedup.errors import UserError
 from dedup.layout import AttackDir, WorkDir, atomic_path, locked, read_json, write_json
 
 THUMB = 112
-KEPT_TAG = "<span class='tag kept'>kept</span>"
 BUCKETS = (("1", 1, 1), ("2-4", 2, 4), ("5-19", 5, 19), ("20+", 20, 10**12))
-
-
-def esc(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
 
 
 CAPTION_CHARS = 300
 
 
 def caption_text(value: Any) -> str:
-    """A caption as shown: escaped, and cut to CAPTION_CHARS (a scraped caption can be a megabyte)."""
+    """A caption as shown, cut to CAPTION_CHARS (a scraped caption can be a megabyte); the template
+    escapes it."""
     text = "" if value is None else str(value)
     if len(text) > CAPTION_CHARS:
         text = f"{text[:CAPTION_CHARS]}… ({len(text):,} characters)"
-    return esc(text)
+    return text
 
 
 # -- numbers ------------------------------------------------------------------------------------------
@@ -54,7 +49,7 @@ def stages_present(work: WorkDir) -> dict[str, bool]:
         "evaluate": work.evaluation.exists(),
         "write": work.ledger.exists(),
         "attack": attack.summary.exists(),
-        "generate_filter": (work.attack_dir / "generate_filter" / "summary.json").exists(),
+        "generate_filter": attack.generate_filter_summary.exists(),
     }
 
 
@@ -277,38 +272,32 @@ SECTIONS = (
     ("memorization", "Memorization"),
     ("settings", "Settings"),
 )
-NAV = "<nav>" + "".join(f'<a href="#{a}">{t}</a>' for a, t in SECTIONS) + "</nav>"
 
 
-def _card(value: str, label: str) -> str:
-    return f'<div class="card"><b>{esc(value)}</b><span>{esc(label)}</span></div>'
+def _render(context: dict[str, Any]) -> str:
+    """The page from templates/report.html.j2, every value autoescaped (captions come from the web)."""
+    import jinja2
 
-
-def _img(src: str, alt: str) -> str:
-    return f'<img class="plot" src="{esc(src)}" alt="{esc(alt)}">'
-
-
-def _figure(src: str | None, caption: str, kept: bool = False) -> str:
-    img = f'<img src="{esc(src)}" alt="">' if src else '<img alt="no image">'
-    return f'<figure class="{"kept" if kept else ""}">{img}<figcaption>{caption}</figcaption></figure>'
-
-
-def _missing(stage: str, command: str) -> str:
-    return (
-        f'<p class="missing">The {esc(stage)} stage has not run for this work directory: '
-        f"<code>{esc(command)}</code> produces it.</p>"
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
+    return env.get_template("report.html.j2").render(**context)
 
 
-def _table(headers: list[str], rows: list[list[Any]], numeric: set[int] = frozenset()) -> str:
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = "".join(
-        "<tr>"
-        + "".join(f'<td class="{"num" if i in numeric else ""}">{esc(c)}</td>' for i, c in enumerate(r))
-        + "</tr>"
-        for r in rows
-    )
-    return f"<table><tr>{head}</tr>{body}</table>"
+def _table(headers: list[str], rows: list[list[Any]], numeric: set[int] = frozenset()) -> dict[str, Any]:
+    return {
+        "headers": headers,
+        "rows": [["" if c is None else c for c in r] for r in rows],
+        "numeric": set(numeric),
+    }
+
+
+def _missing(stage: str, command: str) -> dict[str, str]:
+    return {"stage": stage, "command": command}
 
 
 @locked
@@ -322,31 +311,35 @@ def run_report(config: ReportConfig, work: WorkDir) -> dict[str, Any]:
     (out / "thumbs").mkdir(parents=True)
     present = stages_present(work)
     summary: dict[str, Any] = {"workdir": str(work.root), "stages": present}
-    parts: list[str] = []
     cards: list[tuple[str, str]] = []
     settings: dict[str, Any] = {}
+    page: dict[str, Any] = {
+        "title": work.root.name,
+        "root": str(work.root),
+        "css": _css(),
+        "nav": SECTIONS,
+        "cards": cards,
+        "download": None,
+        "download_missing": _missing("download", f"dedup download URL_LIST {work.root}"),
+        "duplicates": None,
+        "duplicates_missing": _missing("cluster", f"dedup cluster {work.root}"),
+        "ledger": None,
+        "ledger_missing": _missing("write", f"dedup write {work.root}"),
+        "galleries": None,
+    }
 
-    # download
     if present["download"]:
         dl = download_numbers(work)
         summary["download"] = dl
         cards.append((f"{dl['successes']:,}", f"of {dl['rows']:,} URLs downloaded"))
-        plot = plot_download(dl, out)
-        parts.append(
-            f'<section id="download"><h2>Download</h2><img class="plot" src="{plot}" alt="download outcome">'
-            + _table(
+        page["download"] = {
+            "plot": plot_download(dl, out),
+            "table": _table(
                 ["outcome", "URLs"],
                 [["downloaded", dl["successes"]], *[[k, v] for k, v in dl["failures"].items()]],
                 {1},
-            )
-            + "</section>"
-        )
-    else:
-        parts.append(
-            '<section id="download"><h2>Download</h2>'
-            + _missing("download", f"dedup download URL_LIST {work.root}")
-            + "</section>"
-        )
+            ),
+        }
     if work.embed_summary.exists():
         settings["embed"] = {
             k: v
@@ -354,145 +347,111 @@ def run_report(config: ReportConfig, work: WorkDir) -> dict[str, Any]:
             if k in ("embedder", "model", "dim", "device", "precision")
         }
 
-    # clusters
     clusters = pl.read_parquet(work.clusters) if present["cluster"] else None
     if clusters is not None:
-        cn = cluster_numbers(clusters)
-        summary["clusters"] = cn
-        cards.append((f"{cn['duplicate_groups']:,}", "groups with duplicates"))
-        cards.append((f"{cn['removed']:,}", "duplicates to remove"))
-        cs = read_json(work.cluster_summary) if work.cluster_summary.exists() else {}
-        settings["cluster"] = {
-            k: cs.get(k)
-            for k in (
-                "signals",
-                "embedding_threshold",
-                "candidate_threshold",
-                "phash_threshold",
-                "verify",
-                "confirm",
-                "grouping",
-                "representative",
-                "search",
-            )
-        }
-        plot = plot_groups(cn, out)
-        section = [
-            '<section id="duplicates"><h2>Duplicate groups</h2><div class="cards">'
-            + _card(f"{cn['groups']:,}", f"groups among {cn['samples']:,} images")
-            + _card(f"{cn['largest_group']:,}", "copies in the largest group")
-            + "</div>"
-            f'<img class="plot" src="{plot}" alt="group sizes">'
-        ]
-        if work.sweep.exists():
-            sweep = pl.read_parquet(work.sweep)
-            section.append(
-                "<h3>Threshold sweep</h3>"
-                + _img(plot_sweep(sweep, cs.get("embedding_threshold"), out), "threshold sweep")
-            )
-            headers = ["threshold", "pairs", "removed"] + (
-                ["precision", "recall"] if "precision" in sweep.columns else []
-            )
-            section.append(
-                _table(
-                    headers, [[r.get(h) for h in headers] for r in sweep.to_dicts()], set(range(len(headers)))
-                )
-            )
-        if present["evaluate"]:
-            ev = read_json(work.evaluation)
-            summary["evaluation"] = {k: ev[k] for k in ("pairwise", "removals", "per_transform") if k in ev}
-            if "pairwise" in ev:
-                pw, rm = ev["pairwise"], ev["removals"]
-                section.append(
-                    "<h3>Against the ground truth</h3>"
-                    + _table(
-                        ["", "precision", "recall"],
-                        [
-                            ["duplicate pairs", pw["precision"], pw["recall"]],
-                            ["removals", rm["precision"], rm["recall"]],
-                        ],
-                        {1, 2},
-                    )
-                )
-                if ev.get("per_transform"):
-                    section.append(
-                        _table(
-                            ["copy made by", "copies", "found", "recall"],
-                            [
-                                [t, v["copies"], v["found"], v["recall"]]
-                                for t, v in ev["per_transform"].items()
-                            ],
-                            {1, 2, 3},
-                        )
-                    )
-        section.append("</section>")
-        parts.append("".join(section))
-    else:
-        parts.append(
-            '<section id="duplicates"><h2>Duplicate groups</h2>'
-            + _missing("cluster", f"dedup cluster {work.root}")
-            + "</section>"
-        )
+        page["duplicates"] = _duplicates(work, clusters, out, summary, cards, settings, present["evaluate"])
 
-    # write
     if present["write"]:
         ledger = pl.read_parquet(work.ledger)
         ln = ledger_numbers(ledger)
         summary["write"] = ln
         cards.append((f"{ln['kept']:,}", f"of {ln['input_samples']:,} samples kept"))
-        parts.append(
-            '<section id="ledger"><h2>Clean dataset and ledger</h2>'
-            f"<p>{ln['kept']:,} samples kept in <code>{esc(work.dedup_dir)}</code>; "
-            "every input sample has a row in "
-            f"<code>{esc(work.ledger)}</code>.</p>"
-            + _table(["reason", "samples"], [[k, v] for k, v in ln["by_reason"].items()], {1})
-            + "</section>"
-        )
-    else:
-        parts.append(
-            '<section id="ledger"><h2>Clean dataset and ledger</h2>'
-            + _missing("write", f"dedup write {work.root}")
-            + "</section>"
-        )
+        page["ledger"] = {
+            "kept": f"{ln['kept']:,}",
+            "folder": str(work.dedup_dir),
+            "path": str(work.ledger),
+            "table": _table(["reason", "samples"], [[k, v] for k, v in ln["by_reason"].items()], {1}),
+        }
 
-    # galleries (need clusters and shards)
     attack = attack_numbers(work)
     if clusters is not None and present["download"]:
-        parts.append(_galleries(work, clusters, config, out, attack))
+        page["galleries"] = _galleries(work, clusters, config, out)
+    page["memorization"] = _memorization(work, out, attack, summary, settings)
 
-    # memorization
-    parts.append(_memorization(work, out, attack, summary, settings))
-
-    stage_rows = [[name, "ran" if ok else "not run"] for name, ok in present.items()]
     summary["settings"] = settings
-    body = "".join(parts)
-    cards_html = "".join(
-        f'<div class="card"><b>{esc(v)}</b><span>{esc(label)}</span></div>' for v, label in cards
+    page["stages"] = _table(
+        ["stage", "status"], [[n, "ran" if ok else "not run"] for n, ok in present.items()]
     )
-    page = (
-        "<!doctype html><html lang=en><head><meta charset=utf-8>"
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>dedup report: {esc(work.root.name)}</title><style>{_css()}</style></head><body>"
-        f"<header><h1>dedup report</h1><p>{esc(work.root)}</p></header>"
-        + NAV
-        + f'<main><div class="cards">{cards_html}</div>{body}'
-        '<section id="settings"><h2>Settings that produced this</h2>'
-        + _table(["stage", "status"], stage_rows)
-        + "".join(
-            f"<h3>{esc(k)}</h3><pre>{esc(json.dumps(v, indent=2, default=str))}</pre>"
-            for k, v in settings.items()
-        )
-        + "</section></main></body></html>"
-    )
+    page["settings"] = [(k, json.dumps(v, indent=2, default=str)) for k, v in settings.items()]
     with atomic_path(out / "index.html") as tmp:
-        tmp.write_text(page, encoding="utf-8")
+        tmp.write_text(_render(page), encoding="utf-8")
     write_json(out / "summary.json", summary)
     return summary
 
 
-def _galleries(
-    work: WorkDir, clusters: pl.DataFrame, config: ReportConfig, out: Path, attack: dict | None
-) -> str:
+def _duplicates(
+    work: WorkDir,
+    clusters: pl.DataFrame,
+    out: Path,
+    summary: dict[str, Any],
+    cards: list[tuple[str, str]],
+    settings: dict[str, Any],
+    evaluated: bool,
+) -> dict[str, Any]:
+    cn = cluster_numbers(clusters)
+    summary["clusters"] = cn
+    cards.append((f"{cn['duplicate_groups']:,}", "groups with duplicates"))
+    cards.append((f"{cn['removed']:,}", "duplicates to remove"))
+    cs = read_json(work.cluster_summary) if work.cluster_summary.exists() else {}
+    keys = (
+        "signals",
+        "embedding_threshold",
+        "candidate_threshold",
+        "phash_threshold",
+        "verify",
+        "confirm",
+        "grouping",
+        "representative",
+        "search",
+    )
+    settings["cluster"] = {k: cs.get(k) for k in keys}
+    section: dict[str, Any] = {
+        "cards": [
+            (f"{cn['groups']:,}", f"groups among {cn['samples']:,} images"),
+            (f"{cn['largest_group']:,}", "copies in the largest group"),
+        ],
+        "plot": plot_groups(cn, out),
+        "sweep": None,
+        "evaluation": [],
+    }
+    if work.sweep.exists():
+        sweep = pl.read_parquet(work.sweep)
+        headers = ["threshold", "pairs", "removed"] + (
+            ["precision", "recall"] if "precision" in sweep.columns else []
+        )
+        section["sweep"] = {
+            "plot": plot_sweep(sweep, cs.get("embedding_threshold"), out),
+            "table": _table(
+                headers, [[r.get(h) for h in headers] for r in sweep.to_dicts()], set(range(len(headers)))
+            ),
+        }
+    if evaluated:
+        ev = read_json(work.evaluation)
+        summary["evaluation"] = {k: ev[k] for k in ("pairwise", "removals", "per_transform") if k in ev}
+        if "pairwise" in ev:
+            pw, rm = ev["pairwise"], ev["removals"]
+            section["evaluation"].append(
+                _table(
+                    ["", "precision", "recall"],
+                    [
+                        ["duplicate pairs", pw["precision"], pw["recall"]],
+                        ["removals", rm["precision"], rm["recall"]],
+                    ],
+                    {1, 2},
+                )
+            )
+            if ev.get("per_transform"):
+                section["evaluation"].append(
+                    _table(
+                        ["copy made by", "copies", "found", "recall"],
+                        [[t, v["copies"], v["found"], v["recall"]] for t, v in ev["per_transform"].items()],
+                        {1, 2, 3},
+                    )
+                )
+    return section
+
+
+def _galleries(work: WorkDir, clusters: pl.DataFrame, config: ReportConfig, out: Path) -> dict[str, Any]:
     meta = pl.concat(
         [
             pl.read_parquet(work.metadata(s), columns=["key", "caption", "url", "width", "height"])
@@ -518,73 +477,80 @@ def _galleries(
         .head(9)
     )
     pairs = pl.read_parquet(work.pairs) if work.pairs.exists() else None
-    border = pl.DataFrame()
-    if pairs is not None:
-        cs = read_json(work.cluster_summary) if work.cluster_summary.exists() else {}
-        t = float(cs.get("embedding_threshold", 0.95))
-        from dedup.copydetect import COPY_MATCH
-
-        # nearest the decision: the verifier's copy threshold where it looked, else the cosine's
-        border = (
-            pairs.filter(pl.col("signal") != "exact")
-            .with_columns(
-                pl.when(pl.col("pixel_match").is_not_null())
-                .then((pl.col("pixel_match") - COPY_MATCH).abs())
-                .otherwise((pl.col("similarity") - t).abs())
-                .alias("gap")
-            )
-            .sort("gap", "key_a", "key_b")
-            .head(config.borderline_pairs)
-        )
+    border = _borderline(work, pairs, config)
     keys = set(shown["key"].to_list()) | (
         set(border["key_a"].to_list()) | set(border["key_b"].to_list()) if border.height else set()
     )
     thumbs = thumbnails(work, keys, out / "thumbs")
     info = {r["key"]: r for r in df.iter_rows(named=True)}
-    html_parts = [
-        '<section id="galleries"><h2>Galleries</h2><h3>Largest duplicate groups</h3>'
-        "<p>The kept image has a green frame; the others are removed as its duplicates.</p>"
-    ]
     evidence = _pair_evidence(pairs)
+    out_groups = []
     for cid in largest["cluster_id"].to_list():
         members = shown.filter(pl.col("cluster_id") == cid)
         n = int(largest.filter(pl.col("cluster_id") == cid)["n"][0])
-        figs = []
-        for r in members.iter_rows(named=True):
-            label = (
-                KEPT_TAG
-                if r["is_representative"]
-                else f"<span class='tag dup'>{esc(r['signal'])} "
-                f"{r['similarity_to_representative']:.3f}</span>"
-                f"{_evidence_line(evidence.get(_pair_key(r['key'], r['representative_key'])))}"
-            )
-            figs.append(
-                _figure(thumbs.get(r["key"]), f"{label}{caption_text(r['caption'])}", r["is_representative"])
-            )
-        more = f"<p>… and {n - members.height} more copies</p>" if n > members.height else ""
-        html_parts.append(
-            f'<div class="group"><b>group {cid}</b>: {n} copies'
-            f'<div class="strip">{"".join(figs)}</div>{more}</div>'
+        out_groups.append(
+            {
+                "id": cid,
+                "size": n,
+                "more": n - members.height if n > members.height else 0,
+                "members": [
+                    {
+                        "thumb": thumbs.get(r["key"]),
+                        "kept": bool(r["is_representative"]),
+                        "signal": r["signal"],
+                        "similarity": f"{r['similarity_to_representative']:.3f}",
+                        "evidence": _evidence(evidence.get(_pair_key(r["key"], r["representative_key"]))),
+                        "caption": caption_text(r["caption"]),
+                    }
+                    for r in members.iter_rows(named=True)
+                ],
+            }
         )
-    if border.height:
-        html_parts.append("<h3>Borderline pairs near the threshold</h3><div class='pairs'>")
-        for r in border.iter_rows(named=True):
-            verdict = "duplicate" if r["duplicate"] else "kept apart"
-            cells = []
-            for side in ("key_a", "key_b"):
-                k = r[side]
-                kept = bool(info.get(k, {}).get("is_representative"))
-                tag = KEPT_TAG if kept else ""
-                cells.append(_figure(thumbs.get(k), tag + caption_text(info.get(k, {}).get("caption")), kept))
-            html_parts.append(
-                f"<div class='pair'>{''.join(cells)}<div><b>{esc(verdict)}</b>"
-                f"<br>cosine {r['similarity']:.3f}<br>pHash distance {r['phash_distance']}"
-                f"<br>proposed by {esc(r.get('proposed_by'))}, signal {esc(r['signal'])}"
-                f"{_evidence_line(r)}</div></div>"
+    borderline = []
+    for r in border.iter_rows(named=True):
+        sides = []
+        for side in ("key_a", "key_b"):
+            k = r[side]
+            sides.append(
+                {
+                    "thumb": thumbs.get(k),
+                    "kept": bool(info.get(k, {}).get("is_representative")),
+                    "caption": caption_text(info.get(k, {}).get("caption")),
+                }
             )
-        html_parts.append("</div>")
-    html_parts.append("</section>")
-    return "".join(html_parts)
+        borderline.append(
+            {
+                "sides": sides,
+                "verdict": "duplicate" if r["duplicate"] else "kept apart",
+                "cosine": f"{r['similarity']:.3f}",
+                "phash": r["phash_distance"],
+                "proposed_by": r.get("proposed_by") or "",
+                "signal": r["signal"],
+                "evidence": _evidence(r),
+            }
+        )
+    return {"groups": out_groups, "borderline": borderline}
+
+
+def _borderline(work: WorkDir, pairs: pl.DataFrame | None, config: ReportConfig) -> pl.DataFrame:
+    """The pairs nearest the decision: the verifier's copy threshold where it looked, else the cosine's."""
+    if pairs is None:
+        return pl.DataFrame()
+    from dedup.copydetect import COPY_MATCH
+
+    cs = read_json(work.cluster_summary) if work.cluster_summary.exists() else {}
+    t = float(cs.get("embedding_threshold", 0.95))
+    return (
+        pairs.filter(pl.col("signal") != "exact")
+        .with_columns(
+            pl.when(pl.col("pixel_match").is_not_null())
+            .then((pl.col("pixel_match") - COPY_MATCH).abs())
+            .otherwise((pl.col("similarity") - t).abs())
+            .alias("gap")
+        )
+        .sort("gap", "key_a", "key_b")
+        .head(config.borderline_pairs)
+    )
 
 
 def _pair_key(a: str, b: str) -> tuple[str, str]:
@@ -599,27 +565,32 @@ def _pair_evidence(pairs: pl.DataFrame | None) -> dict[tuple[str, str], dict[str
     return {_pair_key(r["key_a"], r["key_b"]): r for r in looked.iter_rows(named=True)}
 
 
-def _evidence_line(r: dict[str, Any] | None) -> str:
-    """Why the verifier called a pair what it did, in one line (empty when it did not look)."""
+def _evidence(r: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Why the verifier called a pair what it did (None when it did not look)."""
     if not r or r.get("verdict") is None:
-        return ""
-    return (
-        f"<br><small>verifier: {esc(r['verdict'])}; aligned pixels agree {100 * r['pixel_match']:.0f} %, "
-        f"covered {100 * r['coverage']:.0f} %, colours {100 * r['color_match']:.0f} %, "
-        f"{esc(r['orb_inliers'])} keypoint inliers</small>"
-    )
+        return None
+    return {
+        "verdict": r["verdict"],
+        "pixel": f"{100 * r['pixel_match']:.0f}",
+        "coverage": f"{100 * r['coverage']:.0f}",
+        "colour": f"{100 * r['color_match']:.0f}",
+        "inliers": r["orb_inliers"],
+    }
 
 
-def _memorization(work: WorkDir, out: Path, attack: dict | None, summary: dict, settings: dict) -> str:
-    parts = ['<section id="memorization"><h2>Memorization risk</h2>']
+def _memorization(
+    work: WorkDir, out: Path, attack: dict | None, summary: dict, settings: dict
+) -> dict[str, Any]:
+    section: dict[str, Any] = {"missing": None, "compare": None, "risk": None, "generate_filter": None}
     clusters = pl.read_parquet(work.clusters) if work.clusters.exists() else None
     if attack is None:
-        parts.append(_missing("attack", f"dedup attack compare --before {work.root} --after {work.root}"))
+        section["missing"] = _missing(
+            "attack", f"dedup attack compare --before {work.root} --after {work.root}"
+        )
     else:
         summary["attack"] = attack
         settings["attack"] = attack["settings"]
         if "before" in attack and "after" in attack:
-            parts.append(_img(plot_memorization(attack, out), "memorization before and after"))
             names = [n for n, _, _ in BUCKETS]
             rows = []
             for crit in attack["before"]["extracted"]:
@@ -628,44 +599,42 @@ def _memorization(work: WorkDir, out: Path, attack: dict | None, summary: dict, 
                     rows.append(
                         [crit if which == "before" else "", which, *[e[n] for n in names], e["total"]]
                     )
-            parts.append(
-                "<h3>Unique training images extracted, by copies in the training set before dedup</h3>"
-                + _table(["criterion", "model", *names, "total"], rows, {2, 3, 4, 5, 6})
-            )
             cb, ca = attack["before"]["continuous"], attack["after"]["continuous"]
-            parts.append(
-                f"<p>Generations whose nearest training image is a duplicated one: before "
-                f"{cb['share_nearest_duplicated']:.1%}, after {ca['share_nearest_duplicated']:.1%}. "
-                f"Best calibrated score: before {esc(cb['min_calibrated'])}, "
-                f"after {esc(ca['min_calibrated'])} "
-                f"(extracted at ≤ {esc(attack['settings'].get('primary_threshold'))}).</p>"
-            )
-            parts.append(_extracted_pairs(work, out))
+            section["compare"] = {
+                "plot": plot_memorization(attack, out),
+                "table": _table(["criterion", "model", *names, "total"], rows, {2, 3, 4, 5, 6}),
+                "share_before": f"{cb['share_nearest_duplicated']:.1%}",
+                "share_after": f"{ca['share_nearest_duplicated']:.1%}",
+                "min_before": "" if cb["min_calibrated"] is None else cb["min_calibrated"],
+                "min_after": "" if ca["min_calibrated"] is None else ca["min_calibrated"],
+                "threshold": attack["settings"].get("primary_threshold") or "",
+                "pairs": _extracted_pairs(work, out),
+            }
     if clusters is not None:
-        parts.append(_risk_table(work, clusters, out))
-    gf = work.attack_dir / "generate_filter" / "summary.json"
+        section["risk"] = _risk_table(work, clusters)
+    gf = AttackDir(work.attack_dir).generate_filter_summary
     if gf.exists():
         g = read_json(gf)
         summary["generate_filter"] = g
         settings["generate_filter"] = g["settings"]
-        parts.append(
-            f"<h3>Generate-and-filter ({esc(g['generator'])})</h3>"
-            + _table(
+        section["generate_filter"] = {
+            "generator": g["generator"],
+            "table": _table(
                 ["copies", "captions", "flagged", "verified"],
                 [[n, v["captions"], v["flagged"], v["verified"]] for n, v in g["by_bucket"].items()],
                 {1, 2, 3},
-            )
-        )
-    parts.append("</section>")
-    return "".join(parts)
+            ),
+        }
+    return section
 
 
-def _extracted_pairs(work: WorkDir, out: Path) -> str:
+def _extracted_pairs(work: WorkDir, out: Path) -> list[dict[str, Any]]:
+    """The closest (training image, generation) pairs of each model, with their thumbnails."""
     from attack.sample import load_generations
 
     paths = AttackDir(work.attack_dir)
     if not paths.reference.exists():
-        return ""
+        return []
     try:
         with np.load(paths.reference, allow_pickle=False) as ref:  # never unpickle a file on disk
             ref_images = ref["images"]
@@ -673,7 +642,7 @@ def _extracted_pairs(work: WorkDir, out: Path) -> str:
         raise UserError(
             f"{paths.reference}: unreadable ({str(err).splitlines()[0]}); rerun the attack"
         ) from None
-    html_parts = ["<h3>Closest (training image, generation) pairs</h3><div class='pairs'>"]
+    shown = []
     for which in ("before", "after"):
         if not paths.image_table(which).exists() or not paths.generations(which).exists():
             continue
@@ -685,21 +654,25 @@ def _extracted_pairs(work: WorkDir, out: Path) -> str:
             .head(6)
         )
         for r in imgs.iter_rows(named=True):
-            a = array_thumb(ref_images[r["index"]], out / "thumbs" / f"{which}_train_{r['index']}.png")
-            b = array_thumb(
-                gens[r["best_generation"]], out / "thumbs" / f"{which}_gen_{r['best_generation']}.png"
+            shown.append(
+                {
+                    "train": array_thumb(
+                        ref_images[r["index"]], out / "thumbs" / f"{which}_train_{r['index']}.png"
+                    ),
+                    "generated": array_thumb(
+                        gens[r["best_generation"]], out / "thumbs" / f"{which}_gen_{r['best_generation']}.png"
+                    ),
+                    "k": r["k"],
+                    "model": which,
+                    "flag": "extracted" if r.get("extracted[calibrated<=1/3]") else "not extracted",
+                    "calibrated": f"{r['best_calibrated']:.3f}",
+                    "l2": f"{r['best_l2']:.3f}",
+                }
             )
-            flag = "extracted" if r.get("extracted[calibrated<=1/3]") else "not extracted"
-            pair = _figure(a, "training, k=" + esc(r["k"])) + _figure(b, esc(which) + " model")
-            html_parts.append(
-                f"<div class='pair'>{pair}<div><b>{esc(flag)}</b><br>calibrated {r['best_calibrated']:.3f}"
-                f"<br>l2 {r['best_l2']:.3f}</div></div>"
-            )
-    html_parts.append("</div>")
-    return "".join(html_parts)
+    return shown
 
 
-def _risk_table(work: WorkDir, clusters: pl.DataFrame, out: Path) -> str:
+def _risk_table(work: WorkDir, clusters: pl.DataFrame) -> dict[str, Any]:
     """Per-group risk: duplicate count, and the attack's verdict on the group's kept image where it ran."""
     paths = AttackDir(work.attack_dir)
     top = (
@@ -728,15 +701,14 @@ def _risk_table(work: WorkDir, clusters: pl.DataFrame, out: Path) -> str:
             )
         rows.append(cells)
     note = (
-        "<p>Best calibrated l2 among the generations whose nearest training image is the group's kept "
+        "Best calibrated l2 among the generations whose nearest training image is the group's kept "
         "image (lower is closer to a copy; extracted at 1/3). A dash: no generation of that model "
-        "landed nearest to it.</p>"
+        "landed nearest to it."
         if results
-        else "<p>The attack has not scored these groups; the duplicate count alone is the risk "
-        "(extraction concentrates on images duplicated ~100 times or more, attack.md §3).</p>"
+        else "The attack has not scored these groups; the duplicate count alone is the risk "
+        "(extraction concentrates on images duplicated ~100 times or more, attack.md §3)."
     )
-    return (
-        "<h3>Risk per duplicate group (most copies first)</h3>"
-        + note
-        + _table(["group", "copies", "best calibrated l2, before", "after"], rows, {1})
-    )
+    return {
+        "note": note,
+        "table": _table(["group", "copies", "best calibrated l2, before", "after"], rows, {1}),
+    }

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from attack.compare import run_compare
+from attack.config import AttackConfig
 from attack.extract import BUCKETS
-from dedup.config import AttackConfig
 from dedup.layout import AttackDir
 
 pytestmark = pytest.mark.slow

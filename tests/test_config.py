@@ -41,3 +41,41 @@ def test_cli_options_override_config():
     assert out.image_size == 128 and out.threads == 8
     with pytest.raises(UserError, match="image_size"):
         override(base, image_size=-1)
+
+
+def test_dedup_reads_the_attack_section_without_importing_attack_by_name():
+    """attack/ owns its settings (attack/config.py, found by the `dedup.sections` entry point); dedup
+    imports attack only where it runs the attack: the CLI that mounts its commands, the pipeline's
+    attack stage and the report's reader of its generations."""
+    import ast
+
+    from dedup.config import PipelineConfig, dump_config, extension_section
+
+    allowed = {"cli.py", "pipeline.py", "report.py"}
+    for path in sorted((REPO / "dedup").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            if any(n == "attack" or n.startswith("attack.") for n in names):
+                assert path.name in allowed, f"{path} imports {names}"
+    from attack.config import AttackConfig
+
+    assert extension_section("attack") is AttackConfig
+    cfg = PipelineConfig.model_validate({"attack": {"steps": 5}})
+    assert isinstance(cfg.attack, AttackConfig) and cfg.attack.steps == 5
+    assert "steps: 5" in dump_config(cfg)  # written back in full, not as the base section
+
+
+def test_an_attack_key_error_names_the_nested_key(tmp_path):
+    from dedup.config import load_config
+    from dedup.errors import UserError
+
+    bad = tmp_path / "c.yaml"
+    bad.write_text("attack: {steps: 0}\n")
+    with pytest.raises(UserError, match=r"c\.yaml: key 'attack\.steps': Input should be greater than 0$"):
+        load_config(bad)

@@ -58,8 +58,8 @@ def test_small_reference_sets_say_they_used_every_image():
 
 def test_prompt_list_weights_duplicated_captions():
     from attack.compare import prompts_for
+    from attack.config import AttackConfig
     from attack.data import AttackSets, ImageSet
-    from dedup.config import AttackConfig
 
     images = np.zeros((3, 4, 4, 3), np.uint8)
     ref = ImageSet(images, ["a", "b", "c"], ["one copy", "twenty copies", "two copies"])

@@ -1,0 +1,214 @@
+"""This project's partitioned search against FAISS's own indexes, on easy and on clustered data (#14).
+
+``python -m bench.faiss_indexes [N ...] [--dist iso|zipf] [--methods ivf,faiss-ivfflat,...]``
+
+Data: N unit 512-d vectors with 1 % planted near-duplicates (1-3 noisy copies at cosine ~0.95-0.98),
+either isotropic (``iso``: the easy case, balanced partitions) or a mixture of 20,000 clusters with
+Zipf-distributed sizes (``zipf``: like real image embeddings, where product shots, memes and stock
+photos crowd a few regions), with the planted copies on top. Vectors are written once to a float16
+memory-mapped file in chunks, so N = 10^7 never sits in memory whole.
+
+Methods, all asked for the top k = 16 neighbours with cosine >= 0.9:
+- ``ivf``: this project's search (dedup/search.py: spherical k-means, 2*sqrt(N) partitions, 8 probes,
+  one GEMM per partition, float16 rows read from the memory map);
+- ``faiss-ivfflat``: ``IndexIVFFlat`` (inner product, the same nlist and nprobe): holds every vector
+  as float32 in RAM;
+- ``faiss-ivfsq8``: ``IndexIVFScalarQuantizer`` with 8-bit codes (a quarter of the memory), then the
+  hits rescored from the float16 vectors;
+- ``faiss-hnsw``: ``IndexHNSWFlat`` (M = 32, efSearch = 64).
+
+Recall is against exact search for 2,000 sampled queries over all N. Each (N, data, method) runs in
+its own process (peak RSS is its own) and is kept in ``bench/out/faiss_indexes.jsonl``: a rerun skips
+what is done, so a long run can stop and resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+D, K, THRESHOLD, PROBES = 512, 16, 0.9, 8
+OUT = Path(__file__).resolve().parent / "out"
+RESULTS = OUT / "faiss_indexes.jsonl"
+CHUNK = 200_000
+QUERIES = 10_000
+
+
+def _path(n: int, dist: str) -> Path:
+    return OUT / f"vectors_{dist}_{n}.f16"
+
+
+def make_vectors(n: int, dist: str, seed: int = 0) -> np.memmap:
+    """The benchmark's vectors on disk (made once, chunk by chunk)."""
+    path = _path(n, dist)
+    if path.exists() and path.stat().st_size == n * D * 2:
+        return np.memmap(path, dtype=np.float16, mode="r", shape=(n, D))
+    OUT.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    tmp = path.with_suffix(".tmp")
+    x = np.memmap(tmp, dtype=np.float16, mode="w+", shape=(n, D))
+    centres = None
+    if dist == "zipf":
+        centres = rng.standard_normal((20_000, D), dtype=np.float32)
+        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+        weights = 1.0 / np.arange(1, 20_001) ** 1.1
+        weights /= weights.sum()
+    for lo in range(0, n, CHUNK):
+        m = min(CHUNK, n - lo)
+        v = rng.standard_normal((m, D), dtype=np.float32)
+        if centres is not None:
+            # members share a centre (cosine ~0.5-0.8 to each other): alike, not duplicates
+            owner = rng.choice(len(centres), size=m, p=weights)
+            v = centres[owner] * 1.5 + v / np.sqrt(D) * rng.uniform(0.8, 1.6, size=(m, 1)).astype(np.float32)
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        # 1 % of each chunk gets 1-3 near copies inside the chunk
+        src = rng.choice(m, size=max(1, m // 100), replace=False)
+        free = np.setdiff1d(np.arange(m), src)
+        copies = np.repeat(src, rng.integers(1, 4, size=len(src)))
+        dst = rng.choice(free, size=len(copies), replace=False)
+        noise = rng.uniform(0.2, 0.33, size=(len(dst), 1)).astype(np.float32)
+        v[dst] = v[copies] + noise * rng.standard_normal((len(dst), D), dtype=np.float32) / np.sqrt(D)
+        v[dst] /= np.linalg.norm(v[dst], axis=1, keepdims=True)
+        x[lo : lo + m] = v.astype(np.float16)
+    x.flush()
+    del x
+    os.replace(tmp, path)
+    return np.memmap(path, dtype=np.float16, mode="r", shape=(n, D))
+
+
+def _pairs_of(i: np.ndarray, j: np.ndarray) -> set[tuple[int, int]]:
+    return {(min(a, b), max(a, b)) for a, b in zip(i.tolist(), j.tolist(), strict=True) if a != b}
+
+
+def _faiss_search(x: np.memmap, method: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    import faiss
+
+    n = len(x)
+    nlist = max(1, round(2 * np.sqrt(n)))
+    timings = {}
+    started = time.time()
+    if method == "faiss-hnsw":
+        index = faiss.IndexHNSWFlat(D, 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = 64
+    else:
+        quantizer = faiss.IndexFlatIP(D)
+        if method == "faiss-ivfflat":
+            index = faiss.IndexIVFFlat(quantizer, D, nlist, faiss.METRIC_INNER_PRODUCT)
+        else:
+            index = faiss.IndexIVFScalarQuantizer(
+                quantizer, D, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+            )
+        rng = np.random.default_rng(0)
+        train = np.sort(rng.choice(n, size=min(n, 40 * nlist), replace=False))
+        index.train(np.asarray(x[train], dtype=np.float32))
+        index.nprobe = PROBES
+    timings["train_s"] = round(time.time() - started, 1)
+    for lo in range(0, n, CHUNK):
+        index.add(np.asarray(x[lo : lo + CHUNK], dtype=np.float32))
+    timings["add_s"] = round(time.time() - started - timings["train_s"], 1)
+    ii, jj = [], []
+    for lo in range(0, n, QUERIES):
+        q = np.asarray(x[lo : lo + QUERIES], dtype=np.float32)
+        sims, idx = index.search(q, K + 1)
+        if method == "faiss-ivfsq8":  # 8-bit codes: rescore the hits with the real vectors
+            ok = idx >= 0
+            base = np.asarray(x[np.where(ok, idx, 0).ravel()], dtype=np.float32).reshape(len(q), K + 1, D)
+            sims = np.where(ok, np.einsum("qd,qkd->qk", q, base), -1.0)
+        r, c = np.nonzero((idx >= 0) & (sims >= THRESHOLD))
+        ii.append(lo + r)
+        jj.append(idx[r, c])
+    timings["search_s"] = round(time.time() - started - timings["train_s"] - timings["add_s"], 1)
+    return np.concatenate(ii), np.concatenate(jj), timings
+
+
+def run_one(n: int, dist: str, method: str) -> dict:
+    from dedup.search import exact_search, ivf_search
+
+    x = make_vectors(n, dist)
+    started = time.time()
+    extra: dict = {}
+    if method == "ivf":
+        c = ivf_search(x, K, THRESHOLD, nprobe=PROBES)
+        found = _pairs_of(c.i, c.j)
+        nlist = min(max(1, round(2 * np.sqrt(n))), max(1, n // 16))
+    else:
+        i, j, extra = _faiss_search(x, method)
+        found = _pairs_of(i, j)
+        nlist = max(1, round(2 * np.sqrt(n)))
+    seconds = time.time() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rng = np.random.default_rng(1)
+    q = np.sort(rng.choice(n, size=min(n, 2000), replace=False))
+    ref = exact_search(x, K, THRESHOLD, queries=np.asarray(x[q], dtype=np.float32))
+    truth = _pairs_of(q[ref.i], ref.j)
+    recall = float(np.mean([p in found for p in truth])) if truth else 1.0
+    return {
+        "n": n,
+        "dist": dist,
+        "method": method,
+        "nlist": nlist,
+        "seconds": round(seconds, 1),
+        **extra,
+        "pairs": len(found),
+        "recall_vs_exact": round(recall, 4),
+        "true_pairs_sampled": len(truth),
+        "peak_rss_mb": round(peak),
+    }
+
+
+def main(argv: list[str]) -> None:
+    if argv and argv[0] == "--one":
+        print(json.dumps(run_one(int(argv[1]), argv[2], argv[3])))
+        return
+    dists, methods, sizes = ["iso", "zipf"], ["ivf", "faiss-ivfflat", "faiss-ivfsq8", "faiss-hnsw"], []
+    args = iter(argv)
+    for a in args:
+        if a == "--dist":
+            dists = next(args).split(",")
+        elif a == "--methods":
+            methods = next(args).split(",")
+        else:
+            sizes.append(int(float(a)))
+    sizes = sizes or [100_000, 1_000_000]
+    done = {}
+    if RESULTS.exists():
+        for line in RESULTS.read_text().splitlines():
+            r = json.loads(line)
+            done[(r["n"], r["dist"], r["method"])] = r
+    for n in sizes:
+        for dist in dists:
+            for method in methods:
+                if (n, dist, method) in done:
+                    print(done[(n, dist, method)], flush=True)
+                    continue
+                out = subprocess.run(
+                    [sys.executable, "-m", "bench.faiss_indexes", "--one", str(n), dist, method],
+                    capture_output=True,
+                    text=True,
+                )
+                if out.returncode != 0:
+                    print(f"{n} {dist} {method}: failed\n{out.stderr[-2000:]}", flush=True)
+                    continue
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                with open(RESULTS, "a") as f:
+                    f.write(json.dumps(r) + "\n")
+                done[(n, dist, method)] = r
+                print(r, flush=True)
+    print("\n| N | data | search | seconds | recall vs exact | peak RSS (MB) |")
+    print("|---|---|---|---|---|---|")
+    for r in done.values():
+        print(
+            f"| {r['n']:,} | {r['dist']} | {r['method']} | {r['seconds']} | {r['recall_vs_exact']} | "
+            f"{r['peak_rss_mb']:,} |"
+        )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
