@@ -161,17 +161,21 @@ def run_generate_filter(
     per_caption = paths.captions
     per_caption.mkdir(parents=True, exist_ok=True)
     identity = generator_identity(generator)
-    for row in tqdm(cands.iter_rows(named=True), total=cands.height, desc="captions", disable=not progress):
-        record_path = per_caption / f"{row['cluster_id']}.json"
+    todo = []
+    for row in cands.iter_rows(named=True):
         run_key = caption_run_key(settings, identity, row)
-        if record_path.exists() and _record_key(record_path) == run_key:
-            continue  # made by this generator, with these settings, for this caption and its images
+        record_path = per_caption / f"{row['cluster_id']}.json"
+        if not (record_path.exists() and _record_key(record_path) == run_key):
+            todo.append((row, run_key))  # else made by this generator, with these settings, for these images
+    training_images = TrainingImages(folder, {k for row, _ in todo for k in row["keys"] or []})
+    for row, run_key in tqdm(todo, desc="captions", disable=not progress):
+        record_path = per_caption / f"{row['cluster_id']}.json"
         seed = settings.seed + 1000 * int(row.get("rank", row["cluster_id"]))
         gens = generator.generate(row["caption"] or "", settings.k, seed, cluster_id=row["cluster_id"])
         training = np.zeros((0, 1, 1, 3), np.uint8)
         if folder is not None and len(gens):
             res = settings.size or min(128, gens.shape[1])
-            training = read_images(folder, res - res % 4, set(row["keys"])).images
+            training = training_images.of(row["keys"] or [], res - res % 4)
         record, medoid, nearest = filter_caption(gens, training, settings)
         record.update(
             run_key=run_key,
@@ -187,6 +191,29 @@ def run_generate_filter(
         with atomic_path(record_path) as tmp:
             tmp.write_text(json.dumps(record))
     return summarize(cands, per_caption, settings, generator, out)
+
+
+class TrainingImages:
+    """The candidates' training images, read in one pass over the shards (per comparison size) and
+    handed out per caption: reading the shards once per caption cost captions x dataset."""
+
+    def __init__(self, folder: Path | None, keys: set[str]) -> None:
+        self.folder, self.keys = folder, keys
+        self._size: int | None = None
+        self._by_key: dict[str, np.ndarray] = {}
+
+    def of(self, keys: list[str], size: int) -> np.ndarray:
+        if self.folder is None or not self.keys:
+            return np.zeros((0, size, size, 3), np.uint8)
+        if self._size != size:
+            try:
+                found = read_images(self.folder, size, self.keys)
+                self._by_key = dict(zip(found.keys, found.images, strict=True))
+            except UserError:  # none of them decodes: nothing to verify against
+                self._by_key = {}
+            self._size = size
+        picked = [self._by_key[k] for k in sorted(keys) if k in self._by_key]
+        return np.stack(picked) if picked else np.zeros((0, size, size, 3), np.uint8)
 
 
 def generator_identity(generator: Any) -> str:

@@ -20,7 +20,7 @@ from attack.config import AttackConfig
 from attack.extract import BUCKETS
 from attack.generate_filter import Settings, candidates, run_generate_filter
 from attack.generators import DDPMGenerator
-from dedup.layout import AttackDir, WorkDir
+from dedup.layout import AttackDir, GenerateFilterDir, WorkDir
 
 ROOT = Path("bench/out/demo")
 
@@ -71,32 +71,52 @@ def before_after(work: WorkDir, seeds: list[int]) -> list[dict]:
     return rows
 
 
-def flagging(work: WorkDir, seed: int, k: int = 24, per_group: int = 40) -> dict:
-    """Generate-and-filter with the seed's before model: the most duplicated captions against as many
-    singleton captions (the control)."""
-    paths = AttackDir(work.root / f"attack_seed{seed}")
-    top = candidates(work, 10**9)
+def control_captions(top: pl.DataFrame, members: set[str], per_group: int, seed: int) -> pl.DataFrame:
+    """The captions generate-and-filter is run on, each labelled with its population: the most
+    duplicated groups, and as controls singletons the model *trained on* (members) and singletons it
+    never saw (non-members, left out by the budget's subsampling). Mixing the two would make a
+    singleton's flag rate a blend of memorization and chance."""
     dup = top.filter(pl.col("duplicate_count") > 1).head(per_group)
     single = top.filter(pl.col("duplicate_count") == 1)
     rng = np.random.default_rng(seed)
-    single = single[
-        np.sort(rng.choice(single.height, size=min(per_group, single.height), replace=False)).tolist()
-    ]
-    cands = pl.concat([dup, single]).with_columns(pl.int_range(pl.len()).cast(pl.Int64).alias("rank"))
+    parts = [dup.with_columns(pl.lit("duplicated").alias("population"))]
+    for name, inside in (("singleton, member", True), ("singleton, non-member", False)):
+        pool = single.filter(pl.col("representative_key").is_in(list(members)) == inside)
+        pick = np.sort(rng.choice(pool.height, size=min(per_group, pool.height), replace=False)).tolist()
+        parts.append(pool[pick].with_columns(pl.lit(name).alias("population")))
+    return pl.concat(parts).with_columns(pl.int_range(pl.len()).cast(pl.Int64).alias("rank"))
+
+
+def flagging(work: WorkDir, seed: int, k: int = 24, per_group: int = 40) -> dict:
+    """Generate-and-filter with the seed's before model: the most duplicated captions against
+    singleton captions the model trained on and singletons it never saw."""
+    paths = AttackDir(work.root / f"attack_seed{seed}")
+    members = set(pl.read_parquet(paths.image_table("before"), columns=["key"])["key"].to_list())
+    cands = control_captions(candidates(work, 10**9), members, per_group, seed)
     path = paths.root / "flag_candidates.parquet"
     cands.write_parquet(path)
     gen = DDPMGenerator(paths.model("before"), steps=20)
     t = time.time()
-    s = run_generate_filter(
-        path, gen, Settings(k=k, seed=seed), paths.root / "generate_filter", work.root, progress=False
-    )
+    out = paths.root / "generate_filter"
+    s = run_generate_filter(path, gen, Settings(k=k, seed=seed), out, work.root, progress=False)
     s["wall_seconds"] = round(time.time() - t, 1)
+    results = pl.read_parquet(GenerateFilterDir(out).results).join(
+        cands.select("cluster_id", "population"), on="cluster_id"
+    )
+    s["by_population"] = {
+        name: {
+            "captions": part.height,
+            "flagged": int(part["flagged"].sum()),
+            "verified": int(part["verified"].sum()),
+        }
+        for (name,), part in results.group_by("population", maintain_order=True)
+    }
     print(
         f"\n### generate-and-filter, seed {seed}: K={k}, m={s['settings']['m']}, tau={s['settings']['tau']}\n"
     )
-    print("| copies | captions | flagged | verified |")
+    print("| captions | n | flagged | verified |")
     print("|---|---|---|---|")
-    for name, v in s["by_bucket"].items():
+    for name, v in s["by_population"].items():
         print(f"| {name} | {v['captions']} | {v['flagged']} | {v['verified']} |")
     return s
 

@@ -195,3 +195,38 @@ def test_diffusers_backend_end_to_end_on_cpu(tmp_path):
     ).write_parquet(cands)
     summary = run_generate_filter(cands, gen, Settings(k=4, size=16), tmp_path / "out", progress=False)
     assert summary["captions"] == 1 and summary["generator"].startswith("diffusers:")
+
+
+def test_training_images_are_read_in_one_pass_over_the_shards(generations_dir, tmp_path, monkeypatch):
+    """#13 defect 6: the captions' training images come from one pass over the shards, not one pass per
+    caption; verification finds the memorized captions' own training images."""
+    from conftest import encode, write_download_shard
+
+    import attack.generate_filter as gf
+    from dedup.layout import WorkDir
+
+    root, cands = generations_dir
+    work = WorkDir(tmp_path / "train")
+    # caption c's training image is k{c}: captions 0-2's generations are near copies of 100 + c
+    items = [
+        (f"k{c}", encode(photo(100 + c if c < 3 else 5000 + c, (64, 64)), quality=95), "c", "jpg")
+        for c in range(6)
+    ]
+    write_download_shard(work, 0, items[:3])
+    write_download_shard(work, 1, items[3:])
+    passes = []
+    real = gf.read_images
+
+    def counted(folder, resolution, keys=None):
+        passes.append(sorted(keys or []))
+        return real(folder, resolution, keys)
+
+    monkeypatch.setattr(gf, "read_images", counted)
+    out = tmp_path / "out"
+    summary = run_generate_filter(
+        cands, DirectoryGenerator(root), Settings(k=12), out, train=work.root, progress=False
+    )
+    assert passes == [[f"k{c}" for c in range(6)]]  # one pass, every caption's keys
+    results = pl.read_parquet(out / "results.parquet").sort("cluster_id")
+    assert results["verified"].to_list() == [True, True, True, False, False, False]
+    assert summary["verified"] == 3
