@@ -9,7 +9,7 @@ near-duplicate group), each with its duplicate count k in the before set.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +91,8 @@ class AttackSets:
     reference: ImageSet  # unique images of the before set
     k: np.ndarray  # duplicate count in the before set, per reference image
     note: str
+    group_of: dict[str, int] = field(default_factory=dict)  # training key -> its reference image's index
+    held_out: ImageSet | None = None  # singletons no model trains on (membership inference's non-members)
 
 
 def _groups(before: Path, clusters: Path | None) -> pl.DataFrame:
@@ -105,28 +107,47 @@ def _groups(before: Path, clusters: Path | None) -> pl.DataFrame:
     return pl.read_parquet(clusters).select("key", "cluster_id", "cluster_size", "is_representative")
 
 
-def _limit(groups: pl.DataFrame, max_distinct: int | None, seed: int) -> tuple[pl.DataFrame, str]:
-    """At most ``max_distinct`` groups: every duplicated group, and singletons sampled with ``seed``."""
-    if max_distinct is None or groups["cluster_id"].n_unique() <= max_distinct:
-        return groups, ""
+def _limit(
+    groups: pl.DataFrame, max_distinct: int | None, seed: int, holdout: int = 0
+) -> tuple[pl.DataFrame, str, list[str]]:
+    """At most ``max_distinct`` groups: every duplicated group, and singletons sampled with ``seed``;
+    first, ``holdout`` singletons are set aside that no model trains on (their keys are returned)."""
     sizes = groups.group_by("cluster_id").agg(pl.len().alias("n")).sort("cluster_id")
-    dup = sizes.filter(pl.col("n") > 1)["cluster_id"].to_list()
     single = sizes.filter(pl.col("n") == 1)["cluster_id"].to_numpy()
-    room = max(0, max_distinct - len(dup))
     rng = np.random.default_rng(seed)
+    held: set[int] = set()
+    if holdout:
+        held = set(rng.choice(single, size=min(holdout, len(single)), replace=False).tolist())
+        single = np.array([c for c in single if c not in held], dtype=single.dtype)
+    held_keys = groups.filter(pl.col("cluster_id").is_in(sorted(held)))["key"].sort().to_list()
+    trainable = sizes.height - len(held)
+    if max_distinct is None or trainable <= max_distinct:
+        kept = groups.filter(~pl.col("cluster_id").is_in(sorted(held)))
+        note = f"{len(held)} singletons held out of training (membership inference)" if held else ""
+        return kept, note, held_keys
+    dup = sizes.filter(pl.col("n") > 1)["cluster_id"].to_list()
+    room = max(0, max_distinct - len(dup))
     chosen = set(dup) | set(rng.choice(single, size=min(room, len(single)), replace=False).tolist())
     note = (
         f"trained on {len(chosen)} of {sizes.height} near-duplicate groups: all {len(dup)} duplicated "
         f"groups and {len(chosen) - len(dup)} sampled singletons (max_distinct {max_distinct})"
     )
-    return groups.filter(pl.col("cluster_id").is_in(sorted(chosen))), note
+    if held:
+        note += f"; {len(held)} other singletons held out of training (membership inference)"
+    return groups.filter(pl.col("cluster_id").is_in(sorted(chosen))), note, held_keys
 
 
-def _reference(before_set: ImageSet, groups: pl.DataFrame) -> tuple[ImageSet, np.ndarray]:
+def _reference(before_set: ImageSet, groups: pl.DataFrame) -> tuple[ImageSet, np.ndarray, dict[str, int]]:
     present = groups.filter(pl.col("key").is_in(before_set.keys))
     k_by_cluster = present.group_by("cluster_id").agg(pl.len().alias("k"))
     reps = present.filter(pl.col("is_representative")).join(k_by_cluster, on="cluster_id").sort("key")
-    return before_set.subset(reps["key"].to_list()), reps["k"].to_numpy()
+    index_of_cluster = {c: i for i, c in enumerate(reps["cluster_id"].to_list())}
+    group_of = {
+        k: index_of_cluster[c]
+        for k, c in present.select("key", "cluster_id").iter_rows()
+        if c in index_of_cluster
+    }
+    return before_set.subset(reps["key"].to_list()), reps["k"].to_numpy(), group_of
 
 
 def reference_set(
@@ -137,9 +158,9 @@ def reference_set(
     seed: int = 0,
 ) -> tuple[ImageSet, np.ndarray, str]:
     """The unique images of a training set (one per near-duplicate group) and their duplicate counts."""
-    groups, note = _limit(_groups(before, clusters), max_distinct, seed)
+    groups, note, _ = _limit(_groups(before, clusters), max_distinct, seed)
     before_set = read_images(shard_folder(before, "before"), resolution, set(groups["key"].to_list()))
-    reference, k = _reference(before_set, groups)
+    reference, k, _ = _reference(before_set, groups)
     return reference, k, note
 
 
@@ -150,12 +171,15 @@ def attack_sets(
     clusters: Path | None = None,
     max_distinct: int | None = None,
     seed: int = 0,
+    holdout: int = 0,
 ) -> AttackSets:
     """The before, after and reference sets; ``max_distinct`` bounds the number of near-duplicate groups
-    (all duplicated groups are kept, singletons are sampled) so a small budget still trains to memorize."""
-    groups, note = _limit(_groups(before, clusters), max_distinct, seed)
+    (all duplicated groups are kept, singletons are sampled) so a small budget still trains to memorize;
+    ``holdout`` singletons are read apart and trained on by no model (membership inference)."""
+    groups, note, held_keys = _limit(_groups(before, clusters), max_distinct, seed, holdout)
     wanted = set(groups["key"].to_list())
     before_set = read_images(shard_folder(before, "before"), resolution, wanted)
     after_set = read_images(shard_folder(after, "after"), resolution, wanted)
-    reference, k = _reference(before_set, groups)
-    return AttackSets(before_set, after_set, reference, k, note)
+    reference, k, group_of = _reference(before_set, groups)
+    held = read_images(shard_folder(before, "before"), resolution, set(held_keys)) if held_keys else None
+    return AttackSets(before_set, after_set, reference, k, note, group_of, held)

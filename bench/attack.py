@@ -1,8 +1,12 @@
-"""The before/after memorization experiment on the demo corpus at the demo budget, for several seeds,
-then generate-and-filter on the before model: do duplicated captions get flagged more than singletons?
+"""The memorization experiment on the demo corpus at the demo budget: every arm (attack/experiment.py)
+over several replicates, then generate-and-filter on replicate 0's before model (do duplicated
+captions get flagged more than singletons the model trained on, and than singletons it never saw?).
 
-Usage: python -m bench.attack [SEED ...]   (default seeds 0 1; about 15 minutes per seed on 2 cores)
-Work directory: bench/out/demo (built by the demo pipeline's dedup stages if missing).
+Usage: python -m bench.attack [--seeds N]   (default 5; about 30 minutes per replicate on 2 cores,
+four trainings of ~6 minutes each plus sampling). Work directory: bench/out/demo (built by the demo
+pipeline's dedup stages if missing). Every finished run is kept under bench/out/demo/experiment:
+stop it at any time and rerun the same command to resume; bench/out/demo/experiment/summary.md is
+rewritten after each replicate.
 """
 
 from __future__ import annotations
@@ -15,12 +19,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from attack.compare import format_compare, run_compare
 from attack.config import AttackConfig
-from attack.extract import BUCKETS
+from attack.experiment import format_experiment, run_experiment
 from attack.generate_filter import Settings, candidates, run_generate_filter
 from attack.generators import DDPMGenerator
-from dedup.layout import AttackDir, GenerateFilterDir, WorkDir
+from dedup.layout import ExperimentDir, GenerateFilterDir, WorkDir
 
 ROOT = Path("bench/out/demo")
 
@@ -32,43 +35,6 @@ def ensure_workdir() -> WorkDir:
 
         run_demo(ROOT, stages=["download", "embed", "cluster", "write"])
     return work
-
-
-def before_after(work: WorkDir, seeds: list[int]) -> list[dict]:
-    rows = []
-    for seed in seeds:
-        out = work.root / f"attack_seed{seed}"
-        t = time.time()
-        s = run_compare(work.root, work.root, out, AttackConfig(seed=seed), progress=False)
-        s["wall_seconds"] = round(time.time() - t, 1)
-        print(f"\n### seed {seed} ({s['wall_seconds']:.0f} s)\n")
-        print(format_compare(s), flush=True)
-        rows.append(s)
-    names = [b[0] for b in BUCKETS]
-    print("\n| seed | criterion | model | " + " | ".join(names) + " | total |")
-    print("|---|---|---|" + "---|" * (len(names) + 1))
-    for s in rows:
-        for crit in s["before"]["by_criterion"]:
-            for which in ("before", "after"):
-                r = s[which]["by_criterion"][crit]
-                print(
-                    f"| {s['settings']['seed']} | {crit} | {which} | "
-                    + " | ".join(str(r[n]) for n in names)
-                    + f" | {r['total']} |"
-                )
-    print(
-        "\n| seed | nearest is duplicated: before | after | duplicated images hit: before | after | wall s |"
-    )
-    print("|---|---|---|---|---|---|")
-    for s in rows:
-        b, a = s["before"]["continuous"], s["after"]["continuous"]
-        hb = sum(b["images_hit_by_bucket"][n] for n in names[1:])
-        ha = sum(a["images_hit_by_bucket"][n] for n in names[1:])
-        print(
-            f"| {s['settings']['seed']} | {b['share_nearest_duplicated']:.1%} "
-            f"| {a['share_nearest_duplicated']:.1%} | {hb} | {ha} | {s['wall_seconds']:.0f} |"
-        )
-    return rows
 
 
 def control_captions(top: pl.DataFrame, members: set[str], per_group: int, seed: int) -> pl.DataFrame:
@@ -90,10 +56,10 @@ def control_captions(top: pl.DataFrame, members: set[str], per_group: int, seed:
 def flagging(work: WorkDir, seed: int, k: int = 24, per_group: int = 40) -> dict:
     """Generate-and-filter with the seed's before model: the most duplicated captions against
     singleton captions the model trained on and singletons it never saw."""
-    paths = AttackDir(work.root / f"attack_seed{seed}")
+    paths = ExperimentDir(work.root / "experiment").replicate(seed)
     members = set(pl.read_parquet(paths.image_table("before"), columns=["key"])["key"].to_list())
     cands = control_captions(candidates(work, 10**9), members, per_group, seed)
-    path = paths.root / "flag_candidates.parquet"
+    path = paths.root / "flag_candidates.parquet"  # beside the replicate's arms
     cands.write_parquet(path)
     gen = DDPMGenerator(paths.model("before"), steps=20)
     t = time.time()
@@ -121,13 +87,25 @@ def flagging(work: WorkDir, seed: int, k: int = 24, per_group: int = 40) -> dict
     return s
 
 
+def experiment(work: WorkDir, seeds: int) -> dict:
+    """The arms over replicates 0..seeds-1, one replicate at a time: summary.md grows as they finish."""
+    out = work.root / "experiment"
+    summary: dict = {}
+    for n in range(1, seeds + 1):
+        t = time.time()
+        summary = run_experiment(work.root, work.root, out, AttackConfig(), list(range(n)), progress=False)
+        print(f"\n## after {n} replicate(s) ({time.time() - t:.0f} s this round)\n", flush=True)
+        print(format_experiment(summary), flush=True)
+    return summary
+
+
 def main(argv: list[str]) -> None:
-    seeds = [int(a) for a in argv] or [0, 1]
+    seeds = int(argv[argv.index("--seeds") + 1]) if "--seeds" in argv else 5
     work = ensure_workdir()
-    rows = before_after(work, seeds)
-    flags = flagging(work, seeds[0])
+    summary = experiment(work, seeds)
+    flags = flagging(work, 0)
     (ROOT / "attack_results.json").write_text(
-        json.dumps({"compare": rows, "generate_filter": flags}, indent=1)
+        json.dumps({"experiment": summary, "generate_filter": flags}, indent=1)
     )
 
 

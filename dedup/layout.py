@@ -275,6 +275,31 @@ class AttackDir:
 
 
 @dataclass(frozen=True)
+class ExperimentDir:
+    """Paths of the controlled memorization experiment (``attack/experiment.py``): one folder per
+    replicate (seed) and arm, each finished run kept, so hours of training resume where they stopped."""
+
+    root: Path
+
+    def replicate(self, seed: int) -> AttackDir:
+        """One replicate's arms, laid out as an attack run: ARM/model.pt, ARM/generations.npz, ..."""
+        return AttackDir(self.root / f"seed{seed:03d}")
+
+    def result(self, seed: int, arm: str) -> Path:
+        """One arm of one replicate: counts, membership scores, the key of everything it depends on."""
+        return self.replicate(seed).root / arm / "result.json"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def table(self) -> Path:
+        """The summary as markdown tables (what bench/RESULTS.md quotes)."""
+        return self.root / "summary.md"
+
+
+@dataclass(frozen=True)
 class GenerateFilterDir:
     """Paths of one generate-and-filter run (``WORKDIR/attack/generate_filter`` by default)."""
 

@@ -148,3 +148,34 @@ def test_sample_and_extract_commands(compared, small_demo, tmp_path, cli):
     assert "calibrated<=1/3" in r.stdout and (tmp_path / "training_images.parquet").exists()
     bad = cli("attack", "sample", str(tmp_path / "missing.pt"), "-n", "2", "--out", str(gens))
     assert bad.returncode == 2 and "no such checkpoint" in bad.stderr
+
+
+def test_the_experiment_runs_every_arm_per_replicate_and_resumes(small_demo, tmp_path):
+    """Two replicates x four arms at a tiny budget: paired differences with intervals, membership per
+    bucket, equal-passes steps scaled to the set, and a rerun that reuses every finished run."""
+    from attack.experiment import ARMS, run_experiment
+    from dedup.layout import ExperimentDir, read_json
+
+    cfg = AttackConfig(**{**TINY, "steps": 12, "samples": 16})
+    out = tmp_path / "exp"
+    s = run_experiment(small_demo.root, small_demo.root, out, cfg, [0, 1], holdout=20, progress=False)
+    paths = ExperimentDir(out)
+    assert s["replicates"] == [0, 1] and set(s["arms"]) == set(ARMS)
+    for seed in (0, 1):
+        runs = {a: read_json(paths.result(seed, a)) for a in ARMS}
+        n_before, n_after = runs["before"]["training_images"], runs["after"]["training_images"]
+        assert n_after < n_before and runs["random_removal"]["training_images"] == n_after
+        assert runs["after_equal_passes"]["steps"] == max(1, round(12 * n_after / n_before))
+        assert runs["before"]["non_members"] == 20 and runs["before"]["membership"]["all"]["members"] > 0
+        # every arm of a replicate is judged on the same prompts: the same number of generations
+        assert {r["continuous"]["generations"] for r in runs.values()} == {16}
+    diff = s["arms"]["after"]["difference"]["calibrated<=1/3"]["total"]
+    before = [read_json(paths.result(x, "before"))["extracted"]["calibrated<=1/3"]["total"] for x in (0, 1)]
+    after = [read_json(paths.result(x, "after"))["extracted"]["calibrated<=1/3"]["total"] for x in (0, 1)]
+    assert diff["mean"] == pytest.approx(np.mean(np.array(before) - np.array(after)))
+    assert diff["ci95"] is not None and len(diff["ci95"]) == 2
+    assert "### random_removal" in paths.table.read_text()
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("result.json")}
+    again = run_experiment(small_demo.root, small_demo.root, out, cfg, [0, 1], holdout=20, progress=False)
+    assert again["arms"] == s["arms"]
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("result.json")} == stamps  # nothing retrained

@@ -82,6 +82,11 @@ CASES = {
     "demo misspelt stage": (["demo", "{r}/demo-w", "--stages", "downlaod"], "downlaod"),
     "run missing config": (["run", "{r}/none.yaml"], "none.yaml"),
     "compare missing after": (["attack", "compare", "--before", "{w}", "--after", "{r}/nowhere"], "nowhere"),
+    "experiment unknown arm": (["attack", "experiment", "{w}", "--arms", "before,randm"], "--arms"),
+    "experiment without before": (["attack", "experiment", "{w}", "--arms", "after"], "--arms"),
+    "experiment seeds 0": (["attack", "experiment", "{w}", "--seeds", "0"], "--seeds"),
+    "executor spark": (["write", "{w}", "--executor", "spark"], "spark"),
+    "ray address without ray": (["write", "{w}", "--ray-address", "auto"], "--ray-address"),
 }
 
 
