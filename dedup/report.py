@@ -19,7 +19,7 @@ from PIL import Image, ImageOps
 
 from dedup.config import ReportConfig
 from dedup.errors import UserError
-from dedup.layout import AttackDir, WorkDir, atomic_path, locked, read_json, write_json
+from dedup.layout import AttackDir, ExperimentDir, WorkDir, atomic_path, locked, read_json, write_json
 
 THUMB = 112
 BUCKETS = (("1", 1, 1), ("2-4", 2, 4), ("5-19", 5, 19), ("20+", 20, 10**12))
@@ -202,10 +202,14 @@ def plot_sweep(sweep: pl.DataFrame, threshold: float | None, out: Path) -> str:
     return _save(fig, out / "threshold_sweep.png")
 
 
-def plot_memorization(numbers: dict[str, Any], out: Path) -> str:
-    plt = _plt()
+def plot_memorization(numbers: dict[str, Any], out: Path) -> str | None:
+    """Bars of extracted images per bucket, before and after; None when every count is zero (the page
+    then says so in words: empty axes would look like a broken chart)."""
     names = [n for n, _, _ in BUCKETS]
     crits = list(numbers["before"]["extracted"])
+    if not any(numbers[w]["extracted"][c]["total"] for w in ("before", "after") for c in crits):
+        return None
+    plt = _plt()
     fig, axes = plt.subplots(1, len(crits), figsize=(2.6 * len(crits), 3), squeeze=False)
     for ax, crit in zip(axes[0], crits, strict=True):
         x = np.arange(len(names))
@@ -221,6 +225,27 @@ def plot_memorization(numbers: dict[str, Any], out: Path) -> str:
     fig.suptitle("Memorization before and after dedup")
     fig.tight_layout()
     return _save(fig, out / "memorization.png")
+
+
+def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], out: Path) -> str | None:
+    """Membership-inference ROC per arm, false-positive rate on a log axis (the low-FPR end is what an
+    attacker can use); None without scores."""
+    if not curves:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.6, 3.6))
+    for arm, (fpr, tpr) in curves.items():
+        ax.plot(np.maximum(fpr, 1e-4), tpr, label=arm, linewidth=1.4)
+    ax.plot([1e-4, 1], [1e-4, 1], color="#999", linewidth=0.8, linestyle="--", label="chance")
+    ax.set_xscale("log")
+    ax.set_xlim(1e-3, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("false-positive rate (held-out images)")
+    ax.set_ylabel("true-positive rate (training images)")
+    ax.set_title("Membership inference, loss at t=100", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, out / "membership_roc.png")
 
 
 # -- thumbnails ---------------------------------------------------------------------------------------
@@ -581,7 +606,13 @@ def _evidence(r: dict[str, Any] | None) -> dict[str, Any] | None:
 def _memorization(
     work: WorkDir, out: Path, attack: dict | None, summary: dict, settings: dict
 ) -> dict[str, Any]:
-    section: dict[str, Any] = {"missing": None, "compare": None, "risk": None, "generate_filter": None}
+    section: dict[str, Any] = {
+        "missing": None,
+        "compare": None,
+        "experiment": None,
+        "risk": None,
+        "generate_filter": None,
+    }
     clusters = pl.read_parquet(work.clusters) if work.clusters.exists() else None
     if attack is None:
         section["missing"] = _missing(
@@ -602,6 +633,8 @@ def _memorization(
             cb, ca = attack["before"]["continuous"], attack["after"]["continuous"]
             section["compare"] = {
                 "plot": plot_memorization(attack, out),
+                "nothing_extracted": "Neither model came within any threshold of a training image: "
+                "0 images extracted before and after at every criterion, so there is nothing to chart.",
                 "table": _table(["criterion", "model", *names, "total"], rows, {2, 3, 4, 5, 6}),
                 "share_before": f"{cb['share_nearest_duplicated']:.1%}",
                 "share_after": f"{ca['share_nearest_duplicated']:.1%}",
@@ -610,6 +643,7 @@ def _memorization(
                 "threshold": attack["settings"].get("primary_threshold") or "",
                 "pairs": _extracted_pairs(work, out),
             }
+    section["experiment"] = _experiment(work, out)
     if clusters is not None:
         section["risk"] = _risk_table(work, clusters)
     gf = AttackDir(work.attack_dir).generate_filter_summary
@@ -626,6 +660,55 @@ def _memorization(
             ),
         }
     return section
+
+
+def _experiment(work: WorkDir, out: Path) -> dict[str, Any] | None:
+    """The controlled experiment's arms (dedup attack experiment): each arm's question, the paired
+    difference at the paper's 1/3 with its interval, membership AUC per bucket, and the ROC curves."""
+    from attack.experiment import roc_curves
+
+    paths = ExperimentDir(work.attack_dir / "experiment")
+    if not paths.summary.exists():
+        return None
+    s = read_json(paths.summary)
+    names = [n for n, _, _ in BUCKETS]
+    rows, mia = [], []
+    for arm, e in s["arms"].items():
+        if "difference" in e:
+            d = e["difference"]["calibrated<=1/3"]
+            cells = [
+                f"{d[b]['mean']:+.1f} "
+                + (
+                    "(one replicate)"
+                    if d[b]["ci95"] is None
+                    else f"[{d[b]['ci95'][0]:+.1f}, {d[b]['ci95'][1]:+.1f}]"
+                )
+                + (" significant" if d[b]["significant"] else "")
+                for b in [*names, "total"]
+            ]
+        else:
+            cells = [f"{e['extracted_mean']['calibrated<=1/3'][b]:.1f} extracted" for b in [*names, "total"]]
+        rows.append([arm, e["question"], *cells])
+        mem = e["membership"]
+        mia.append(
+            [
+                arm,
+                *[
+                    "-" if mem[b]["auc_mean"] is None else f"{mem[b]['auc_mean']:.3f}"
+                    for b in [*names, "all"]
+                ],
+            ]
+        )
+    seeds = s["replicates"]
+    roc = plot_roc(roc_curves(paths, seeds, tuple(s["arms"])), out)
+    return {
+        "replicates": len(seeds),
+        "one_seed": len(seeds) < 2,
+        "table": _table(["arm", "question", *names, "total"], rows),
+        "membership": _table(["arm", *names, "all"], mia),
+        "roc": roc,
+        "no_roc": "No membership scores yet: the ROC curve appears when an arm has finished.",
+    }
 
 
 def _extracted_pairs(work: WorkDir, out: Path) -> list[dict[str, Any]]:

@@ -179,3 +179,17 @@ def test_the_experiment_runs_every_arm_per_replicate_and_resumes(small_demo, tmp
     again = run_experiment(small_demo.root, small_demo.root, out, cfg, [0, 1], holdout=20, progress=False)
     assert again["arms"] == s["arms"]
     assert {p: p.stat().st_mtime_ns for p in out.rglob("result.json")} == stamps  # nothing retrained
+    # the report shows the arms, their intervals and the ROC curve
+    import shutil
+
+    from dedup.config import ReportConfig
+    from dedup.layout import WorkDir
+    from dedup.report import run_report
+
+    work = WorkDir(tmp_path / "w")
+    shutil.copytree(small_demo.root, work.root, symlinks=True)
+    shutil.copytree(out, work.attack_dir / "experiment")
+    run_report(ReportConfig(), work)
+    page = (work.report_dir / "index.html").read_text()
+    assert "Controlled experiment: 2 replicate(s)" in page and "random_removal" in page
+    assert (work.report_dir / "membership_roc.png").exists() and "membership inference ROC" in page
