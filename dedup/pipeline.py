@@ -78,6 +78,12 @@ def _stage_runners() -> dict[str, Runner]:
         from attack.compare import format_compare, run_compare
 
         typer.echo(format_compare(run_compare(work.root, work.root, work.attack_dir, cfg.attack)))
+        typer.echo(
+            "   one seed, one before/after pair: an illustration, not a measurement. The controlled "
+            "experiment (arms, replicates, intervals, membership inference) is `dedup attack experiment "
+            "WORKDIR --seeds 5`; its numbers on the demo corpus are in bench/RESULTS.md "
+            "(python -m bench.attack)."
+        )
 
     def report(cfg: PipelineConfig, work: WorkDir, executor: Executor) -> None:
         from dedup.report import run_report
