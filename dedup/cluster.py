@@ -497,8 +497,9 @@ def match_reference(
 ) -> pl.DataFrame:
     """Samples (key) that duplicate a sample of the reference work directory (reference_key, similarity).
 
-    Signals: the same bytes, or the embedding/pHash thresholds of the self-deduplication; the
-    reference is only read.
+    The same bytes, or a candidate pair from the embedding search that the self-deduplication's
+    ``PairOracle`` accepts (signals, copy verifier, confirm, derived policy): one decision for both;
+    the reference is only read.
     """
     ref = WorkDir(other)
     mine, theirs = embed_info(work), embed_info(ref)
@@ -533,22 +534,20 @@ def match_reference(
         mapper=executor,
     )
     if len(cand):
-        from dedup.hashing import hamming
-
-        q_rows = unique[cand.i]
-        ph = meta["phash"].to_numpy().astype(np.uint64)
-        ph_m = meta["phash_mirror"].to_numpy().astype(np.uint64)
-        ref_ph = ref_meta["phash"].to_numpy().astype(np.uint64)
-        dist = np.minimum(hamming(ph[q_rows], ref_ph[cand.j]), hamming(ph_m[q_rows], ref_ph[cand.j]))
-        use = set(config.signals)
-        hit = np.zeros(len(cand), dtype=bool)
-        if "embedding" in use:
-            hit |= cand.sim >= t_emb
-        if "phash" in use:
-            hit |= dist <= config.phash_threshold
+        # the same decision as self-deduplication: reference rows live after this set's unique rows
+        oracle, verifier = _reference_oracle(
+            config, meta, unique, x, ref_meta, ref_emb, mirror, t_emb, t_cand
+        )
+        i, j = cand.i.astype(np.int64), len(unique) + cand.j.astype(np.int64)
+        if verifier is not None:
+            _add_images(work, meta, unique, u_of_row, verifier, np.unique(cand.i))
+            loaded = _load_images(ref, ref_meta, np.unique(cand.j))
+            verifier.add_images((len(unique) + int(r), data) for r, data in loaded)
+        dup, _, cos = oracle.decide_pairs(i, j)
         keys = meta["key"].to_numpy()
-        for t in np.flatnonzero(hit)[np.argsort(-cand.sim[hit], kind="stable")]:
-            found.setdefault(str(keys[q_rows[t]]), (str(ref_keys[cand.j[t]]), float(cand.sim[t])))
+        q_rows = unique[cand.i]
+        for t in np.flatnonzero(dup)[np.argsort(-cos[dup], kind="stable")]:
+            found.setdefault(str(keys[q_rows[t]]), (str(ref_keys[cand.j[t]]), float(cos[t])))
     return pl.DataFrame(
         {
             "key": list(found),
@@ -557,6 +556,52 @@ def match_reference(
         },
         schema={"key": pl.String, "reference_key": pl.String, "reference_similarity": pl.Float32},
     )
+
+
+class _Stacked:
+    """Two embedding arrays indexed as one (this set's unique rows, then the reference's), read row
+    by row: neither is copied into memory whole."""
+
+    def __init__(self, a: np.ndarray, b: np.ndarray) -> None:
+        self.a, self.b = a, b
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), self.a.shape[1]), dtype=np.float32)
+        mine = rows < len(self.a)
+        out[mine] = self.a[rows[mine]]
+        out[~mine] = self.b[rows[~mine] - len(self.a)]
+        return out
+
+
+def _reference_oracle(config, meta, unique, x, ref_meta, ref_emb, mirror, t_emb, t_cand):
+    """The pair decision of ``--against``: the self-deduplication's oracle (signals, verifier, confirm,
+    derived policy) over this set's unique images followed by the reference's."""
+    from dedup.copydetect import CopyVerifier
+
+    use = set(config.signals)
+    shas = meta["sha256"].to_numpy()[unique].tolist() + ref_meta["sha256"].to_list()
+    ids: dict[str, int] = {}
+    sha = np.array([ids.setdefault(h, len(ids)) for h in shas], dtype=np.int64)
+    phash = np.concatenate([meta["phash"].to_numpy()[unique], ref_meta["phash"].to_numpy()]).astype(np.uint64)
+    phash_m = np.concatenate(
+        [meta["phash_mirror"].to_numpy()[unique], ref_meta["phash_mirror"].to_numpy()]
+    ).astype(np.uint64)
+    verifier = CopyVerifier(min_inliers=config.orb_min_inliers) if config.verify == "orb" else None
+    oracle = PairOracle(
+        embeddings=_Stacked(x, ref_emb),  # type: ignore[arg-type]
+        sha=sha,
+        phash=phash,
+        phash_mirror=phash_m,
+        embedding_threshold=t_emb if "embedding" in use else None,
+        phash_threshold=config.phash_threshold if "phash" in use else None,
+        mirror_view=mirror,
+        candidate_threshold=t_cand if verifier is not None else None,
+        examine=verifier.examine if verifier is not None else None,
+        confirm=config.confirm,
+        derived=config.derived,
+    )
+    return oracle, verifier
 
 
 def _mark_reference(clusters: pl.DataFrame, matches: pl.DataFrame) -> pl.DataFrame:

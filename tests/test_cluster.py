@@ -125,3 +125,40 @@ def test_output_does_not_depend_on_the_number_of_verifying_threads(small_demo, t
         outputs.append((work.clusters.read_bytes(), pl.read_parquet(work.pairs)))
     assert outputs[0][0] == outputs[1][0]
     assert outputs[0][1].equals(outputs[1][1])
+
+
+def test_reference_matches_go_through_the_same_copy_decision(tmp_path):
+    """--against decides with the same oracle as self-dedup: a copy of a reference image is marked,
+    another photograph of the same subject (the next frame of a sequence: pHash distance 6, within the
+    hash threshold, but not a copy) is not."""
+    from bench.copydetect import _package_dir
+
+    images = _package_dir("mvtbdata") / "images"
+
+    def real(name: str, side: int = 320) -> Image.Image:
+        im = Image.open(images / name).convert("RGB")
+        s = side / max(im.size)
+        return im.resize((round(im.width * s), round(im.height * s)), Image.LANCZOS)
+
+    ref, work = WorkDir(tmp_path / "eval"), WorkDir(tmp_path / "train")
+    write_download_shard(
+        ref,
+        0,
+        [
+            ("r_frame", encode(real("seq/im.002.png")), "frame 2", "jpg"),
+            ("r_walls", encode(real("walls-l.png")), "walls", "jpg"),
+        ],
+    )
+    copy = real("walls-l.png").resize((256, 192), Image.LANCZOS)
+    items = [
+        ("t_next_frame", encode(real("seq/im.003.png")), "frame 3", "jpg"),
+        ("t_walls_copy", encode(copy, quality=70), "walls again", "jpg"),
+    ]
+    items += [(f"t{s}", encode(photo(s, (160, 120))), f"train {s}", "jpg") for s in range(100, 104)]
+    write_download_shard(work, 0, items)
+    for w in (ref, work):
+        run_embed(EmbedConfig(embedder="descriptor"), w, progress=False)
+    run_cluster(ClusterConfig(against=str(ref.root)), work, progress=False)
+    clusters = pl.read_parquet(work.clusters)
+    marked = {k: v for k, v in zip(clusters["key"], clusters["reference_key"], strict=True) if v is not None}
+    assert marked == {"t_walls_copy": "r_walls"}
