@@ -46,6 +46,7 @@ TARGETS: dict[str, list[str]] = {
     "dedup/representatives.py": ["tests/test_representatives.py", "tests/reliability/test_planted_bugs.py"],
     "dedup/write.py": [
         "tests/test_tar_index.py",
+        "tests/test_write_stage.py",
         "tests/reliability/test_ledger.py",
         "tests/reliability/test_planted_bugs.py",
         "tests/reliability/test_verify.py",

@@ -132,3 +132,40 @@ def test_a_bad_header_checksum_is_refused_with_its_offset(tmp_path):
 def test_an_empty_file_has_no_samples(tmp_path):
     (tmp_path / "e.tar").write_bytes(b"")
     assert index_tar(tmp_path / "e.tar", 0) == []
+
+
+def _rewrite_field(raw: bytearray, header: int, lo: int, hi: int, value: bytes) -> None:
+    raw[header + lo : header + hi] = value.ljust(hi - lo, b"\0")
+    raw[header + 148 : header + 156] = b" " * 8
+    raw[header + 148 : header + 156] = b"%06o\0 " % (sum(raw[header : header + 512]))
+
+
+def test_size_fields_without_zero_padding_or_empty_read_as_tar_does(tmp_path):
+    """Some writers do not zero-pad numbers ('1750' for 1000) or leave a zero size empty; an
+    unpadded number starting with an odd digit must not be taken for GNU base-256."""
+    tar = _tar(
+        tmp_path / "p.tar",
+        [("a.bin", b"x" * 1000), ("b.txt", b""), ("c.bin", b"y" * 10)],
+        tarfile.USTAR_FORMAT,
+    )
+    before = index_tar(tar, 0)
+    raw = bytearray(tar.read_bytes())
+    with tarfile.open(tar) as t:
+        a, b = t.getmember("a.bin"), t.getmember("b.txt")
+    _rewrite_field(raw, a.offset, 124, 136, b"%o" % 1000)  # b"1750"
+    _rewrite_field(raw, b.offset, 124, 136, b"")  # no digits at all: size 0
+    tar.write_bytes(bytes(raw))
+    assert index_tar(tar, 0) == before
+    with tarfile.open(tar) as t:
+        assert [m.size for m in t.getmembers()] == [1000, 0, 10]
+
+
+def test_a_tar_without_end_of_archive_blocks_is_indexed_to_its_last_member(tmp_path):
+    """A tar cut right after its last member (no zero blocks; the last member empty, so its header
+    is the file's final 512 bytes) still yields every sample."""
+    tar = _tar(tmp_path / "n.tar", [("a.jpg", b"x" * 700), ("b.txt", b"")], tarfile.USTAR_FORMAT)
+    spans = index_tar(tar, 0)
+    data = tar.read_bytes()
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(data[: spans[-1].end])
+    assert index_tar(cut, 0) == spans and spans[-1].end == spans[-1].start + 512
