@@ -187,3 +187,43 @@ def test_dedup_run_with_executor_ray_from_a_config(tmp_path, cli):
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
         "error: --executor spark: choose from local, ray"
     ], bad.stderr
+
+
+def test_download_through_img2datasets_ray_distributor_matches_a_local_download(tmp_path, ray_executor):
+    """Under --executor ray the download stage uses img2dataset's own ray distributor; the shards and
+    their parquet hold the same samples as a multiprocessing download."""
+    import polars as pl
+
+    from dedup.config import DownloadConfig
+    from dedup.download import run_download
+    from dedup.serve import serve_directory
+    from dedup.shards import iter_samples
+
+    site = tmp_path / "site"
+    site.mkdir()
+    for i in range(10):
+        (site / f"{i}.jpg").write_bytes(encode(photo(i)))
+    url_list = tmp_path / "urls.parquet"
+    got = {}
+    with serve_directory(site) as base:
+        pl.DataFrame(
+            {
+                "URL": [f"{base}/{i}.jpg" for i in range(10)] + [f"{base}/gone.jpg"],
+                "TEXT": [f"c{i}" for i in range(11)],
+            }
+        ).write_parquet(url_list)
+        for distributor in ("multiprocessing", "ray"):
+            work = WorkDir(tmp_path / distributor)
+            cfg = DownloadConfig(
+                url_list=str(url_list), samples_per_shard=4, threads=2, distributor=distributor
+            )
+            summary = run_download(cfg, work)
+            members = {
+                s.key: s.members
+                for shard in work.download_shards()
+                for s in iter_samples(work.download_tar(shard))
+            }
+            got[distributor] = (summary["successes"], summary["failed"], members)
+    assert got["ray"][:2] == got["multiprocessing"][:2] == (10, 1)
+    assert got["ray"][2].keys() == got["multiprocessing"][2].keys()
+    assert all(got["ray"][2][k]["jpg"] == got["multiprocessing"][2][k]["jpg"] for k in got["ray"][2])
