@@ -156,7 +156,7 @@ def test_the_experiment_runs_every_arm_per_replicate_and_resumes(small_demo, tmp
     from attack.experiment import ARMS, run_experiment
     from dedup.layout import ExperimentDir, read_json
 
-    cfg = AttackConfig(**{**TINY, "steps": 12, "samples": 16})
+    cfg = AttackConfig(**{**TINY, "steps": 6, "samples": 8, "max_distinct": 40, "sample_steps": 3})
     out = tmp_path / "exp"
     s = run_experiment(small_demo.root, small_demo.root, out, cfg, [0, 1], holdout=20, progress=False)
     paths = ExperimentDir(out)
@@ -165,10 +165,10 @@ def test_the_experiment_runs_every_arm_per_replicate_and_resumes(small_demo, tmp
         runs = {a: read_json(paths.result(seed, a)) for a in ARMS}
         n_before, n_after = runs["before"]["training_images"], runs["after"]["training_images"]
         assert n_after < n_before and runs["random_removal"]["training_images"] == n_after
-        assert runs["after_equal_passes"]["steps"] == max(1, round(12 * n_after / n_before))
+        assert runs["after_equal_passes"]["steps"] == max(1, round(6 * n_after / n_before))
         assert runs["before"]["non_members"] == 20 and runs["before"]["membership"]["all"]["members"] > 0
         # every arm of a replicate is judged on the same prompts: the same number of generations
-        assert {r["continuous"]["generations"] for r in runs.values()} == {16}
+        assert {r["continuous"]["generations"] for r in runs.values()} == {8}
     diff = s["arms"]["after"]["difference"]["calibrated<=1/3"]["total"]
     before = [read_json(paths.result(x, "before"))["extracted"]["calibrated<=1/3"]["total"] for x in (0, 1)]
     after = [read_json(paths.result(x, "after"))["extracted"]["calibrated<=1/3"]["total"] for x in (0, 1)]

@@ -168,13 +168,14 @@ def test_without_ray_the_executor_says_what_to_install(monkeypatch):
         make_executor("ray")
 
 
-def test_dedup_run_with_executor_ray_from_a_config(tmp_path, cli):
-    """The CLI drives the same stages on Ray (a local cluster started and stopped by the run)."""
+def test_dedup_run_with_executor_ray_from_a_config(tmp_path, cli, ray_executor):
+    """The CLI drives the same stages on Ray, joining a running cluster by its address."""
     local, remote = _dataset(tmp_path / "local"), _dataset(tmp_path / "ray")
     _pipeline(local, None)
+    address = ray.get_runtime_context().gcs_address
     config = tmp_path / "ray.yaml"
     config.write_text(
-        f"workdir: {remote.root}\nexecutor: ray\nray: {{num_cpus: 2}}\n"
+        f"workdir: {remote.root}\nexecutor: ray\nray: {{address: '{address}'}}\n"
         "embed: {embedder: descriptor}\ncluster: {search: ivf, nlist: 4, nprobe: 2}\n"
         "write: {samples_per_shard: 7}\nstages: [embed, cluster, write]\n"
     )
