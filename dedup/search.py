@@ -110,7 +110,7 @@ def exact_search(
         "kk": kk,
         "threshold": threshold - SIM_MARGIN,
         "block_size": block_size,
-        "progress": progress and mapper is None,
+        "progress": progress and _in_process(mapper),
     }
     cand = _merge(_run(_exact_blocks, steps, shared, mapper), symmetric)
     return _rescored(cand, base, q_all, views, threshold)
@@ -250,7 +250,7 @@ def ivf_search(
             "asked": [q_row[q_order[q_bounds[p] : q_bounds[p + 1]]] for p in range(nlist)],
             "kk": kk,
             "threshold": threshold - SIM_MARGIN,
-            "progress": progress and mapper is None,
+            "progress": progress and _in_process(mapper),
         }
         parts += _run(_partition_hits, list(range(nlist)), shared, mapper)
     return _rescored(_merge(parts, symmetric), base, q_all, views, threshold)
@@ -314,11 +314,17 @@ def _run(fn: Callable[[Any, Any], Any], items: list[Any], shared: Any, mapper: M
     changes where the work runs, never a result."""
     if not items:
         return []
-    n = 1 if mapper is None else min(len(items), 4 * max(1, mapper.parallelism))
+    if _in_process(mapper):
+        return fn(shared, items)
+    n = min(len(items), 4 * mapper.parallelism)  # type: ignore[union-attr]
     size = -(-len(items) // n)
     groups = [items[i : i + size] for i in range(0, len(items), size)]
-    done = [fn(shared, g) for g in groups] if mapper is None else mapper.map(fn, groups, shared)
-    return [part for group in done for part in group]
+    return [part for group in mapper.map(fn, groups, shared) for part in group]  # type: ignore[union-attr]
+
+
+def _in_process(mapper: Mapper | None) -> bool:
+    """No executor, or one that runs one piece at a time here: one piece, with its progress bar."""
+    return mapper is None or mapper.parallelism <= 1
 
 
 def _shareable(x: np.ndarray) -> Any:
