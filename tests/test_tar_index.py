@@ -169,3 +169,33 @@ def test_a_tar_without_end_of_archive_blocks_is_indexed_to_its_last_member(tmp_p
     cut = tmp_path / "cut.tar"
     cut.write_bytes(data[: spans[-1].end])
     assert index_tar(cut, 0) == spans and spans[-1].end == spans[-1].start + 512
+
+
+def test_a_pax_path_without_an_extension_keeps_its_whole_name(tmp_path):
+    """pax records are "LEN key=value\\n"; a value read one byte too long would change a key whose
+    name has no extension to cut it off."""
+    name = LONG + "README"
+    tar = _tar(tmp_path / "x.tar", [(name, b"r" * 30), (LONG + "z.txt", b"z")], tarfile.PAX_FORMAT)
+    got = index_tar(tar, 0)
+    assert got == _expected(tar, 0) and got[0].key == name
+
+
+def test_a_name_filling_the_whole_name_field_and_a_pax_size_of_whole_blocks(tmp_path):
+    """A 100-byte name has no NUL terminator (the next field must not leak into it); a pax size that
+    is a whole number of blocks must not gain a block."""
+    exact = "n" * 96 + ".jpg"
+    tar = _tar(tmp_path / "full.tar", [(exact, b"a" * 512), ("b.txt", b"b")], tarfile.USTAR_FORMAT)
+    got = index_tar(tar, 0)
+    assert got == _expected(tar, 0) and got[0].key == "n" * 96
+    big = tmp_path / "pax.tar"
+    with tarfile.open(big, "w", format=tarfile.PAX_FORMAT) as t:
+        for key, size in (("a", 1024), ("b", 5)):
+            info = tarfile.TarInfo(f"{key}.bin")
+            info.size = size
+            info.pax_headers = {"size": str(size)}
+            t.addfile(info, io.BytesIO(b"x" * size))
+    raw = bytearray(big.read_bytes())
+    header = index_tar(big, 0)[0].start + 1024
+    _rewrite_field(raw, header, 124, 136, b"")  # the size lives only in the pax record
+    big.write_bytes(bytes(raw))
+    assert [(s.key, s.size) for s in index_tar(big, 0)] == [("a", 1024 + 512 + 1024), ("b", 1024 + 512 + 512)]

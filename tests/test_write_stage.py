@@ -76,6 +76,8 @@ def test_reruns_skip_what_is_done_and_redo_what_changed(clustered, tmp_path):
     run_write(WriteConfig(samples_per_shard=5), fresh, progress=False)
     assert _outputs(work) == _outputs(fresh)
     assert len(shards_in(work.dedup_dir)) == changed["output_shards"]  # no shard left past the new end
+    markers = sorted(int(p.stem) for p in (work.manifest_dir / "write").glob("*.json"))
+    assert markers == list(range(changed["output_shards"]))  # nor a marker
 
 
 def test_output_stats_are_img2datasets_and_add_up(clustered, tmp_path):
@@ -105,3 +107,4 @@ def test_dry_run_reports_without_writing_and_the_summary_reads(clustered, tmp_pa
     done = run_write(WriteConfig(samples_per_shard=10), work, progress=False)
     text = format_write_summary(done)
     assert "wrote 2 of 2 output shard(s)" in text and "dry run" not in text
+    assert f"{done['output_bytes'] / 1e6:.2f} MB" in text and 0 <= done["seconds"] < 600
