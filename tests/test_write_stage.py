@@ -13,7 +13,7 @@ from dedup.cluster import run_cluster
 from dedup.config import ClusterConfig, EmbedConfig, WriteConfig
 from dedup.embed import run_embed
 from dedup.layout import WorkDir, read_marker, shards_in
-from dedup.write import Span, _ranges, copy_spans, format_write_summary, run_write
+from dedup.write import Span, _ranges, copy_spans, format_write_summary, index_shards, run_write
 
 
 def test_adjacent_spans_of_one_input_merge_into_one_range():
@@ -34,6 +34,8 @@ def clustered(tmp_path_factory):
     for shard in range(3):
         items = [(f"{shard}{i:03d}", encode(photo(10 * shard + i)), f"photo {i}", "jpg") for i in range(6)]
         items.append((f"{shard}copy", encode(photo(10 * shard)), "a copy", "jpg"))  # an exact copy
+        if shard == 0:
+            items.append(("0gone", None, "never downloaded", "jpg"))
         write_download_shard(work, shard, items)
     run_embed(EmbedConfig(embedder="descriptor"), work, progress=False)
     run_cluster(ClusterConfig(), work, progress=False)
@@ -98,11 +100,15 @@ def test_output_stats_are_img2datasets_and_add_up(clustered, tmp_path):
 def test_dry_run_reports_without_writing_and_the_summary_reads(clustered, tmp_path):
     work = _copy(clustered, tmp_path / "w")
     dry = run_write(WriteConfig(), work, dry_run=True, progress=False)
-    assert dry["dry_run"] is True and dry["input_samples"] == 21
+    assert dry["dry_run"] is True and dry["input_samples"] == 22
     assert dry["by_reason"]["duplicate"]["samples"] == 3 and dry["kept"] == 18
+    assert dry["by_reason"]["download_failed"] == {"samples": 1, "bytes": 0}  # no bytes in any tar
+    copies = [s for shard in index_shards(work).values() for s in shard if s.key.endswith("copy")]
+    assert dry["by_reason"]["duplicate"]["bytes"] == sum(s.size for s in copies) > 0
     assert not work.dedup_dir.exists() and not work.ledger.exists()
     text = format_write_summary(dry)
-    assert text.splitlines()[0] == "21 input samples: 18 kept, 3 removed"
+    assert text.splitlines()[0] == "22 input samples: 18 kept, 4 removed"
+    assert f"{dry['by_reason']['duplicate']['bytes'] / 1e6:>9.2f} MB" in text
     assert "duplicate" in text and "kept " not in text and "(dry run: nothing written)" in text
     done = run_write(WriteConfig(samples_per_shard=10), work, progress=False)
     text = format_write_summary(done)
