@@ -265,24 +265,7 @@ def _run_cluster(
         .to_numpy()
     )
     ctx = RankContext(x, area[unique], unique.astype(np.int64), [meta["caption"][int(r)] for r in unique])
-    verifier = None
-    if config.verify == "orb":
-        from dedup.copydetect import CopyVerifier
-
-        verifier = CopyVerifier(min_inliers=config.orb_min_inliers)
-    oracle = PairOracle(
-        embeddings=x,
-        sha=np.arange(len(unique)),
-        phash=phash,
-        phash_mirror=phash_m,
-        embedding_threshold=t_emb if "embedding" in use else None,
-        phash_threshold=config.phash_threshold if "phash" in use else None,
-        mirror_view=mirror,
-        candidate_threshold=t_cand if verifier is not None else None,
-        examine=verifier.examine if verifier is not None else None,
-        confirm=config.confirm,
-        derived=config.derived,
-    )
+    oracle, verifier = _pair_oracle(config, x, np.arange(len(unique)), phash, phash_m, mirror, t_emb, t_cand)
     signal, check, cos = oracle.proposed(pi, pj)
     dist = pair_phash_distance(phash, phash_m, pi, pj)
     linked = votes > 0
@@ -577,9 +560,6 @@ class _Stacked:
 def _reference_oracle(config, meta, unique, x, ref_meta, ref_emb, mirror, t_emb, t_cand):
     """The pair decision of ``--against``: the self-deduplication's oracle (signals, verifier, confirm,
     derived policy) over this set's unique images followed by the reference's."""
-    from dedup.copydetect import CopyVerifier
-
-    use = set(config.signals)
     shas = meta["sha256"].to_numpy()[unique].tolist() + ref_meta["sha256"].to_list()
     ids: dict[str, int] = {}
     sha = np.array([ids.setdefault(h, len(ids)) for h in shas], dtype=np.int64)
@@ -587,9 +567,19 @@ def _reference_oracle(config, meta, unique, x, ref_meta, ref_emb, mirror, t_emb,
     phash_m = np.concatenate(
         [meta["phash_mirror"].to_numpy()[unique], ref_meta["phash_mirror"].to_numpy()]
     ).astype(np.uint64)
+    embeddings = _Stacked(x, ref_emb)
+    return _pair_oracle(config, embeddings, sha, phash, phash_m, mirror, t_emb, t_cand)  # type: ignore[arg-type]
+
+
+def _pair_oracle(config, embeddings, sha, phash, phash_m, mirror, t_emb, t_cand):
+    """The one pair decision (``PairOracle``) with the config's signals, verifier, confirm and derived
+    policy; self-dedup and ``--against`` both build it here."""
+    from dedup.copydetect import CopyVerifier
+
+    use = set(config.signals)
     verifier = CopyVerifier(min_inliers=config.orb_min_inliers) if config.verify == "orb" else None
     oracle = PairOracle(
-        embeddings=_Stacked(x, ref_emb),  # type: ignore[arg-type]
+        embeddings=embeddings,
         sha=sha,
         phash=phash,
         phash_mirror=phash_m,
