@@ -87,12 +87,14 @@ def thresholds(config: ClusterConfig, embedder: str) -> tuple[float, float]:
     return float(t), float(min(c, t))
 
 
-def _mirror_view(info: dict[str, Any]):
-    if info.get("embedder") != "descriptor":
+def _mirror_view(embedder: str, dim: int):
+    """The descriptor's width comes from the stored vectors, not the summary, which a killed run may
+    not have written."""
+    if embedder != "descriptor":
         return None
     from dedup.embedders import mirror_descriptors
 
-    side = round(np.sqrt(int(info["dim"]) // 3))
+    side = round(np.sqrt(dim // 3))
     return lambda q: mirror_descriptors(q, side)
 
 
@@ -204,7 +206,6 @@ def _run_cluster(
     n = meta.height
     if n == 0:
         raise UserError(f"{work.embed_dir}: no successfully embedded images to cluster")
-    mirror = _mirror_view(info)
     use = set(config.signals)
     # The verifier's own candidates (a cosine band, shared keypoints) serve the near-duplicate signals:
     # with `signals: [exact]` only byte-identical copies are removed.
@@ -221,6 +222,7 @@ def _run_cluster(
     u_of_row[unique] = np.arange(len(unique))
     embed_rows = meta["_embed_row"].to_numpy().astype(np.int64)
     x = embeddings_memmap(work, embed_rows[unique], work.cluster_dir / "_embeddings.f16.npy")
+    mirror = _mirror_view(embedder, int(x.shape[1]))
     phash = meta["phash"].to_numpy().astype(np.uint64)[unique]
     phash_m = meta["phash_mirror"].to_numpy().astype(np.uint64)[unique]
 
@@ -486,18 +488,18 @@ def match_reference(
     """
     ref = WorkDir(other)
     mine, theirs = embed_info(work), embed_info(ref)
-    if mine.get("model") != theirs.get("model") or mine.get("dim") != theirs.get("dim"):
-        raise UserError(
-            f"{other}: embedded with {theirs.get('model')} (dim {theirs.get('dim')}), "
-            f"this work directory with {mine.get('model')} (dim {mine.get('dim')}); "
-            "embed both with the same model"
-        )
     ref_meta_all = load_metadata(ref)
     ok = (ref_meta_all["status"] == OK).to_numpy()
     ref_meta = ref_meta_all.filter(ok)
     ref_emb = embeddings_memmap(ref, np.flatnonzero(ok), work.cluster_dir / "_reference.f16.npy")
+    if mine.get("model") != theirs.get("model") or x.shape[1] != ref_emb.shape[1]:
+        raise UserError(
+            f"{other}: embedded with {theirs.get('model')} (dim {ref_emb.shape[1]}), "
+            f"this work directory with {mine.get('model')} (dim {x.shape[1]}); "
+            "embed both with the same model"
+        )
     ref_keys = ref_meta["key"].to_numpy()
-    mirror = _mirror_view(mine)
+    mirror = _mirror_view(str(mine.get("embedder")), int(x.shape[1]))
     found: dict[str, tuple[str, float]] = {}
     by_sha = dict(zip(ref_meta["sha256"].to_list(), ref_keys.tolist(), strict=True))
     for key, sha in zip(meta["key"].to_list(), meta["sha256"].to_list(), strict=True):

@@ -292,6 +292,7 @@ def embed_shard(
         input=work.input_identity(shard),
         ok=int((meta["status"] == OK).sum()) if meta.height else 0,
         statuses={s: n for s, n in statuses},
+        made_by=_describe(embedder, lookup),  # the summary needs it when a rerun embeds nothing
     )
     return meta.height
 
@@ -382,12 +383,16 @@ def _summary(
     previous = read_json(work.embed_summary) if work.embed_summary.exists() else {}
     statuses: dict[str, int] = {}
     total = 0
+    recorded: dict[str, Any] = {}
     for shard in work.download_shards():
         marker = read_marker(work, "embed", shard) or {}
         total += marker.get("rows", 0)
+        recorded = recorded or marker.get("made_by", {})
         for s, n in marker.get("statuses", {}).items():
             statuses[s] = statuses.get(s, 0) + n
-    source = made_by or previous
+    # a run killed after its last shard and before this summary leaves nothing to embed on rerun:
+    # what made the vectors then comes from the shards' markers, not from this run
+    source = made_by or recorded or previous
     model, dim = source.get("model"), source.get("dim")
     device, precision = source.get("device"), source.get("precision")
     return {

@@ -82,6 +82,23 @@ def test_descriptor_stage_hashes_and_statuses(tmp_path):
     assert hamming(mirror[by["mirrored"]], orig) <= 6 < hamming(ph[by["mirrored"]], orig)
 
 
+def test_killed_after_last_shard_before_summary_rerun_still_says_what_made_the_vectors(tmp_path):
+    """A kill between the last shard's marker and the summary leaves nothing to embed on rerun: the
+    summary must still name the model and width (cluster reads them), from the shards' markers."""
+    from dedup.cluster import run_cluster
+    from dedup.config import ClusterConfig
+
+    work = WorkDir(tmp_path / "w")
+    _copies_shard(work)
+    config = EmbedConfig(embedder="descriptor", workers=1, batch_size=4)
+    first = run_embed(config, work, progress=False)
+    work.embed_summary.unlink()  # the state a kill -9 in that window leaves
+    again = run_embed(config, work, progress=False)
+    assert again["skipped_shards"] == 1 and again["run_images"] == 0
+    assert (again["model"], again["dim"]) == (first["model"], first["dim"]) and first["dim"] > 0
+    assert run_cluster(ClusterConfig(), work, progress=False)["clustered"] == 11
+
+
 def test_phash_matches_imagehash_bit_for_bit():
     imagehash = pytest.importorskip("imagehash")
     for seed in range(5):
