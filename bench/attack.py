@@ -2,11 +2,13 @@
 over several replicates, then generate-and-filter on replicate 0's before model (do duplicated
 captions get flagged more than singletons the model trained on, and than singletons it never saw?).
 
-Usage: python -m bench.attack [--seeds N]   (default 5; about 30 minutes per replicate on 2 cores,
-four trainings of ~6 minutes each plus sampling). Work directory: bench/out/demo (built by the demo
-pipeline's dedup stages if missing). Every finished run is kept under bench/out/demo/experiment:
-stop it at any time and rerun the same command to resume; bench/out/demo/experiment/summary.md is
-rewritten after each replicate.
+Usage: python -m bench.attack [--seeds N] [--corpus tiles|photos] [--arms a,b]
+(default 5 seeds, the tiles corpus, every arm; about 25 minutes per replicate on 2 cores, four
+trainings of ~6 minutes each plus sampling). Work directory: bench/out/demo for the demo's tiles,
+bench/out/photos for whole photographs (#13 item 5: distinctive at 16 px, deduplication removes
+a minority); either is built by the demo pipeline's dedup stages if missing. Every finished run is
+kept under WORKDIR/experiment: stop it at any time and rerun the same command to resume;
+WORKDIR/experiment/summary.md is rewritten after each replicate.
 """
 
 from __future__ import annotations
@@ -20,20 +22,27 @@ import numpy as np
 import polars as pl
 
 from attack.config import AttackConfig
-from attack.experiment import format_experiment, run_experiment
+from attack.experiment import ARMS, format_experiment, run_experiment
 from attack.generate_filter import Settings, candidates, run_generate_filter
 from attack.generators import DDPMGenerator
 from dedup.layout import ExperimentDir, GenerateFilterDir, WorkDir
 
-ROOT = Path("bench/out/demo")
+ROOTS = {"tiles": Path("bench/out/demo"), "photos": Path("bench/out/photos")}
+# Non-members for membership inference: singletons no arm trains on. The photos corpus has ~75
+# singletons in all, so it sets fewer apart.
+HOLDOUTS = {"tiles": 200, "photos": 15}
 
 
-def ensure_workdir() -> WorkDir:
-    work = WorkDir(ROOT)
+def ensure_workdir(corpus: str) -> WorkDir:
+    root = ROOTS[corpus]
+    work = WorkDir(root)
     if not work.ledger.exists():
-        from dedup.pipeline import run_demo
+        from dedup.config import DemoConfig
+        from dedup.pipeline import demo_config, run_demo
 
-        run_demo(ROOT, stages=["download", "embed", "cluster", "write"])
+        cfg = demo_config()
+        cfg.demo = DemoConfig(kind=corpus)
+        run_demo(root, cfg, stages=["download", "embed", "cluster", "write"])
     return work
 
 
@@ -87,24 +96,36 @@ def flagging(work: WorkDir, seed: int, k: int = 24, per_group: int = 40) -> dict
     return s
 
 
-def experiment(work: WorkDir, seeds: int) -> dict:
+def experiment(
+    work: WorkDir, seeds: int, arms: tuple[str, ...] = ARMS, holdout: int = HOLDOUTS["tiles"]
+) -> dict:
     """The arms over replicates 0..seeds-1, one replicate at a time: summary.md grows as they finish."""
     out = work.root / "experiment"
     summary: dict = {}
     for n in range(1, seeds + 1):
         t = time.time()
-        summary = run_experiment(work.root, work.root, out, AttackConfig(), list(range(n)), progress=False)
+        summary = run_experiment(
+            work.root, work.root, out, AttackConfig(), list(range(n)), arms, holdout=holdout, progress=False
+        )
         print(f"\n## after {n} replicate(s) ({time.time() - t:.0f} s this round)\n", flush=True)
         print(format_experiment(summary), flush=True)
     return summary
 
 
+def _option(argv: list[str], name: str, default: str) -> str:
+    return argv[argv.index(name) + 1] if name in argv else default
+
+
 def main(argv: list[str]) -> None:
-    seeds = int(argv[argv.index("--seeds") + 1]) if "--seeds" in argv else 5
-    work = ensure_workdir()
-    summary = experiment(work, seeds)
+    seeds = int(_option(argv, "--seeds", "5"))
+    corpus = _option(argv, "--corpus", "tiles")
+    arms = tuple(_option(argv, "--arms", ",".join(ARMS)).split(","))
+    if corpus not in ROOTS:
+        sys.exit(f"--corpus: one of {', '.join(ROOTS)} (got {corpus!r})")
+    work = ensure_workdir(corpus)
+    summary = experiment(work, seeds, arms, HOLDOUTS[corpus])
     flags = flagging(work, 0)
-    (ROOT / "attack_results.json").write_text(
+    (work.root / "attack_results.json").write_text(
         json.dumps({"experiment": summary, "generate_filter": flags}, indent=1)
     )
 

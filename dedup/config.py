@@ -126,8 +126,15 @@ class ReportConfig(Section):
 
 class DemoConfig(Section):
     seed: int = 0
-    distinct: int = Field(2000, gt=0, description="distinct base images (tiles of bundled photos)")
-    tile: int = Field(160, ge=32)
+    kind: Literal["tiles", "photos"] = Field(
+        "tiles",
+        description="tiles: `distinct` square tiles cut from the bundled photographs (thousands of images, "
+        "many texture-like at the attack's 16 px); photos: each bundled photograph once, centre-cropped "
+        "square (distinctive at 16 px, but only as many as are bundled; fewer copied, so that deduplication "
+        "removes a minority of the samples, as in the paper)",
+    )
+    distinct: int = Field(2000, gt=0, description="distinct base images (photos: at most this many)")
+    tile: int = Field(160, ge=32, description="side of each base image in pixels")
 
 
 class RayConfig(Section):

@@ -225,6 +225,26 @@ def _detail(tile: np.ndarray) -> float:
 
 
 def make_bases(config: DemoConfig) -> list[Base]:
+    """The distinct images the corpus copies: tiles, or whole photographs (``config.kind``)."""
+    return _photo_bases(config) if config.kind == "photos" else _tile_bases(config)
+
+
+def _photo_bases(config: DemoConfig) -> list[Base]:
+    """Each bundled photograph once, its centred square at ``config.tile`` pixels: a tower, a cup, a
+    room, each recognisable at 16 px, where a texture tile is one of many alike (#13, item 5)."""
+    photos = source_photos()[: config.distinct]
+    phrases = _phrases(len(photos), np.random.default_rng(config.seed + 1))
+    bases = []
+    for (package, path), phrase in zip(photos, phrases, strict=True):
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im).convert("RGB")
+        square = ImageOps.fit(im, (config.tile, config.tile), Image.LANCZOS, centering=(0.5, 0.5))
+        name = path.stem.replace("pexels-", "").replace("_", " ")
+        bases.append(Base(square, f"{phrase}, {_SUBJECTS[package]} {name}", f"{package}/{path.name}"))
+    return bases
+
+
+def _tile_bases(config: DemoConfig) -> list[Base]:
     """``config.distinct`` tiles from the bundled photos, as evenly spread over photos as they allow."""
     photos = source_photos()
     per_photo = int(np.ceil(config.distinct / len(photos) * 8)) + 2
@@ -292,6 +312,22 @@ def copy_counts(n: int, rng: np.random.Generator) -> np.ndarray:
     return counts
 
 
+def photo_copy_counts(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Copies per whole photograph: ~10 % 2-4, ~3.5 % 5-9, ~1.2 % 20-24, the rest once. With as few
+    distinct images as are bundled, LAION's skew would copy one or two; this keeps every bucket
+    populated while deduplication still removes a minority of the samples (~40 %)."""
+    counts = np.ones(n, dtype=int)
+    order = rng.permutation(n)
+    n_small, n_mid, n_big = max(1, round(0.10 * n)), max(1, round(0.035 * n)), max(1, round(0.012 * n))
+    big = order[:n_big]
+    mid = order[n_big : n_big + n_mid]
+    small = order[n_big + n_mid : n_big + n_mid + n_small]
+    counts[big] = rng.integers(20, 25, size=len(big))
+    counts[mid] = rng.integers(5, 10, size=len(mid))
+    counts[small] = rng.integers(2, 5, size=len(small))
+    return counts
+
+
 def _encode(im: Image.Image, fmt: str, quality: int) -> bytes:
     buf = io.BytesIO()
     if fmt == "png":
@@ -341,14 +377,15 @@ def build_corpus(config: DemoConfig, work: WorkDir, failures: bool = True) -> di
     """Write the corpus files under ``work.demo_dir/site`` and the planted truth; reuse a finished build."""
     demo = work.demo_dir
     meta_path = demo / "corpus.json"
-    digest = config_hash(config)
+    # a tiles corpus hashes as it did before `kind` existed: its files are the same, so it is reused
+    digest = config_hash(config.model_dump(exclude={"kind"}) if config.kind == "tiles" else config)
     if meta_path.exists() and work.demo_ground_truth.exists():
         meta = read_json(meta_path)
         if meta.get("config_hash") == digest:
             return meta
     rng = np.random.default_rng(config.seed)
     bases = make_bases(config)
-    counts = copy_counts(len(bases), rng)
+    counts = (photo_copy_counts if config.kind == "photos" else copy_counts)(len(bases), rng)
     site = demo / "site"
     site.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
@@ -422,6 +459,7 @@ def build_corpus(config: DemoConfig, work: WorkDir, failures: bool = True) -> di
         "config_hash": digest,
         "port": port,
         "rows": truth.height,
+        "kind": config.kind,
         "distinct": len(bases),
         "duplicated_groups": int((counts > 1).sum()),
         "copies": int(counts.sum()),

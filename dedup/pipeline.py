@@ -155,7 +155,8 @@ def run_demo(workdir: Path, cfg: PipelineConfig | None = None, stages: list[str]
     typer.echo(f"== demo corpus in {work.demo_dir}")
     meta = build_corpus(cfg.demo, work)
     typer.echo(
-        f"   {meta['rows']} URLs: {meta['distinct']} distinct tiles of {meta['photos']} bundled photographs, "
+        f"   {meta['rows']} URLs: {meta['distinct']} distinct {_base_word(meta)} of {meta['photos']} bundled "
+        "photographs, "
         f"{meta['duplicated_groups']} of them copied (up to {_largest_group(work)} copies each)"
     )
     cfg.download.url_list = str(work.demo_url_list)
@@ -166,6 +167,10 @@ def run_demo(workdir: Path, cfg: PipelineConfig | None = None, stages: list[str]
         run_pipeline(cfg, stages)
     typer.echo(final_summary(work))
     return work
+
+
+def _base_word(corpus: dict) -> str:
+    return "photographs" if corpus.get("kind") == "photos" else "tiles"
 
 
 def final_summary(work: WorkDir) -> str:
