@@ -358,3 +358,17 @@ def generate_filter_cmd(
     typer.echo(
         f"per caption: {out / 'results.parquet'}; medoids and nearest training images: {out / 'captions'}"
     )
+
+
+def pipeline_stage(cfg: Any, work: Any, executor: Any = None) -> None:
+    """The attack stage of ``dedup run`` / ``make demo`` (dedup.extensions, ``dedup.pipeline_stages``):
+    one before/after comparison on the work directory, said to be an illustration."""
+    from attack.compare import format_compare, run_compare
+
+    typer.echo(format_compare(run_compare(work.root, work.root, work.attack_dir, cfg.attack)))
+    typer.echo(
+        "   one seed, one before/after pair: an illustration, not a measurement. The controlled "
+        "experiment (arms, replicates, intervals, membership inference) is `dedup attack experiment "
+        "WORKDIR --seeds 5`; its numbers on the demo corpus are in bench/RESULTS.md "
+        "(python -m bench.attack)."
+    )

@@ -502,13 +502,15 @@ def status(workdir: WorkdirArg) -> None:
         typer.echo(f"{stage:<10} {text}")
 
 
-def _register_attack() -> None:
-    from attack.cli import app as attack_app
+def _register_commands() -> None:
+    """Sub-apps other packages add (dedup.extensions, ``dedup.commands``): ``dedup attack ...``."""
+    from dedup.extensions import COMMANDS, extensions
 
-    app.add_typer(attack_app, name="attack", rich_help_panel="Stages")
+    for name, sub_app in extensions(COMMANDS).items():
+        app.add_typer(sub_app, name=name, rich_help_panel="Stages")
 
 
-_register_attack()
+_register_commands()
 
 
 def main() -> None:

@@ -148,17 +148,12 @@ class RayConfig(Section):
     num_cpus: int | None = Field(None, gt=0, description="CPUs of that local cluster [default: all]")
 
 
-# Sections that other packages own, found by entry point (group "dedup.sections" in their
-# pyproject): the attack package registers ``attack = "attack.config:AttackConfig"``, so dedup reads
-# and validates its settings without importing it by name.
-SECTION_GROUP = "dedup.sections"
-
-
 def extension_section(name: str) -> type[Section] | None:
-    from importlib.metadata import entry_points
+    """A config section another package owns (dedup.extensions, group ``dedup.sections``): the attack
+    package registers its AttackConfig, so dedup validates its settings without importing it."""
+    from dedup.extensions import SECTIONS, extension
 
-    found = list(entry_points(group=SECTION_GROUP, name=name))
-    return found[0].load() if found else None
+    return extension(SECTIONS, name)
 
 
 class PipelineConfig(Section):

@@ -75,15 +75,12 @@ def _stage_runners() -> dict[str, Runner]:
         typer.echo(format_write_summary(run_write(cfg.write, work, executor=executor)))
 
     def attack(cfg: PipelineConfig, work: WorkDir, executor: Executor) -> None:
-        from attack.compare import format_compare, run_compare
+        from dedup.extensions import PIPELINE_STAGES, extension
 
-        typer.echo(format_compare(run_compare(work.root, work.root, work.attack_dir, cfg.attack)))
-        typer.echo(
-            "   one seed, one before/after pair: an illustration, not a measurement. The controlled "
-            "experiment (arms, replicates, intervals, membership inference) is `dedup attack experiment "
-            "WORKDIR --seeds 5`; its numbers on the demo corpus are in bench/RESULTS.md "
-            "(python -m bench.attack)."
-        )
+        stage = extension(PIPELINE_STAGES, "attack")
+        if stage is None:
+            raise UserError("the attack stage needs the attack package, which is not installed")
+        stage(cfg, work, executor)
 
     def report(cfg: PipelineConfig, work: WorkDir, executor: Executor) -> None:
         from dedup.report import run_report

@@ -20,7 +20,7 @@ class _Payload:
 
 
 def test_the_reports_reference_file_with_a_pickle_is_refused(tmp_path):
-    from dedup.report import _extracted_pairs
+    from attack.report import _extracted_pairs
 
     work = WorkDir(tmp_path / "w")
     paths = AttackDir(work.attack_dir)
