@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -194,24 +195,88 @@ def run_cluster(
 def _run_cluster(
     config: ClusterConfig, work: WorkDir, progress: bool, executor: Mapper | None
 ) -> dict[str, Any]:
+    """The steps, each a named call: collapse exact copies, propose candidate pairs, verify and decide
+    them (one PairOracle), group, attach the reference's matches, write pairs, clusters, summary."""
     started = time.time()
     check_embeddings(work)
     info = embed_info(work)
-    embedder = str(info.get("embedder"))
-    t_emb, t_cand = thresholds(config, embedder)
+    t_emb, t_cand = thresholds(config, str(info.get("embedder")))
     meta_all = load_metadata(work).with_row_index("_embed_row")
     # Key order, not shard order: img2dataset writes samples in download-completion order, while its
     # keys follow the URL list, so "first seen" and every tie-break mean the same on any rerun.
     meta = meta_all.filter(pl.col("status") == OK).sort("key")
-    n = meta.height
-    if n == 0:
+    if meta.height == 0:
         raise UserError(f"{work.embed_dir}: no successfully embedded images to cluster")
-    use = set(config.signals)
-    # The verifier's own candidates (a cosine band, shared keypoints) serve the near-duplicate signals:
-    # with `signals: [exact]` only byte-identical copies are removed.
-    near = bool(use & {"phash", "embedding"})
+    u = _unique_images(work, meta, str(info.get("embedder")))
+    pairs, method = _candidate_pairs(config, work, u, t_cand, progress, executor)
+    oracle, verifier = _pair_oracle(
+        config, u.x, np.arange(u.count), u.phash, u.phash_m, u.mirror, t_emb, t_cand
+    )
+    _decide_pairs(config, work, meta, u, pairs, oracle, verifier, progress)
+    grouped = _group(config, work, meta, u, pairs, oracle, verifier)
+    clusters = _cluster_table_of(meta, u, grouped)
+    reference = None
+    if config.against:
+        reference = match_reference(
+            config, work, Path(config.against), meta, u.x, u.rows, u.u_of_row, t_emb, t_cand, executor
+        )
+    clusters = _mark_reference(clusters, reference)
+    _add_grouping_pairs(pairs, oracle, u)
+    pair_table = _pair_table(
+        meta["key"].to_numpy(),
+        u.rows,
+        pairs.i,
+        pairs.j,
+        pairs.proposed,
+        pairs.signal,
+        pairs.cos,
+        pairs.dist,
+        pairs.votes,
+        oracle.evidence,
+        u.canonical,
+        u.exact_copy,
+    )
+    with atomic_path(work.pairs) as tmp:
+        pair_table.write_parquet(tmp)
+    with atomic_path(work.clusters) as tmp:
+        clusters.write_parquet(tmp)
+    seconds = time.time() - started
+    summary = _summary(
+        config, info, method, t_emb, t_cand, meta_all.height, clusters, pair_table, oracle.evidence, seconds
+    )
+    if reference is not None:
+        summary["against"] = str(config.against)
+        summary["reference_matches"] = reference.height
+        summary["reference_removed"] = int(clusters["reference_key"].is_not_null().sum())
+    write_json(work.cluster_summary, summary)
+    return summary
 
-    # exact duplicates collapse onto the first-seen copy before any search
+
+@dataclass
+class UniqueImages:
+    """The images left once byte-identical copies collapse onto their first-seen copy (in key order):
+    everything after this step works on these; ``canonical`` maps every row back."""
+
+    canonical: np.ndarray  # row -> the row of its first byte-identical copy
+    rows: np.ndarray  # unique index -> row
+    u_of_row: np.ndarray  # row -> unique index (-1 for an exact copy)
+    embed_rows: np.ndarray  # unique index -> row of the embed stage's arrays
+    x: np.ndarray  # unique index -> embedding (a float16 memory map)
+    phash: np.ndarray
+    phash_m: np.ndarray
+    mirror: Any
+
+    @property
+    def count(self) -> int:
+        return len(self.rows)
+
+    @property
+    def exact_copy(self) -> np.ndarray:
+        return self.canonical != np.arange(len(self.canonical))
+
+
+def _unique_images(work: WorkDir, meta: pl.DataFrame, embedder: str) -> UniqueImages:
+    n = meta.height
     sha_id = meta.select(pl.col("sha256").rank("dense").cast(pl.Int64) - 1).to_series().to_numpy()
     first_of_sha = np.full(sha_id.max() + 1, -1, dtype=np.int64)
     for row in range(n - 1, -1, -1):
@@ -220,20 +285,61 @@ def _run_cluster(
     unique = np.flatnonzero(canonical == np.arange(n))
     u_of_row = np.full(n, -1, dtype=np.int64)
     u_of_row[unique] = np.arange(len(unique))
-    embed_rows = meta["_embed_row"].to_numpy().astype(np.int64)
-    x = embeddings_memmap(work, embed_rows[unique], work.cluster_dir / "_embeddings.f16.npy")
-    mirror = _mirror_view(embedder, int(x.shape[1]))
-    phash = meta["phash"].to_numpy().astype(np.uint64)[unique]
-    phash_m = meta["phash_mirror"].to_numpy().astype(np.uint64)[unique]
+    embed_rows = meta["_embed_row"].to_numpy().astype(np.int64)[unique]
+    x = embeddings_memmap(work, embed_rows, work.cluster_dir / "_embeddings.f16.npy")
+    return UniqueImages(
+        canonical=canonical,
+        rows=unique,
+        u_of_row=u_of_row,
+        embed_rows=embed_rows,
+        x=x,
+        phash=meta["phash"].to_numpy().astype(np.uint64)[unique],
+        phash_m=meta["phash_mirror"].to_numpy().astype(np.uint64)[unique],
+        mirror=_mirror_view(embedder, int(x.shape[1])),
+    )
 
-    # candidate pairs among the unique images
+
+@dataclass
+class PairSet:
+    """Candidate pairs of unique images (i < j) and what each step learnt about them: the signal
+    that proposed it, the final signal ('' = not a duplicate), cosine, pHash distance, shared
+    keypoints, and which pairs the verifier checks / may link."""
+
+    i: np.ndarray
+    j: np.ndarray
+    votes: np.ndarray
+    proposed: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
+    signal: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
+    cos: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    dist: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    # the oracle's acceptances, which grouping links; a pair skipped as already linked through
+    # verified copies is then labelled "implied" in `signal`, but keeps the oracle's answer here
+    accepted: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+
+
+def _near_signals(config: ClusterConfig) -> bool:
+    """The verifier's own candidates (a cosine band, shared keypoints) serve the near-duplicate
+    signals: with `signals: [exact]` only byte-identical copies are removed."""
+    return bool(set(config.signals) & {"phash", "embedding"})
+
+
+def _candidate_pairs(
+    config: ClusterConfig,
+    work: WorkDir,
+    u: UniqueImages,
+    t_cand: float,
+    progress: bool,
+    executor: Mapper | None,
+) -> tuple[PairSet, str]:
+    """Pairs proposed by the embedding search, the pHash index and shared local features, merged."""
+    use, near = set(config.signals), _near_signals(config)
     cand, method = (
         search(
-            x,
+            u.x,
             config.k,
             t_cand,
             config.search,
-            views=[mirror] if mirror else [],
+            views=[u.mirror] if u.mirror else [],
             exact_max=config.exact_max,
             nlist=config.nlist,
             nprobe=config.nprobe,
@@ -246,18 +352,62 @@ def _run_cluster(
     )
     pi, pj = cand.i, cand.j
     if "phash" in use:
-        hi, hj, _ = phash_candidates(phash, phash_m, config.phash_threshold)
+        hi, hj, _ = phash_candidates(u.phash, u.phash_m, config.phash_threshold)
         pi, pj = np.concatenate([pi, hi]), np.concatenate([pj, hj])
     local = (
-        _local_candidates(work, embed_rows[unique], len(unique), config)
+        _local_candidates(work, u.embed_rows, u.count, config)
         if near
         else (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
     )
     pi, pj = np.concatenate([pi, local[0]]), np.concatenate([pj, local[1]])
-    pairs = pl.DataFrame({"i": pi, "j": pj}).unique().sort("i", "j")
-    pi, pj = pairs["i"].to_numpy(), pairs["j"].to_numpy()
-    votes = _votes_of(pi, pj, *local, len(unique))
-    area = (
+    merged = pl.DataFrame({"i": pi, "j": pj}).unique().sort("i", "j")
+    pi, pj = merged["i"].to_numpy(), merged["j"].to_numpy()
+    return PairSet(pi, pj, _votes_of(pi, pj, *local, u.count)), method
+
+
+def _decide_pairs(
+    config: ClusterConfig,
+    work: WorkDir,
+    meta: pl.DataFrame,
+    u: UniqueImages,
+    pairs: PairSet,
+    oracle: PairOracle,
+    verifier: Any,
+    progress: bool,
+) -> None:
+    """Verify the pairs worth verifying, then record the oracle's decision for every pair."""
+    pi, pj = pairs.i, pairs.j
+    signal, check, cos = oracle.proposed(pi, pj)
+    linked = pairs.votes > 0
+    if verifier is not None:
+        # Pairs no global signal accepts are verified only among each sample's most similar
+        # candidates (by cosine, and by shared keypoints); every pair a global signal proposed is
+        # verified (under confirm).
+        chosen = _most_similar(pi, pj, check & (signal == ""), cos, VERIFY_TOP_K_COSINE) | _most_similar(
+            pi, pj, linked & (signal == ""), pairs.votes, VERIFY_TOP_K
+        )
+        linked &= chosen
+        check = (check & (signal != "")) | chosen
+        involved = np.unique(np.concatenate([pi[check], pj[check]])) if check.any() else np.zeros(0, np.int64)
+        _add_images(work, meta, u.rows, u.u_of_row, verifier, involved)
+        order = np.lexsort((-cos, signal == ""))  # proposals by a global signal first, most similar first
+        workers = config.verify_workers or os.cpu_count() or 1
+        looked = _verify_pairs(oracle, pi, pj, order[check[order]], u.count, progress, workers)
+        implied = check & ~looked
+        check &= looked
+    else:
+        implied = np.zeros(len(pi), dtype=bool)
+    pairs.proposed = signal.copy()
+    _, pairs.signal, _ = oracle.decide_pairs(pi, pj, verify=check, linked=linked)
+    pairs.accepted = pairs.signal != ""
+    pairs.signal[implied] = "implied"
+    pairs.cos = cos
+    pairs.dist = pair_phash_distance(u.phash, u.phash_m, pi, pj)
+
+
+def _image_areas(meta: pl.DataFrame) -> np.ndarray:
+    """Pixels of each image as downloaded (before any resize), 0 when unknown."""
+    return (
         meta.select(
             pl.coalesce(pl.col("original_width"), pl.col("width")).cast(pl.Int64)
             * pl.coalesce(pl.col("original_height"), pl.col("height")).cast(pl.Int64)
@@ -266,105 +416,61 @@ def _run_cluster(
         .fill_null(0)
         .to_numpy()
     )
-    ctx = RankContext(x, area[unique], unique.astype(np.int64), [meta["caption"][int(r)] for r in unique])
-    oracle, verifier = _pair_oracle(config, x, np.arange(len(unique)), phash, phash_m, mirror, t_emb, t_cand)
-    signal, check, cos = oracle.proposed(pi, pj)
-    dist = pair_phash_distance(phash, phash_m, pi, pj)
-    linked = votes > 0
-    if verifier is not None:
-        # Pairs no global signal accepts are verified only among each sample's most similar
-        # candidates (by cosine, and by shared keypoints); every pair a global signal proposed is
-        # verified (under confirm).
-        chosen = _most_similar(pi, pj, check & (signal == ""), cos, VERIFY_TOP_K_COSINE) | _most_similar(
-            pi, pj, linked & (signal == ""), votes, VERIFY_TOP_K
-        )
-        linked &= chosen
-        check = (check & (signal != "")) | chosen
-        involved = np.unique(np.concatenate([pi[check], pj[check]])) if check.any() else np.zeros(0, np.int64)
-        _add_images(work, meta, unique, u_of_row, verifier, involved)
-        order = np.lexsort((-cos, signal == ""))  # proposals by a global signal first, most similar first
-        workers = config.verify_workers or os.cpu_count() or 1
-        looked = _verify_pairs(oracle, pi, pj, order[check[order]], len(unique), progress, workers)
-        implied = check & ~looked
-        check &= looked
-    else:
-        implied = np.zeros(len(pi), dtype=bool)
-    proposed = signal.copy()
-    _, signal, _ = oracle.decide_pairs(pi, pj, verify=check, linked=linked)
-    accepted = signal != ""
-    signal[implied] = "implied"
 
+
+def _group(
+    config: ClusterConfig,
+    work: WorkDir,
+    meta: pl.DataFrame,
+    u: UniqueImages,
+    pairs: PairSet,
+    oracle: PairOracle,
+    verifier: Any,
+) -> Any:
+    """Groups of the accepted pairs under the configured policy, each with its representative."""
+    accepted = pairs.accepted
     if verifier is not None:
         # The grouping may verify any member against its representative: load those images too.
         from dedup.grouping import components
 
-        labels = components(len(unique), pi[accepted], pj[accepted])
+        labels = components(u.count, pairs.i[accepted], pairs.j[accepted])
         in_groups = np.flatnonzero(np.bincount(labels)[labels] > 1)
-        _add_images(work, meta, unique, u_of_row, verifier, in_groups[~verifier.has_images(in_groups)])
-    grouped = group(
-        (pi[accepted], pj[accepted]), len(unique), config.grouping, oracle, ctx, config.representative
+        _add_images(work, meta, u.rows, u.u_of_row, verifier, in_groups[~verifier.has_images(in_groups)])
+    captions = [meta["caption"][int(r)] for r in u.rows]
+    ctx = RankContext(u.x, _image_areas(meta)[u.rows], u.rows.astype(np.int64), captions)
+    return group(
+        (pairs.i[accepted], pairs.j[accepted]), u.count, config.grouping, oracle, ctx, config.representative
     )
 
-    rep_row = unique[grouped.representative][u_of_row[canonical]]
-    link = grouped.signal[u_of_row[canonical]].astype(object)
-    link_sim = grouped.similarity[u_of_row[canonical]].astype(np.float32)
-    exact_copy = canonical != np.arange(n)
-    link[exact_copy] = "exact"
-    link_sim[exact_copy] = 1.0
-    # an exact copy of a non-representative hangs on that copy's representative, linked by its signal
+
+def _cluster_table_of(meta: pl.DataFrame, u: UniqueImages, grouped: Any) -> pl.DataFrame:
+    """One row per sample: its representative, by which signal and how similar. An exact copy of a
+    non-representative hangs on that copy's representative, linked by its signal."""
+    of_row = u.u_of_row[u.canonical]
+    rep_row = u.rows[grouped.representative][of_row]
+    link = grouped.signal[of_row].astype(object)
+    link_sim = grouped.similarity[of_row].astype(np.float32)
+    link[u.exact_copy] = "exact"
+    link_sim[u.exact_copy] = 1.0
     keys = meta["key"].to_numpy()
-    rep_keys = keys[rep_row]
-    clusters = _cluster_table(keys, rep_keys, link, link_sim)
-    reference = None
-    if config.against:
-        reference = match_reference(
-            config, work, Path(config.against), meta, x, unique, u_of_row, t_emb, t_cand, executor
-        )
-        clusters = _mark_reference(clusters, reference)
-    else:
-        clusters = clusters.with_columns(
-            pl.lit(None, dtype=pl.String).alias("reference_key"),
-            pl.lit(None, dtype=pl.Float32).alias("reference_similarity"),
-        )
+    return _cluster_table(keys, keys[rep_row], link, link_sim)
 
-    # pairs the grouping verified beyond the candidates (a member against its representative)
-    seen = set(zip(pi.tolist(), pj.tolist(), strict=True))
+
+def _add_grouping_pairs(pairs: PairSet, oracle: PairOracle, u: UniqueImages) -> None:
+    """Pairs the grouping verified beyond the candidates (a member against its representative), so
+    that pairs.parquet holds the evidence for every decision."""
+    seen = set(zip(pairs.i.tolist(), pairs.j.tolist(), strict=True))
     extra = np.array(sorted(p for p in oracle.evidence if p not in seen), dtype=np.int64).reshape(-1, 2)
-    if len(extra):
-        ei, ej = extra[:, 0], extra[:, 1]
-        _, extra_signal, extra_cos = oracle.decide_pairs(ei, ej, linked=np.ones(len(ei), bool))
-        pi, pj = np.concatenate([pi, ei]), np.concatenate([pj, ej])
-        proposed = np.concatenate([proposed, np.full(len(ei), "group", dtype=object)])
-        signal = np.concatenate([signal, extra_signal])
-        cos = np.concatenate([cos, extra_cos])
-        dist = np.concatenate([dist, pair_phash_distance(phash, phash_m, ei, ej)])
-        votes = np.concatenate([votes, np.zeros(len(ei), np.int64)])
-    pair_table = _pair_table(
-        keys, unique, pi, pj, proposed, signal, cos, dist, votes, oracle.evidence, canonical, exact_copy
-    )
-    with atomic_path(work.pairs) as tmp:
-        pair_table.write_parquet(tmp)
-    with atomic_path(work.clusters) as tmp:
-        clusters.write_parquet(tmp)
-
-    summary = _summary(
-        config,
-        info,
-        method,
-        t_emb,
-        t_cand,
-        meta_all.height,
-        clusters,
-        pair_table,
-        oracle.evidence,
-        time.time() - started,
-    )
-    if reference is not None:
-        summary["against"] = str(config.against)
-        summary["reference_matches"] = reference.height
-        summary["reference_removed"] = int(clusters["reference_key"].is_not_null().sum())
-    write_json(work.cluster_summary, summary)
-    return summary
+    if not len(extra):
+        return
+    ei, ej = extra[:, 0], extra[:, 1]
+    _, extra_signal, extra_cos = oracle.decide_pairs(ei, ej, linked=np.ones(len(ei), bool))
+    pairs.i, pairs.j = np.concatenate([pairs.i, ei]), np.concatenate([pairs.j, ej])
+    pairs.proposed = np.concatenate([pairs.proposed, np.full(len(ei), "group", dtype=object)])
+    pairs.signal = np.concatenate([pairs.signal, extra_signal])
+    pairs.cos = np.concatenate([pairs.cos, extra_cos])
+    pairs.dist = np.concatenate([pairs.dist, pair_phash_distance(u.phash, u.phash_m, ei, ej)])
+    pairs.votes = np.concatenate([pairs.votes, np.zeros(len(ei), np.int64)])
 
 
 def _most_similar(pi: np.ndarray, pj: np.ndarray, mask: np.ndarray, score: np.ndarray, k: int) -> np.ndarray:
@@ -596,8 +702,14 @@ def _pair_oracle(config, embeddings, sha, phash, phash_m, mirror, t_emb, t_cand)
     return oracle, verifier
 
 
-def _mark_reference(clusters: pl.DataFrame, matches: pl.DataFrame) -> pl.DataFrame:
-    """A group one of whose members duplicates the reference is, as a whole, a copy of the reference."""
+def _mark_reference(clusters: pl.DataFrame, matches: pl.DataFrame | None) -> pl.DataFrame:
+    """A group one of whose members duplicates the reference is, as a whole, a copy of the reference
+    (without --against, the columns are there and empty)."""
+    if matches is None:
+        return clusters.with_columns(
+            pl.lit(None, dtype=pl.String).alias("reference_key"),
+            pl.lit(None, dtype=pl.Float32).alias("reference_similarity"),
+        )
     per_cluster = (
         clusters.join(matches, on="key", how="inner")
         .sort("reference_similarity", descending=True)
