@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dedup.errors import UserError
+from dedup.core.errors import UserError
 from dedup.options import ConfigOpt, Group, load_pipeline_config
 
 app = typer.Typer(
@@ -33,7 +33,7 @@ Device = Annotated[str | None, typer.Option(help="auto | cpu | cuda. [default: a
 
 
 def _attack_cfg(config: Path | None, **options: Any) -> Any:
-    from dedup.config import override
+    from dedup.core.config import override
 
     return override(load_pipeline_config(config).attack, **options)
 
@@ -142,7 +142,7 @@ def extract_cmd(
     from attack.data import reference_set
     from attack.extract import extract
     from attack.sample import load_generations
-    from dedup.layout import atomic_path
+    from dedup.core.layout import atomic_path
 
     images, prompts = load_generations(generations)
     reference, k, _ = reference_set(train, images.shape[1], clusters)
@@ -196,7 +196,7 @@ def compare_cmd(
     OUT/extracted_pairs.png, per-model tables and checkpoints.
     """
     from attack.compare import format_compare, run_compare
-    from dedup.layout import WorkDir
+    from dedup.core.layout import WorkDir
 
     cfg = _attack_cfg(
         config,
@@ -244,7 +244,7 @@ def experiment_cmd(
     (AUC, TPR at 1 % FPR). Every finished run is kept: rerun the same command to resume.
     """
     from attack.experiment import ARMS, format_experiment, run_experiment
-    from dedup.layout import ExperimentDir, WorkDir
+    from dedup.core.layout import ExperimentDir, WorkDir
 
     chosen = tuple(a.strip() for a in arms.split(",") if a.strip())
     bad = [a for a in chosen if a not in ARMS]
@@ -279,7 +279,7 @@ def candidates_cmd(
     LAION images.
     """
     from attack.generate_filter import candidates
-    from dedup.layout import AttackDir, WorkDir, atomic_path
+    from dedup.core.layout import AttackDir, WorkDir, atomic_path
 
     if top < 1:
         raise UserError(f"--top {top}: the number of groups is at least 1")
@@ -336,7 +336,7 @@ def generate_filter_cmd(
     """
     from attack.generate_filter import Settings, format_generate_filter, run_generate_filter
     from attack.generators import make_generator
-    from dedup.layout import AttackDir
+    from dedup.core.layout import AttackDir
 
     if k < 2:
         raise UserError("-k must be at least 2: a clique needs generations to compare")
@@ -361,7 +361,7 @@ def generate_filter_cmd(
 
 
 def pipeline_stage(cfg: Any, work: Any, executor: Any = None) -> None:
-    """The attack stage of ``dedup run`` / ``make demo`` (dedup.extensions, ``dedup.pipeline_stages``):
+    """The attack stage of ``dedup run`` / ``make demo`` (dedup.core.extensions, ``dedup.pipeline_stages``):
     one before/after comparison on the work directory, said to be an illustration."""
     from attack.compare import format_compare, run_compare
 

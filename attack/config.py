@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from dedup.config import Section
-from dedup.errors import UserError
+from dedup.core.config import Section
+from dedup.core.errors import UserError
 
 
 class AttackConfig(Section):

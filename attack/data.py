@@ -16,9 +16,9 @@ import numpy as np
 import polars as pl
 from PIL import Image, ImageOps
 
-from dedup.errors import UserError
-from dedup.layout import WorkDir, shards_in, tar_in
-from dedup.shards import iter_samples
+from dedup.core.errors import UserError
+from dedup.core.layout import WorkDir, shards_in, tar_in
+from dedup.core.shards import iter_samples
 
 
 @dataclass

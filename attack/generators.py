@@ -18,7 +18,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from dedup.errors import UserError
+from dedup.core.errors import UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
@@ -54,7 +54,7 @@ class DiffusersGenerator:
     def __init__(
         self, name: str, steps: int = 25, guidance: float = 7.5, device: str = "auto", size: int | None = None
     ) -> None:
-        from dedup.optional import require
+        from dedup.core.optional import require
 
         require("diffusers", extra="diffusers", purpose="--generator diffusers:...")
         import torch

@@ -13,9 +13,9 @@ import polars as pl
 from attack.experiment import roc_curves
 from attack.extract import BUCKETS
 from attack.sample import load_generations
-from dedup.errors import UserError
-from dedup.layout import AttackDir, ExperimentDir, WorkDir, read_json
-from dedup.report import _missing, _plt, _save, _table, array_thumb
+from dedup.core.errors import UserError
+from dedup.core.layout import AttackDir, ExperimentDir, WorkDir, read_json
+from dedup.report.stage import _missing, _plt, _save, _table, array_thumb
 
 
 def attack_numbers(work: WorkDir) -> dict[str, Any] | None:
@@ -96,7 +96,7 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], out: Path) -> str
 
 
 def memorization_section(work: WorkDir, out: Path, summary: dict, settings: dict) -> dict[str, Any]:
-    """The report's memorization section (dedup.report, through the ``dedup.report_sections`` entry
+    """The report's memorization section (dedup.report.stage, through the ``dedup.report_sections`` entry
     point): the before/after comparison, the controlled experiment, per-group risk and
     generate-and-filter, each from the attack's files; what it shows is added to ``summary`` and
     ``settings``."""

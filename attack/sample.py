@@ -72,7 +72,7 @@ def sample_to_file(
     progress: bool = True,
 ) -> Path:
     """Sample a checkpoint into an ``.npz`` of generations: images (n, H, W, 3) uint8 and prompts."""
-    from dedup.layout import atomic_path
+    from dedup.core.layout import atomic_path
 
     model, ckpt = load_model(checkpoint, device_for(device))
     prompts = [captions[i % len(captions)] for i in range(n)] if captions else None
@@ -94,7 +94,7 @@ def sample_to_file(
 def load_generations(path: Path) -> tuple[np.ndarray, list[str]]:
     """Images (n, H, W, 3) uint8 and prompts from a generations ``.npz``, read without unpickling:
     a user-supplied file must never run code (a pickled object array is refused)."""
-    from dedup.errors import UserError
+    from dedup.core.errors import UserError
 
     path = Path(path)
     if not path.is_file():

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from attack.model import UNet, UNetConfig, parameter_count, tokenize
 from attack.schedule import Schedule
-from dedup.layout import atomic_path
+from dedup.core.layout import atomic_path
 
 
 @dataclass
@@ -67,7 +67,7 @@ def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
     """A checkpoint from ``dedup attack train``; anything else is a one-line error naming the file."""
-    from dedup.errors import UserError
+    from dedup.core.errors import UserError
 
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)

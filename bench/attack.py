@@ -25,7 +25,7 @@ from attack.config import AttackConfig
 from attack.experiment import ARMS, format_experiment, run_experiment
 from attack.generate_filter import Settings, candidates, run_generate_filter
 from attack.generators import DDPMGenerator
-from dedup.layout import ExperimentDir, GenerateFilterDir, WorkDir
+from dedup.core.layout import ExperimentDir, GenerateFilterDir, WorkDir
 
 ROOTS = {"tiles": Path("bench/out/demo"), "photos": Path("bench/out/photos")}
 # Non-members for membership inference: singletons no arm trains on. The photos corpus has ~75
@@ -37,7 +37,7 @@ def ensure_workdir(corpus: str) -> WorkDir:
     root = ROOTS[corpus]
     work = WorkDir(root)
     if not work.ledger.exists():
-        from dedup.config import DemoConfig
+        from dedup.core.config import DemoConfig
         from dedup.pipeline import demo_config, run_demo
 
         cfg = demo_config()

@@ -338,13 +338,13 @@ def build_corpus(out: Path, seed: int = SEED) -> pl.DataFrame:
 def score(clusters: pl.DataFrame, truth: pl.DataFrame) -> dict[str, Any]:
     """Pair precision/recall on unambiguous pairs, distinct images lost, copies left, derived merged,
     templated chains; recall per transformation and losses per family."""
-    from dedup.evaluate import group_outcomes
+    from dedup.cluster.evaluate import group_outcomes
 
     df = truth.join(clusters.select("key", "cluster_id", "representative_key"), on="key", how="inner")
     unambiguous = df.filter(pl.col("role") != "derived")
     pred = unambiguous["cluster_id"].to_numpy()
     true = unambiguous["group"].to_numpy()
-    from dedup.evaluate import pairwise_scores
+    from dedup.cluster.evaluate import pairwise_scores
 
     pw = pairwise_scores(pred, true)
     # "lost" counts only groups of real photographs and their copies, and templated images
@@ -412,10 +412,10 @@ def score(clusters: pl.DataFrame, truth: pl.DataFrame) -> dict[str, Any]:
 
 def prepare_workdir(root: Path) -> tuple[Path, pl.DataFrame]:
     """Corpus, import and embed (weight-free descriptor), once; later runs reuse them."""
-    from dedup.config import EmbedConfig
-    from dedup.embed import run_embed
-    from dedup.ingest import run_import
-    from dedup.layout import WorkDir
+    from dedup.core.config import EmbedConfig
+    from dedup.core.layout import WorkDir
+    from dedup.download.ingest import run_import
+    from dedup.embed.stage import run_embed
 
     truth_path = root / "truth.parquet"
     truth = pl.read_parquet(truth_path) if truth_path.exists() else build_corpus(root)
@@ -437,9 +437,9 @@ SETTINGS = [
 
 
 def main(argv: list[str]) -> None:
-    from dedup.cluster import run_cluster
-    from dedup.config import ClusterConfig
-    from dedup.layout import WorkDir
+    from dedup.cluster.stage import run_cluster
+    from dedup.core.config import ClusterConfig
+    from dedup.core.layout import WorkDir
 
     root = Path(argv[0]) if argv else Path("bench/out/copydetect")
     started = time.time()

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dedup.config import EmbedConfig
-from dedup.layout import WorkDir
+from dedup.core.config import EmbedConfig
+from dedup.core.layout import WorkDir
 
 MODELS = ("ViT-B-32", "ViT-S-32-alt")
 
@@ -25,7 +25,7 @@ def make_workdir(root: Path, n: int) -> WorkDir:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from conftest import encode, write_download_shard
 
-    from dedup.config import DemoConfig
+    from dedup.core.config import DemoConfig
     from dedup.demo import make_bases
 
     bases = make_bases(DemoConfig(distinct=n))
@@ -41,8 +41,8 @@ def make_workdir(root: Path, n: int) -> WorkDir:
 
 
 def decode_only(work: WorkDir) -> float:
-    from dedup.embed import prepare_sample
-    from dedup.shards import iter_samples
+    from dedup.core.shards import iter_samples
+    from dedup.embed.stage import prepare_sample
 
     t = time.time()
     n = 0
@@ -54,7 +54,7 @@ def decode_only(work: WorkDir) -> float:
 
 
 def forward_only(model: str, ckpt: str, n: int, batch: int) -> float:
-    from dedup.embedders import ClipEmbedder
+    from dedup.embed.embedders import ClipEmbedder
 
     emb = ClipEmbedder(model, ckpt, "auto", "auto")
     x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
@@ -68,7 +68,7 @@ def forward_only(model: str, ckpt: str, n: int, batch: int) -> float:
 
 
 def whole_stage(work: WorkDir, model: str, ckpt: str, batch: int) -> tuple[float, str]:
-    from dedup.embed import run_embed
+    from dedup.embed.stage import run_embed
 
     shutil.rmtree(work.embed_dir, ignore_errors=True)
     shutil.rmtree(work.manifest_dir, ignore_errors=True)

@@ -9,7 +9,7 @@ photos crowd a few regions), with the planted copies on top. Vectors are written
 memory-mapped file in chunks, so N = 10^7 never sits in memory whole.
 
 Methods, all asked for the top k = 16 neighbours with cosine >= 0.9:
-- ``ivf``: this project's search (dedup/search.py: spherical k-means, 2*sqrt(N) partitions, 8 probes,
+- ``ivf``: this project's search (dedup/cluster/search.py: spherical k-means, 2*sqrt(N) partitions, 8 probes,
   one GEMM per partition, float16 rows read from the memory map);
 - ``faiss-ivfflat``: ``IndexIVFFlat`` (inner product, the same nlist and nprobe): holds every vector
   as float32 in RAM;
@@ -129,7 +129,7 @@ def _faiss_search(x: np.memmap, method: str) -> tuple[np.ndarray, np.ndarray, di
 
 
 def run_one(n: int, dist: str, method: str) -> dict:
-    from dedup.search import exact_search, ivf_search
+    from dedup.cluster.search import exact_search, ivf_search
 
     x = make_vectors(n, dist)
     started = time.time()

@@ -36,30 +36,33 @@ OUT = ROOT / "bench" / "out" / "mutation"
 
 # module -> the tests that exercise it in seconds (in process or through the CLI)
 TARGETS: dict[str, list[str]] = {
-    "dedup/ledger.py": [
+    "dedup/write/ledger.py": [
         "tests/reliability/test_ledger.py",
         "tests/reliability/test_planted_bugs.py",
         "tests/reliability/test_verify.py",
         "tests/reliability/test_integrity.py",
     ],
-    "dedup/verify.py": ["tests/reliability/test_verify.py", "tests/reliability/test_integrity.py"],
-    "dedup/representatives.py": ["tests/test_representatives.py", "tests/reliability/test_planted_bugs.py"],
-    "dedup/write.py": [
-        "tests/test_tar_index.py",
-        "tests/test_write_stage.py",
+    "dedup/write/verify.py": ["tests/reliability/test_verify.py", "tests/reliability/test_integrity.py"],
+    "dedup/cluster/representatives.py": [
+        "tests/cluster/test_representatives.py",
+        "tests/reliability/test_planted_bugs.py",
+    ],
+    "dedup/write/stage.py": [
+        "tests/write/test_tar_index.py",
+        "tests/write/test_write_stage.py",
         "tests/reliability/test_ledger.py",
         "tests/reliability/test_planted_bugs.py",
         "tests/reliability/test_verify.py",
         "tests/reliability/test_integrity.py",
     ],
-    "dedup/grouping.py": ["tests/test_grouping.py"],
-    "dedup/hashing.py": [
-        "tests/test_hashing.py",
-        "tests/test_embed.py::test_phash_matches_imagehash_bit_for_bit",
-        "tests/test_grouping.py",
+    "dedup/cluster/grouping.py": ["tests/cluster/test_grouping.py"],
+    "dedup/embed/hashing.py": [
+        "tests/embed/test_hashing.py",
+        "tests/embed/test_embed.py::test_phash_matches_imagehash_bit_for_bit",
+        "tests/cluster/test_grouping.py",
     ],
-    "attack/distance.py": ["tests/test_distance.py"],
-    "attack/extract.py": ["tests/test_extract.py"],
+    "attack/distance.py": ["tests/attack/test_distance.py"],
+    "attack/extract.py": ["tests/attack/test_extract.py"],
 }
 COPY = ("dedup", "attack", "tests", "bench/__init__.py", "configs", "README.md", "pyproject.toml")
 

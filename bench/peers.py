@@ -31,7 +31,7 @@ THRESHOLDS = (4, 8, 10, 12, 16, 20)
 def _components(keys: list[str], pairs: list[tuple[str, str]]) -> pl.DataFrame:
     """clusters table (key, cluster_id, representative_key) from duplicate pairs: connected
     components, the first key of each kept (peers report pairs or sets, not a kept image)."""
-    from dedup.grouping import components
+    from dedup.cluster.grouping import components
 
     index = {k: i for i, k in enumerate(keys)}
     ij = np.array([(index[a], index[b]) for a, b in pairs if a in index and b in index], dtype=np.int64)
@@ -115,11 +115,11 @@ def ours(root: Path, truth: pl.DataFrame, out: Path) -> list[dict[str, Any]]:
     import shutil
 
     from bench.copydetect import SETTINGS, score
-    from dedup.cluster import run_cluster
-    from dedup.config import ClusterConfig, EmbedConfig
-    from dedup.embed import run_embed
-    from dedup.ingest import run_import
-    from dedup.layout import WorkDir
+    from dedup.cluster.stage import run_cluster
+    from dedup.core.config import ClusterConfig, EmbedConfig
+    from dedup.core.layout import WorkDir
+    from dedup.download.ingest import run_import
+    from dedup.embed.stage import run_embed
 
     work = WorkDir(out / "ours")
     shutil.rmtree(work.root, ignore_errors=True)

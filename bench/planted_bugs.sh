@@ -14,14 +14,14 @@ PY
   git checkout -q -- "$1"
   echo "$1: $r"
 }
-plant dedup/ledger.py '        .when(reference)
+plant dedup/write/ledger.py '        .when(reference)
         .then(pl.lit("reference_duplicate"))
         .when(pl.col("is_representative"))
         .then(pl.lit("kept"))' '        .when(pl.col("is_representative"))
         .then(pl.lit("kept"))
         .when(reference)
         .then(pl.lit("reference_duplicate"))'
-plant dedup/representatives.py 'keys = (seen, -ctx.area[members], -np.round(scores, 9))' 'keys = (seen, -np.round(scores, 9))'
-plant dedup/representatives.py 'keys = (seen, -ctx.area[members])' 'keys = (seen,)'
-plant dedup/write.py 'END_OF_ARCHIVE = b"\0" * 1024' 'END_OF_ARCHIVE = b"\0" * 512'
-plant dedup/report.py "cards.append((f\"{cn['removed']:,}\", \"duplicates to remove\"))" "cards.append((f\"{cn['groups']:,}\", \"duplicates to remove\"))"
+plant dedup/cluster/representatives.py 'keys = (seen, -ctx.area[members], -np.round(scores, 9))' 'keys = (seen, -np.round(scores, 9))'
+plant dedup/cluster/representatives.py 'keys = (seen, -ctx.area[members])' 'keys = (seen,)'
+plant dedup/write/stage.py 'END_OF_ARCHIVE = b"\0" * 1024' 'END_OF_ARCHIVE = b"\0" * 512'
+plant dedup/report/stage.py "cards.append((f\"{cn['removed']:,}\", \"duplicates to remove\"))" "cards.append((f\"{cn['groups']:,}\", \"duplicates to remove\"))"

@@ -9,10 +9,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from dedup.cluster import run_cluster
-from dedup.config import ClusterConfig
-from dedup.evaluate import run_evaluate
-from dedup.layout import WorkDir
+from dedup.cluster.evaluate import run_evaluate
+from dedup.cluster.stage import run_cluster
+from dedup.core.config import ClusterConfig
+from dedup.core.layout import WorkDir
 
 SETTINGS = [
     ("pHash <= 10, connected components", dict(signals=["phash"], verify="none", grouping="components")),

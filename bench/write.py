@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from dedup.config import WriteConfig
-from dedup.layout import WorkDir, write_json
-from dedup.write import index_tar, run_write
+from dedup.core.config import WriteConfig
+from dedup.core.layout import WorkDir, write_json
+from dedup.write.stage import index_tar, run_write
 
 SHARDS, PER_SHARD, PAYLOAD = 8, 1500, 64_000
 

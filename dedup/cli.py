@@ -1,6 +1,6 @@
 """The ``dedup`` command line: one sub-command per stage, all thin wrappers over the Python API.
 
-Every stage reads and writes a work directory (layout in ``dedup/layout.py``); options override the
+Every stage reads and writes a work directory (layout in ``dedup/core/layout.py``); options override the
 YAML config given with ``--config`` (or the defaults). Bad input prints one line and exits 2.
 """
 
@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from dedup.errors import UserError
+from dedup.core.errors import UserError
 from dedup.options import (
     ConfigOpt,
     ExecutorOpt,
@@ -107,9 +107,9 @@ def download(
     Shards land in WORKDIR/download/ in img2dataset's layout (NNNNN.tar, NNNNN.parquet,
     NNNNN_stats.json); the summary goes to WORKDIR/download_summary.json.
     """
-    from dedup.config import override
-    from dedup.download import format_summary, run_download
-    from dedup.layout import WorkDir
+    from dedup.core.config import override
+    from dedup.core.layout import WorkDir
+    from dedup.download.stage import format_summary, run_download
 
     cfg = override(
         load_pipeline_config(config).download,
@@ -162,8 +162,8 @@ def import_cmd(
     relative path. Unreadable files get a ledger row (download_failed), never a silent drop. A killed
     import resumes when rerun. Then run embed, cluster, write.
     """
-    from dedup.ingest import format_import_summary, run_import
-    from dedup.layout import WorkDir
+    from dedup.core.layout import WorkDir
+    from dedup.download.ingest import format_import_summary, run_import
 
     if samples_per_shard < 1:
         raise UserError("--samples-per-shard must be at least 1")
@@ -213,9 +213,9 @@ def embed(
     WORKDIR/embed/metadata/metadata_NNNNN.parquet, clip-retrieval's layout. Resumable: finished
     shards are skipped. Images that fail to decode keep a row with a status saying why.
     """
-    from dedup.config import override
-    from dedup.embed import format_embed_summary, run_embed
-    from dedup.layout import WorkDir
+    from dedup.core.config import override
+    from dedup.core.layout import WorkDir
+    from dedup.embed.stage import format_embed_summary, run_embed
 
     pipeline = load_pipeline_config(config)
     cfg = override(
@@ -309,9 +309,9 @@ def cluster(
     WORKDIR/cluster/clusters.parquet (key, cluster_id, cluster_size, is_representative,
     representative_key, similarity_to_representative).
     """
-    from dedup.cluster import format_cluster_summary, run_cluster
-    from dedup.config import override
-    from dedup.layout import WorkDir
+    from dedup.cluster.stage import format_cluster_summary, run_cluster
+    from dedup.core.config import override
+    from dedup.core.layout import WorkDir
 
     pipeline = load_pipeline_config(config)
     cfg = override(
@@ -349,8 +349,8 @@ def evaluate(
     Prints precision, recall and F1 (pairwise and of the removals, per transformation where known) and a
     threshold sweep (threshold -> pairs, samples removed, precision, recall) to choose a threshold from data.
     """
-    from dedup.evaluate import format_evaluation, run_evaluate
-    from dedup.layout import WorkDir
+    from dedup.cluster.evaluate import format_evaluation, run_evaluate
+    from dedup.core.layout import WorkDir
 
     work = WorkDir(workdir)
     if ground_truth is None and work.demo_ground_truth.exists():
@@ -383,9 +383,9 @@ def write(
     WORKDIR/ledger.parquet has one row per input sample: kept, or why not (duplicate of KEY with
     cluster, signal and similarity; download failure; decode failure).
     """
-    from dedup.config import override
-    from dedup.layout import WorkDir
-    from dedup.write import format_write_summary, run_write
+    from dedup.core.config import override
+    from dedup.core.layout import WorkDir
+    from dedup.write.stage import format_write_summary, run_write
 
     pipeline = load_pipeline_config(config)
     cfg = override(pipeline.write, samples_per_shard=samples_per_shard, workers=workers)
@@ -406,8 +406,8 @@ def verify_cmd(
     Every input key is in the ledger exactly once; every kept key is in the output shards exactly
     once; every output member has the input's bytes (sha256); the counts add up.
     """
-    from dedup.layout import WorkDir
-    from dedup.verify import verify
+    from dedup.core.layout import WorkDir
+    from dedup.write.verify import verify
 
     problems = verify(WorkDir(workdir), check_bytes=not skip_bytes)
     if problems:
@@ -427,8 +427,8 @@ def report(workdir: WorkdirArg, config: ConfigOpt = None) -> None:
     sizes, threshold sweep, galleries of the largest groups and borderline pairs, memorization before
     and after dedup, and the settings behind them. It shows what exists and says what did not run.
     """
-    from dedup.layout import WorkDir
-    from dedup.report import run_report
+    from dedup.core.layout import WorkDir
+    from dedup.report.stage import run_report
 
     work = WorkDir(workdir)
     summary = run_report(load_pipeline_config(config).report, work)
@@ -468,8 +468,8 @@ def run(
     ray_address: RayAddressOpt = None,
 ) -> None:
     """Run every stage of a YAML pipeline in order, skipping work already complete."""
-    from dedup.config import load_config
-    from dedup.executors import EXECUTORS
+    from dedup.core.config import load_config
+    from dedup.core.executors import EXECUTORS
     from dedup.pipeline import run_pipeline
 
     cfg = load_config(config)
@@ -489,7 +489,7 @@ def run(
 @app.command(rich_help_panel="Inspect")
 def status(workdir: WorkdirArg) -> None:
     """Show which stages and shards are complete in WORKDIR, and with which config."""
-    from dedup.layout import WorkDir, stage_status
+    from dedup.core.layout import WorkDir, stage_status
 
     work = WorkDir(workdir)
     if not work.root.is_dir():
@@ -503,8 +503,8 @@ def status(workdir: WorkdirArg) -> None:
 
 
 def _register_commands() -> None:
-    """Sub-apps other packages add (dedup.extensions, ``dedup.commands``): ``dedup attack ...``."""
-    from dedup.extensions import COMMANDS, extensions
+    """Sub-apps other packages add (dedup.core.extensions, ``dedup.commands``): ``dedup attack ...``."""
+    from dedup.core.extensions import COMMANDS, extensions
 
     for name, sub_app in extensions(COMMANDS).items():
         app.add_typer(sub_app, name=name, rich_help_panel="Stages")

@@ -20,10 +20,10 @@ import numpy as np
 import polars as pl
 from PIL import Image, ImageEnhance, ImageOps
 
-from dedup.config import DemoConfig
-from dedup.errors import UserError
-from dedup.layout import WorkDir, config_hash, read_json, write_json
-from dedup.serve import free_port, port_is_free
+from dedup.core.config import DemoConfig
+from dedup.core.errors import UserError
+from dedup.core.layout import WorkDir, config_hash, read_json, write_json
+from dedup.download.serve import free_port, port_is_free
 
 # Near-identical frames (stereo pairs, sequences, the same photo twice) would make the planted truth
 # wrong: we keep one of each family. Synthetic drawings and targets are not photographs.

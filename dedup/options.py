@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from dedup.errors import UserError
+from dedup.core.errors import UserError
 
 _NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
@@ -63,7 +63,7 @@ RayAddressOpt = Annotated[
 
 def open_executor(config: Any, executor: str | None, ray_address: str | None) -> Any:
     """The executor a command runs on: the options, else the config's ``executor`` and ``ray``."""
-    from dedup.executors import make_executor
+    from dedup.core.executors import make_executor
 
     name = executor or config.executor
     address = ray_address or config.ray.address
@@ -73,6 +73,6 @@ def open_executor(config: Any, executor: str | None, ray_address: str | None) ->
 
 
 def load_pipeline_config(path: Path | None) -> Any:
-    from dedup.config import PipelineConfig, load_config
+    from dedup.core.config import PipelineConfig, load_config
 
     return load_config(path) if path is not None else PipelineConfig()

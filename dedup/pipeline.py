@@ -9,10 +9,10 @@ from typing import Any
 
 import typer
 
-from dedup.config import DemoConfig, PipelineConfig, dump_config
-from dedup.errors import UserError
-from dedup.executors import Executor, make_executor
-from dedup.layout import WorkDir, atomic_path
+from dedup.core.config import DemoConfig, PipelineConfig, dump_config
+from dedup.core.errors import UserError
+from dedup.core.executors import Executor, make_executor
+from dedup.core.layout import WorkDir, atomic_path
 
 STAGE_ORDER = ("download", "embed", "cluster", "write", "attack", "report")
 
@@ -49,7 +49,7 @@ def _stage_runners() -> dict[str, Runner]:
     def download(cfg: PipelineConfig, work: WorkDir, executor: Executor) -> None:
         if cfg.source:
             return _import(cfg, work)
-        from dedup.download import format_summary, run_download
+        from dedup.download.stage import format_summary, run_download
 
         settings = cfg.download
         if executor.name == "ray" and settings.distributor == "multiprocessing":
@@ -57,25 +57,25 @@ def _stage_runners() -> dict[str, Runner]:
         typer.echo(format_summary(run_download(settings, work)))
 
     def embed(cfg: PipelineConfig, work: WorkDir, executor: Executor) -> None:
-        from dedup.embed import format_embed_summary, run_embed
+        from dedup.embed.stage import format_embed_summary, run_embed
 
         typer.echo(format_embed_summary(run_embed(cfg.embed, work, executor=executor)))
 
     def cluster(cfg: PipelineConfig, work: WorkDir, executor: Executor) -> None:
-        from dedup.cluster import format_cluster_summary, run_cluster
-        from dedup.evaluate import format_evaluation, run_evaluate
+        from dedup.cluster.evaluate import format_evaluation, run_evaluate
+        from dedup.cluster.stage import format_cluster_summary, run_cluster
 
         typer.echo(format_cluster_summary(run_cluster(cfg.cluster, work, executor=executor)))
         if cfg.cluster.ground_truth:
             typer.echo(format_evaluation(run_evaluate(work, Path(cfg.cluster.ground_truth))))
 
     def write(cfg: PipelineConfig, work: WorkDir, executor: Executor) -> None:
-        from dedup.write import format_write_summary, run_write
+        from dedup.write.stage import format_write_summary, run_write
 
         typer.echo(format_write_summary(run_write(cfg.write, work, executor=executor)))
 
     def attack(cfg: PipelineConfig, work: WorkDir, executor: Executor) -> None:
-        from dedup.extensions import PIPELINE_STAGES, extension
+        from dedup.core.extensions import PIPELINE_STAGES, extension
 
         stage = extension(PIPELINE_STAGES, "attack")
         if stage is None:
@@ -83,7 +83,7 @@ def _stage_runners() -> dict[str, Runner]:
         stage(cfg, work, executor)
 
     def report(cfg: PipelineConfig, work: WorkDir, executor: Executor) -> None:
-        from dedup.report import run_report
+        from dedup.report.stage import run_report
 
         run_report(cfg.report, work)
         typer.echo(f"   report: {work.report_dir / 'index.html'}")
@@ -101,8 +101,8 @@ def _stage_runners() -> dict[str, Runner]:
 def _import(cfg: PipelineConfig, work: WorkDir) -> None:
     """The download stage of a config with ``source:``: import once; a rerun with the same source
     is up to date, another source into the same work directory is refused by the import itself."""
-    from dedup.ingest import format_import_summary, open_source, run_import, source_identity
-    from dedup.layout import read_json
+    from dedup.core.layout import read_json
+    from dedup.download.ingest import format_import_summary, open_source, run_import, source_identity
 
     source = source_identity(open_source(cfg.source))  # type: ignore[arg-type]
     if work.download_summary.exists() and work.download_shards():
@@ -141,7 +141,7 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> WorkDi
 
 def run_demo(workdir: Path, cfg: PipelineConfig | None = None, stages: list[str] | None = None) -> WorkDir:
     from dedup.demo import build_corpus, ensure_port
-    from dedup.serve import serve_directory
+    from dedup.download.serve import serve_directory
 
     if stages:
         check_stages(stages)  # before the corpus is built, not after
@@ -172,7 +172,7 @@ def _base_word(corpus: dict) -> str:
 
 def final_summary(work: WorkDir) -> str:
     """What the run did, from the stages' own summary files: downloads, removals, scores."""
-    from dedup.layout import read_json
+    from dedup.core.layout import read_json
 
     lines = ["", f"== summary of {work.root}"]
     if work.download_summary.exists():

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from dedup.config import DemoConfig
+from dedup.core.config import DemoConfig
+from dedup.core.layout import WorkDir, config_hash
 from dedup.demo import build_corpus, copy_counts, make_bases, photo_copy_counts, source_photos
-from dedup.layout import WorkDir, config_hash
 
 
 def test_photos_kind_is_each_bundled_photograph_once_as_a_centred_square():

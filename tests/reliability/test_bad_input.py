@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from conftest import encode, photo, write_download_shard
 
-from dedup.cluster import run_cluster
-from dedup.config import ClusterConfig, EmbedConfig
-from dedup.embed import run_embed
-from dedup.layout import WorkDir
+from dedup.cluster.stage import run_cluster
+from dedup.core.config import ClusterConfig, EmbedConfig
+from dedup.core.layout import WorkDir
+from dedup.embed.stage import run_embed
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 from conftest import REPO, encode, photo, write_download_shard
 
-from dedup.layout import WorkDir
+from dedup.core.layout import WorkDir
 
 
 def _work(root: Path) -> WorkDir:

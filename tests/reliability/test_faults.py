@@ -18,9 +18,9 @@ import polars as pl
 import pytest
 from conftest import encode, photo, write_download_shard
 
-from dedup.layout import WorkDir
-from dedup.serve import serve_directory
-from dedup.shards import iter_samples
+from dedup.core.layout import WorkDir
+from dedup.core.shards import iter_samples
+from dedup.download.serve import serve_directory
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -11,16 +11,16 @@ import polars as pl
 import pytest
 from conftest import encode, photo
 
-from dedup.cluster import run_cluster
-from dedup.config import ClusterConfig, DownloadConfig, EmbedConfig, WriteConfig
-from dedup.download import download_rows, run_download
-from dedup.embed import run_embed
-from dedup.errors import UserError
-from dedup.layout import WorkDir
-from dedup.serve import serve_directory
-from dedup.urllist import image_key
-from dedup.verify import verify
-from dedup.write import run_write
+from dedup.cluster.stage import run_cluster
+from dedup.core.config import ClusterConfig, DownloadConfig, EmbedConfig, WriteConfig
+from dedup.core.errors import UserError
+from dedup.core.layout import WorkDir
+from dedup.download.serve import serve_directory
+from dedup.download.stage import download_rows, run_download
+from dedup.download.urllist import image_key
+from dedup.embed.stage import run_embed
+from dedup.write.stage import run_write
+from dedup.write.verify import verify
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from conftest import encode, photo, write_download_shard
 
-from dedup.cluster import run_cluster
-from dedup.config import ClusterConfig, EmbedConfig, WriteConfig
-from dedup.embed import run_embed
-from dedup.layout import WorkDir
-from dedup.write import run_write
+from dedup.cluster.stage import run_cluster
+from dedup.core.config import ClusterConfig, EmbedConfig, WriteConfig
+from dedup.core.layout import WorkDir
+from dedup.embed.stage import run_embed
+from dedup.write.stage import run_write
 
 
 def _one_line_error(r, *needles: str) -> None:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import polars as pl
 from conftest import encode, photo, write_download_shard
 
-from dedup.cluster import run_cluster
-from dedup.config import ClusterConfig, EmbedConfig, WriteConfig
-from dedup.embed import run_embed
-from dedup.layout import WorkDir
-from dedup.ledger import LEDGER_SCHEMA, build_ledger
-from dedup.write import run_write
+from dedup.cluster.stage import run_cluster
+from dedup.core.config import ClusterConfig, EmbedConfig, WriteConfig
+from dedup.core.layout import WorkDir
+from dedup.embed.stage import run_embed
+from dedup.write.ledger import LEDGER_SCHEMA, build_ledger
+from dedup.write.stage import run_write
 
 
 def test_every_column_of_every_reason(tmp_path):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from dedup.errors import UserError
-from dedup.layout import AttackDir, WorkDir
+from dedup.core.errors import UserError
+from dedup.core.layout import AttackDir, WorkDir
 
 
 class _Payload:

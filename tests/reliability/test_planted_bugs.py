@@ -13,13 +13,13 @@ import polars as pl
 import pytest
 from conftest import encode, photo, write_download_shard
 
-from dedup.cluster import run_cluster
-from dedup.config import ClusterConfig, EmbedConfig, ReportConfig, WriteConfig
-from dedup.embed import run_embed
-from dedup.layout import WorkDir
-from dedup.report import run_report
-from dedup.representatives import RankContext, rank
-from dedup.write import run_write
+from dedup.cluster.representatives import RankContext, rank
+from dedup.cluster.stage import run_cluster
+from dedup.core.config import ClusterConfig, EmbedConfig, ReportConfig, WriteConfig
+from dedup.core.layout import WorkDir
+from dedup.embed.stage import run_embed
+from dedup.report.stage import run_report
+from dedup.write.stage import run_write
 
 
 def _ledger(work: WorkDir) -> dict[str, dict]:

@@ -13,12 +13,12 @@ import pytest
 from conftest import encode, photo, write_download_shard
 from PIL import Image
 
-from dedup.cluster import run_cluster
-from dedup.config import ClusterConfig, EmbedConfig, ReportConfig, WriteConfig
-from dedup.embed import run_embed
-from dedup.layout import WorkDir
-from dedup.report import run_report
-from dedup.write import run_write
+from dedup.cluster.stage import run_cluster
+from dedup.core.config import ClusterConfig, EmbedConfig, ReportConfig, WriteConfig
+from dedup.core.layout import WorkDir
+from dedup.embed.stage import run_embed
+from dedup.report.stage import run_report
+from dedup.write.stage import run_write
 
 
 def _exif_rotated_copy(im: Image.Image) -> bytes:
@@ -102,7 +102,7 @@ def test_an_exif_rotated_copy_hashes_like_its_original(work):
     the image as displayed."""
     import numpy as np
 
-    from dedup.hashing import hamming
+    from dedup.embed.hashing import hamming
 
     meta = pl.read_parquet(work.metadata(0)).sort("key")
     ph = meta["phash"].to_numpy().astype(np.uint64)

@@ -11,12 +11,12 @@ import polars as pl
 import pytest
 from conftest import encode, photo, write_download_shard
 
-from dedup.cluster import run_cluster
-from dedup.config import ClusterConfig, EmbedConfig, WriteConfig
-from dedup.embed import run_embed
-from dedup.layout import WorkDir
-from dedup.verify import verify
-from dedup.write import index_tar, run_write
+from dedup.cluster.stage import run_cluster
+from dedup.core.config import ClusterConfig, EmbedConfig, WriteConfig
+from dedup.core.layout import WorkDir
+from dedup.embed.stage import run_embed
+from dedup.write.stage import index_tar, run_write
+from dedup.write.verify import verify
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ import subprocess
 import sys
 import time
 
-from dedup.layout import WorkDir, work_lock
+from dedup.core.layout import WorkDir, work_lock
 
 HOLD = """
 import sys, time
-from dedup.layout import WorkDir, work_lock
+from dedup.core.layout import WorkDir, work_lock
 with work_lock(WorkDir(sys.argv[1])):
     print("held", flush=True)
     time.sleep(60)

@@ -1,0 +1,264 @@
+"""From accepted duplicate pairs to groups, under a stated policy for transitive chains.
+
+If A~B and B~C but A and C are not alike, plain connected components put all three in one group:
+on real photos chains through look-alikes (two grass tiles, two views of one wall) can merge
+unrelated images into one giant group. The policies:
+
+* ``components``: connected components of the accepted pairs, the loosest reading (the pairs are
+  still the oracle's: with a verifier, only verified pairs link).
+* ``representative`` (default): within a component, the best-ranked member is the representative and
+  keeps only members that are *directly* duplicates of it; the rest are split off and grouped again
+  the same way among themselves. Every member of a group is a direct duplicate of what is kept.
+* ``semdedup``: SemDeDup's rule: walk the component best-ranked first; a member is dropped when it is
+  a duplicate of any member ranked above it, and joins that member's group.
+
+"Directly duplicates" is decided per pair by :class:`PairOracle`, the same decision as the pairs'.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from dedup.cluster.representatives import RankContext, rank
+
+GROUPINGS = ("components", "representative", "semdedup")
+
+
+def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Component label per node of the undirected graph with edges (i, j)."""
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    graph = coo_matrix((np.ones(len(i), dtype=np.int8), (i, j)), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    return labels.astype(np.int64)
+
+
+DERIVED_POLICIES = ("keep", "remove")
+STRETCH_COSINE = 0.8  # frames this alike are worth a whole-frame alignment before keypoints
+STRETCH_PHASH = 20
+
+
+@dataclass
+class PairOracle:
+    """The one place that decides whether two samples are duplicates, and by which signal.
+
+    Every grouping policy and the pair table ask it. Same bytes decide alone. The global signals
+    (pHash distance, embedding cosine) *propose* a pair; with a copy verifier (``examine``) and
+    ``confirm``, a proposed pair is a duplicate only when the verifier calls it a copy (or a derived
+    image under ``derived: remove``): global signals cannot tell a copy from another photo of the
+    same subject. Pairs no global signal proposes but similar enough (``candidate_threshold``) are
+    verified too, which recovers crops. Verdicts are cached in ``evidence``.
+    """
+
+    embeddings: np.ndarray
+    sha: np.ndarray  # (n,) integer id of each sample's sha256
+    phash: np.ndarray
+    phash_mirror: np.ndarray | None
+    embedding_threshold: float | None
+    phash_threshold: int | None
+    mirror_view: Callable[[np.ndarray], np.ndarray] | None = None
+    candidate_threshold: float | None = None
+    examine: Callable[[int, int], Any] | None = None  # (a, b) -> copydetect.Evidence
+    confirm: bool = True
+    derived: str = "keep"
+    evidence: dict[tuple[int, int], Any] = field(default_factory=dict)
+
+    def cosine_pairs(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        from dedup.cluster.search import pair_cosine
+
+        return pair_cosine(self.embeddings, np.asarray(i), np.asarray(j), self.mirror_view)
+
+    def cosine(self, a: int, bs: np.ndarray) -> np.ndarray:
+        bs = np.asarray(bs, dtype=np.int64)
+        return self.cosine_pairs(np.full(len(bs), a, dtype=np.int64), bs)
+
+    def accepts(self, evidence: Any) -> bool:
+        return evidence.verdict == "copy" or (evidence.verdict == "derived" and self.derived == "remove")
+
+    def check(self, a: int, b: int) -> Any:
+        """The verifier's evidence for a pair, computed once."""
+        pair = (min(a, b), max(a, b))
+        if pair not in self.evidence:
+            from dedup.cluster.search import pair_phash_distance
+
+            i, j = np.array([pair[0]]), np.array([pair[1]])
+            # the same framing (a whole-frame stretch is worth trying) shows in the perceptual hash;
+            # a light crop may not, but keeps the global look (a window is worth searching for)
+            same_frame = bool(pair_phash_distance(self.phash, self.phash_mirror, i, j)[0] <= STRETCH_PHASH)
+            alike = same_frame or bool(self.cosine_pairs(i, j)[0] >= STRETCH_COSINE)
+            self.evidence[pair] = self.examine(*pair, stretch_first=same_frame, window_search=alike)  # type: ignore[misc]
+        return self.evidence[pair]
+
+    def proposed(self, i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(signal name or "", needs verification, cosine) per pair, from the cheap signals alone."""
+        from dedup.cluster.search import pair_phash_distance
+
+        n = len(i)
+        cos = self.cosine_pairs(i, j)
+        by_emb = (
+            cos >= self.embedding_threshold if self.embedding_threshold is not None else np.zeros(n, bool)
+        )
+        if self.phash_threshold is not None:
+            by_hash = pair_phash_distance(self.phash, self.phash_mirror, i, j) <= self.phash_threshold
+        else:
+            by_hash = np.zeros(n, bool)
+        exact = self.sha[i] == self.sha[j]
+        signal = np.full(n, "", dtype=object)
+        signal[by_emb] = "embedding"
+        signal[by_hash] = "phash"
+        signal[exact] = "exact"
+        if self.examine is None:
+            return signal, np.zeros(n, bool), cos
+        band = (signal == "") & (
+            cos >= self.candidate_threshold if self.candidate_threshold is not None else np.zeros(n, bool)
+        )
+        check = band | ((signal != "") & ~exact & self.confirm)
+        return signal, check, cos
+
+    def decide_pairs(
+        self,
+        i: np.ndarray,
+        j: np.ndarray,
+        verify: np.ndarray | None = None,
+        linked: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(is duplicate, signal name, cosine) for each pair (i[t], j[t]).
+
+        ``linked`` (a mask) marks pairs other evidence proposes (shared keypoints, one group): with a
+        verifier they are checked whatever their cosine. ``verify`` (a mask) limits which pairs the
+        verifier may look at; a pair that needs a check and is outside it is not a duplicate (a bound
+        on verification work, never a free pass).
+        """
+        i = np.asarray(i, dtype=np.int64)
+        j = np.asarray(j, dtype=np.int64)
+        signal, check, cos = self.proposed(i, j)
+        if linked is not None and self.examine is not None:
+            check = check | (linked & (signal != "exact"))
+        if verify is not None:
+            signal[check & ~verify] = ""
+            check = check & verify
+        for t in np.flatnonzero(check):
+            if self.accepts(self.check(int(i[t]), int(j[t]))):
+                signal[t] = signal[t] or "verified"
+            else:
+                signal[t] = ""
+        return signal != "", signal, cos
+
+    def decide(self, a: int, bs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(is duplicate, signal name, cosine) of ``a`` against each of ``bs``."""
+        bs = np.asarray(bs, dtype=np.int64)
+        # asked by a grouping, so a and bs share a group already: worth a verifier's look
+        return self.decide_pairs(np.full(len(bs), a, dtype=np.int64), bs, linked=np.ones(len(bs), bool))
+
+
+@dataclass
+class Grouped:
+    """Per row: the row of its group's representative, the signal and cosine linking it to it."""
+
+    representative: np.ndarray
+    signal: np.ndarray
+    similarity: np.ndarray
+
+
+def group(
+    edges: tuple[np.ndarray, np.ndarray],
+    n: int,
+    policy: str,
+    oracle: PairOracle,
+    ctx: RankContext,
+    representative_policy: str,
+) -> Grouped:
+    """Group ``n`` samples linked by accepted duplicate ``edges`` (i, j) under ``policy``."""
+    labels = components(n, *edges)
+    rep = np.arange(n)
+    signal = np.full(n, "self", dtype=object)
+    sim = np.ones(n, dtype=np.float32)
+    order = np.argsort(labels, kind="stable")
+    bounds = np.flatnonzero(np.diff(labels[order])) + 1
+    ei, ej = edges
+    e_order = np.argsort(labels[ei], kind="stable") if len(ei) else np.zeros(0, dtype=np.int64)
+    e_labels = labels[ei][e_order] if len(ei) else np.zeros(0, dtype=np.int64)
+    for members in np.split(order, bounds):
+        if len(members) < 2:
+            continue
+        lo, hi = (
+            np.searchsorted(e_labels, labels[members[0]], side="left"),
+            np.searchsorted(e_labels, labels[members[0]], side="right"),
+        )
+        component_edges = (ei[e_order[lo:hi]], ej[e_order[lo:hi]])
+        if policy == "components":
+            _assign_star(members, oracle, ctx, representative_policy, rep, signal, sim, require_direct=False)
+        elif policy == "representative":
+            _split_by_representative(
+                members, component_edges, oracle, ctx, representative_policy, rep, signal, sim
+            )
+        elif policy == "semdedup":
+            _semdedup(members, oracle, ctx, representative_policy, rep, signal, sim)
+        else:
+            raise ValueError(f"unknown grouping {policy!r}; choose from {', '.join(GROUPINGS)}")
+    return Grouped(rep, signal, sim)
+
+
+def _assign_star(members, oracle, ctx, policy, rep, signal, sim, require_direct: bool) -> np.ndarray:
+    """Make the best-ranked member the representative; return the members it does not directly cover."""
+    ordered = rank(policy, members, ctx)
+    head, rest = int(ordered[0]), ordered[1:]
+    if require_direct:
+        dup, sig, cos = oracle.decide(head, rest)
+        take = dup
+    else:
+        # components: membership comes from the (already decided) pairs; label only, verify nothing
+        sig, _, cos = oracle.proposed(np.full(len(rest), head, dtype=np.int64), np.asarray(rest, np.int64))
+        take = np.ones(len(rest), dtype=bool)
+    rep[rest[take]] = head
+    signal[rest[take]] = np.where(sig[take] != "", sig[take], "chain")
+    sim[rest[take]] = cos[take]
+    return rest[~take]
+
+
+def _split_by_representative(members, edges, oracle, ctx, policy, rep, signal, sim) -> None:
+    i, j = edges
+    work = [np.asarray(members)]
+    while work:
+        group_rows = work.pop()
+        if len(group_rows) < 2:
+            continue
+        left = _assign_star(group_rows, oracle, ctx, policy, rep, signal, sim, require_direct=True)
+        if len(left) < 2:
+            continue
+        # What the representative does not cover is regrouped by the accepted pairs among itself,
+        # so a chain broken at the representative becomes separate groups.
+        inside = np.isin(i, left) & np.isin(j, left)
+        local = {int(r): t for t, r in enumerate(left)}
+        li = np.array([local[int(r)] for r in i[inside]], dtype=np.int64)
+        lj = np.array([local[int(r)] for r in j[inside]], dtype=np.int64)
+        sub = components(len(left), li, lj)
+        for label in np.unique(sub):
+            work.append(left[sub == label])
+
+
+def _semdedup(members, oracle, ctx, policy, rep, signal, sim) -> None:
+    ordered = rank(policy, members, ctx)
+    kept_root: dict[int, int] = {}
+    for t, a in enumerate(ordered):
+        a = int(a)
+        if t == 0:
+            kept_root[a] = a
+            continue
+        above = ordered[:t]
+        dup, sig, cos = oracle.decide(a, above)
+        if not dup.any():
+            kept_root[a] = a
+            continue
+        best = int(np.argmax(np.where(dup, cos, -np.inf)))
+        root = kept_root[int(above[best])]
+        kept_root[a] = root
+        rep[a] = root
+        signal[a] = sig[best]
+        sim[a] = float(oracle.cosine(root, np.array([a]))[0])

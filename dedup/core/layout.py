@@ -1,0 +1,632 @@
+"""Every path of a work directory, defined once.
+
+Stages never build paths by hand: they ask a :class:`WorkDir`. Each stage's per-shard outputs are
+independent files, so a shard is a self-contained task that any worker (a process, a Ray task) can run,
+and a completion marker per (stage, shard) under ``_manifest/`` records what is done and with which
+config. Layout (``NNNNN`` is a 5-digit shard id, as img2dataset names shards)::
+
+    WORKDIR/
+      input/part_NNNNN.parquet, manifest.json              the URL list normalised and keyed
+      download/NNNNN.tar, NNNNN.parquet, NNNNN_stats.json   img2dataset's own layout
+      download/NNNNN.tar.ref                               (import) an original tar read in place
+      download_summary.json
+      embed/img_emb/img_emb_NNNNN.npy                      clip-retrieval's layout
+      embed/metadata/metadata_NNNNN.parquet
+      embed/local/local_NNNNN.npy                          ORB descriptors (local-feature candidates)
+      embed/embed_summary.json
+      cluster/pairs.parquet, clusters.parquet, cluster_summary.json, evaluation.json
+      dedup/NNNNN.tar, NNNNN.parquet, NNNNN_stats.json      deduplicated WebDataset
+      ledger.parquet, write_summary.json
+      attack/{before,after}/model.pt, generations.npz, *.parquet; summary.json    (AttackDir)
+      report/index.html, summary.json, *.png
+      _manifest/<stage>/NNNNN.json, _manifest/<stage>.json  completion markers
+      _manifest/lock                                       PID of the dedup process using the work dir
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SHARD_DIGITS = 5
+_SHARD_RE = re.compile(r"^(\d+)\.tar(?:\.ref)?$")
+
+
+def shard_name(shard: int) -> str:
+    return f"{shard:0{SHARD_DIGITS}d}"
+
+
+@dataclass(frozen=True)
+class WorkDir:
+    root: Path
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    # -- the URL list, normalised and keyed before download (dedup.download.urllist) --
+    @property
+    def input_dir(self) -> Path:
+        return self.root / "input"
+
+    def input_part(self, index: int) -> Path:
+        return self.input_dir / f"part_{shard_name(index)}.parquet"
+
+    @property
+    def input_manifest(self) -> Path:
+        return self.input_dir / "manifest.json"
+
+    # -- download (img2dataset's output folder, left exactly as it writes it) --
+    @property
+    def download_dir(self) -> Path:
+        return self.root / "download"
+
+    def download_tar(self, shard: int) -> Path:
+        return self.download_dir / f"{shard_name(shard)}.tar"
+
+    def download_ref(self, shard: int) -> Path:
+        """An imported shard read in place: the original tar's path, size and mtime (JSON)."""
+        return self.download_dir / f"{shard_name(shard)}.tar.ref"
+
+    def input_tar(self, shard: int) -> Path:
+        """The tar every stage reads shard ``shard`` from: the work dir's own, or the original an
+        import references in place, refused (one line) when it changed since the import."""
+        return tar_in(self.download_dir, shard)
+
+    def input_identity(self, shard: int) -> list[int]:
+        """What a shard's results were made from: its tar's and its parquet's size and mtime. A shard
+        downloaded again (other data, same name) gets another identity, so its results are redone."""
+        out = []
+        for path in (self.input_tar(shard), self.download_parquet(shard)):
+            st = path.stat()
+            out += [st.st_size, st.st_mtime_ns]
+        return out
+
+    def check_inputs(self) -> None:
+        """Every input tar is there and, if imported in place, unchanged: checked before a stage
+        starts, so a stage refuses in one line instead of failing half-way."""
+        from dedup.core.errors import UserError
+
+        if self.download_dir.exists() and not self.download_dir.is_dir():
+            raise UserError(f"{self.download_dir}: not a folder (a work dir's download stage is one)")
+        for shard in self.download_shards():
+            self.input_tar(shard)
+            if not self.download_parquet(shard).is_file():
+                raise UserError(
+                    f"{self.download_parquet(shard)}: missing (the shard's record of its samples); "
+                    "download or import the shard again"
+                )
+
+    def download_parquet(self, shard: int) -> Path:
+        return self.download_dir / f"{shard_name(shard)}.parquet"
+
+    def download_stats(self, shard: int) -> Path:
+        return self.download_dir / f"{shard_name(shard)}_stats.json"
+
+    @property
+    def download_summary(self) -> Path:
+        # Outside download/: img2dataset treats every *.json there as a finished shard.
+        return self.root / "download_summary.json"
+
+    def download_shards(self) -> list[int]:
+        """Shards img2dataset finished (its ``_stats.json`` is written last)."""
+        return shards_in(self.download_dir)
+
+    # -- embed --
+    @property
+    def embed_dir(self) -> Path:
+        return self.root / "embed"
+
+    def img_emb(self, shard: int) -> Path:
+        return self.embed_dir / "img_emb" / f"img_emb_{shard_name(shard)}.npy"
+
+    def local_features(self, shard: int) -> Path:
+        """ORB descriptors of the shard's samples, concatenated in row order (``local_count`` each)."""
+        return self.embed_dir / "local" / f"local_{shard_name(shard)}.npy"
+
+    def metadata(self, shard: int) -> Path:
+        return self.embed_dir / "metadata" / f"metadata_{shard_name(shard)}.parquet"
+
+    @property
+    def embed_summary(self) -> Path:
+        return self.embed_dir / "embed_summary.json"
+
+    # -- cluster --
+    @property
+    def cluster_dir(self) -> Path:
+        return self.root / "cluster"
+
+    @property
+    def pairs(self) -> Path:
+        return self.cluster_dir / "pairs.parquet"
+
+    @property
+    def clusters(self) -> Path:
+        return self.cluster_dir / "clusters.parquet"
+
+    @property
+    def cluster_summary(self) -> Path:
+        return self.cluster_dir / "cluster_summary.json"
+
+    @property
+    def evaluation(self) -> Path:
+        return self.cluster_dir / "evaluation.json"
+
+    @property
+    def sweep(self) -> Path:
+        return self.cluster_dir / "threshold_sweep.parquet"
+
+    # -- write --
+    @property
+    def dedup_dir(self) -> Path:
+        return self.root / "dedup"
+
+    def dedup_tar(self, shard: int) -> Path:
+        return self.dedup_dir / f"{shard_name(shard)}.tar"
+
+    def dedup_parquet(self, shard: int) -> Path:
+        return self.dedup_dir / f"{shard_name(shard)}.parquet"
+
+    def dedup_stats(self, shard: int) -> Path:
+        return self.dedup_dir / f"{shard_name(shard)}_stats.json"
+
+    @property
+    def ledger(self) -> Path:
+        return self.root / "ledger.parquet"
+
+    @property
+    def write_summary(self) -> Path:
+        return self.root / "write_summary.json"
+
+    @property
+    def write_rows(self) -> Path:
+        """The kept samples' download rows, written once by the driver for every output-shard unit."""
+        return self.manifest_dir / "write_rows.parquet"
+
+    # -- attack and report --
+    @property
+    def attack_dir(self) -> Path:
+        return self.root / "attack"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
+
+    # -- demo corpus --
+    @property
+    def demo_dir(self) -> Path:
+        return self.root / "demo"
+
+    @property
+    def demo_url_list(self) -> Path:
+        return self.demo_dir / "urls.parquet"
+
+    @property
+    def demo_ground_truth(self) -> Path:
+        return self.demo_dir / "ground_truth.parquet"
+
+    # -- manifest --
+    @property
+    def manifest_dir(self) -> Path:
+        return self.root / "_manifest"
+
+    def marker(self, stage: str, shard: int | None = None) -> Path:
+        if shard is None:
+            return self.manifest_dir / f"{stage}.json"
+        return self.manifest_dir / stage / f"{shard_name(shard)}.json"
+
+    @property
+    def config_copy(self) -> Path:
+        return self.root / "config.yaml"
+
+
+@dataclass(frozen=True)
+class AttackDir:
+    """Paths of one before/after attack run (``WORKDIR/attack`` in a pipeline)."""
+
+    root: Path
+
+    def model(self, which: str) -> Path:
+        return self.root / which / "model.pt"
+
+    def generations(self, which: str) -> Path:
+        return self.root / which / "generations.npz"
+
+    def generation_table(self, which: str) -> Path:
+        return self.root / which / "generations.parquet"
+
+    def image_table(self, which: str) -> Path:
+        return self.root / which / "training_images.parquet"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def pairs_png(self) -> Path:
+        return self.root / "extracted_pairs.png"
+
+    @property
+    def reference(self) -> Path:
+        return self.root / "reference.npz"
+
+    @property
+    def candidates(self) -> Path:
+        return self.root / "candidates.parquet"
+
+    @property
+    def generate_filter(self) -> GenerateFilterDir:
+        return GenerateFilterDir(self.root / "generate_filter")
+
+    @property
+    def generate_filter_summary(self) -> Path:
+        return self.generate_filter.summary
+
+
+@dataclass(frozen=True)
+class ExperimentDir:
+    """Paths of the controlled memorization experiment (``attack/experiment.py``): one folder per
+    replicate (seed) and arm, each finished run kept, so hours of training resume where they stopped."""
+
+    root: Path
+
+    def replicate(self, seed: int) -> AttackDir:
+        """One replicate's arms, laid out as an attack run: ARM/model.pt, ARM/generations.npz, ..."""
+        return AttackDir(self.root / f"seed{seed:03d}")
+
+    def result(self, seed: int, arm: str) -> Path:
+        """One arm of one replicate: counts, membership scores, the key of everything it depends on."""
+        return self.replicate(seed).root / arm / "result.json"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def table(self) -> Path:
+        """The summary as markdown tables (what bench/RESULTS.md quotes)."""
+        return self.root / "summary.md"
+
+
+@dataclass(frozen=True)
+class GenerateFilterDir:
+    """Paths of one generate-and-filter run (``WORKDIR/attack/generate_filter`` by default)."""
+
+    root: Path
+
+    @property
+    def captions(self) -> Path:
+        """One file of flags per caption: a rerun resumes caption by caption."""
+        return self.root / "captions"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results.parquet"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+
+def tar_in(folder: Path, shard: int) -> Path:
+    """Shard ``shard`` of a folder of shards, following an import's in-place reference."""
+    ref = folder / f"{shard_name(shard)}.tar.ref"
+    return referenced_tar(ref) if ref.exists() else folder / f"{shard_name(shard)}.tar"
+
+
+def referenced_tar(ref: Path) -> Path:
+    """The original tar a ``.tar.ref`` names, checked unchanged (size and mtime) since the import:
+    results made from other bytes are never reused."""
+    from dedup.core.errors import UserError
+
+    try:
+        record = json.loads(ref.read_text())
+        path = Path(record["path"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"{ref}: damaged reference to an imported shard; import again") from None
+    try:
+        stat = path.stat()
+    except OSError:
+        raise UserError(f"{ref}: the imported shard {path} is gone (moved or deleted)") from None
+    if stat.st_size != record.get("size") or stat.st_mtime != record.get("mtime"):
+        raise UserError(
+            f"{path}: changed since it was imported into {ref.parent.parent} "
+            f"(size {record.get('size')} -> {stat.st_size}); import it into a new work directory"
+        )
+    return path
+
+
+def shards_in(folder: Path) -> list[int]:
+    """Shard ids in a folder of img2dataset-style shards that have their ``_stats.json``."""
+    if not folder.is_dir():
+        return []
+    out = set()
+    for p in folder.iterdir():
+        m = _SHARD_RE.match(p.name)
+        if m and (folder / f"{m.group(1)}_stats.json").exists():
+            out.add(int(m.group(1)))
+    return sorted(out)
+
+
+# -- completion markers --------------------------------------------------------------------------------
+
+
+def config_hash(config: Any) -> str:
+    """A stable digest of a stage config, so a marker says which settings produced an output."""
+    if hasattr(config, "model_dump"):
+        config = config.model_dump(mode="json")
+    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def write_marker(work: WorkDir, stage: str, shard: int | None, config: Any, **facts: Any) -> dict[str, Any]:
+    record = {
+        "stage": stage,
+        "shard": shard,
+        "config_hash": config_hash(config),
+        "completed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "written_ns": time.time_ns(),  # two runs within one second still differ
+        **facts,
+    }
+    if stage in UPSTREAM:
+        record["upstream"] = upstream_fingerprint(work, stage)
+    write_json(work.marker(stage, shard), record)
+    return record
+
+
+# A whole-stage marker -> the marker(s) of the stage whose outputs it read.
+UPSTREAM = {"cluster": "embed", "write_stage": "cluster", "report": "write_stage"}
+
+
+def upstream_fingerprint(work: WorkDir, stage: str) -> str:
+    """What the upstream markers say now (each file's settings and when it was written): a stage
+    marker records it, and ``dedup status`` calls the stage stale when it no longer matches."""
+    up = UPSTREAM[stage]
+    paths = [*sorted((work.manifest_dir / up).glob("*.json")), work.marker(up)]
+    records = []
+    for path in paths:
+        marker = read_json(path) if path.is_file() else None
+        if marker:
+            records.append(
+                [path.name, marker.get("config_hash"), marker.get("written_ns", marker.get("completed_at"))]
+            )
+    return config_hash(records)
+
+
+def read_marker(work: WorkDir, stage: str, shard: int | None = None) -> dict[str, Any] | None:
+    path = work.marker(stage, shard)
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def is_complete(work: WorkDir, stage: str, shard: int | None, config: Any) -> bool:
+    """Done means: a marker exists and it was written with the same stage config."""
+    marker = read_marker(work, stage, shard)
+    return marker is not None and marker.get("config_hash") == config_hash(config)
+
+
+def clear_marker(work: WorkDir, stage: str, shard: int | None = None) -> None:
+    work.marker(stage, shard).unlink(missing_ok=True)
+
+
+def manifest(work: WorkDir) -> dict[str, Any]:
+    """Everything the markers say, stage by stage, for ``dedup status``."""
+    out: dict[str, Any] = {}
+    if not work.manifest_dir.is_dir():
+        return out
+    for entry in sorted(work.manifest_dir.iterdir()):
+        if entry.is_dir():
+            shards = {}
+            for f in sorted(entry.glob("*.json")):
+                try:
+                    shards[f.stem] = json.loads(f.read_text())
+                except (OSError, json.JSONDecodeError):
+                    continue
+            out[entry.name] = {"shards": shards}
+        elif entry.suffix == ".json":
+            try:
+                out.setdefault(entry.stem, {})["stage"] = json.loads(entry.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+    return out
+
+
+def stage_status(work: WorkDir) -> list[tuple[str, str]]:
+    """One line per stage for ``dedup status``: what is done, with which config, and what is stale
+    (made from inputs that changed since), judged by the same markers the stages resume from."""
+    info = manifest(work)
+    lines: list[tuple[str, str]] = []
+    latest: dict[str, str] = {}
+    stale_stage: set[str] = set()
+    inputs = set(work.download_shards())
+    for stage, entry in info.items():
+        shards = entry.get("shards", {})
+        records = list(shards.values()) + ([entry["stage"]] if "stage" in entry else [])
+        hashes = sorted({str(m.get("config_hash")) for m in records if m.get("config_hash")})
+        latest[stage] = max((str(m.get("completed_at", "")) for m in records), default="")
+        text = f"{len(shards)} shard(s)" if shards else "complete"
+        if stage == "embed":
+            stale = [
+                s
+                for s, m in shards.items()
+                if int(s) not in inputs or m.get("input") != _identity(work, int(s))
+            ]
+            missing = len(inputs - {int(s) for s in shards})
+            if stale or missing:
+                stale_stage.add(stage)
+                text += f", {len(stale)} stale (input changed since), {missing} not embedded"
+        lines.append((stage, f"{text:<14} config {', '.join(hashes)}"))
+    upstream = {"cluster": "embed", "write": "cluster", "report": "write"}
+    order = ["download", "import", "embed", "cluster", "write", "attack", "report"]
+    lines.sort(key=lambda line: order.index(line[0]) if line[0] in order else len(order))
+    out = []
+    for stage, text in lines:
+        up = upstream.get(stage)
+        if up and (up in stale_stage or _upstream_changed(work, info, stage, latest)):
+            stale_stage.add(stage)
+            text += f"  STALE: {up} changed since; rerun {stage}"
+        out.append((stage, text))
+    return out
+
+
+def _upstream_changed(work: WorkDir, info: dict[str, Any], stage: str, latest: dict[str, str]) -> bool:
+    """The stage marker's upstream fingerprint against today's; markers from before it existed are
+    judged by their completion times."""
+    name = {"write": "write_stage"}.get(stage, stage)
+    record = info.get(name, {}).get("stage") or {}
+    if name in UPSTREAM and "upstream" in record:
+        return record["upstream"] != upstream_fingerprint(work, name)
+    up = {"cluster": "embed", "write": "cluster", "report": "write"}[stage]
+    return latest.get(up, "") > latest.get(stage, "")
+
+
+def _identity(work: WorkDir, shard: int) -> list[int] | None:
+    try:
+        return work.input_identity(shard)
+    except Exception:
+        return None
+
+
+# -- atomic files ------------------------------------------------------------------------------------
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds.
+
+    A crash (even kill -9) leaves at worst a ``.tmp`` file, never a half-written file under the final
+    name, so "the final file exists" can be trusted as "the file is complete".
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        if tmp_path.exists():  # mkstemp makes 0600; a finished output gets the umask's usual mode
+            os.chmod(tmp_path, 0o666 & ~_UMASK)
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_json(path: Path, data: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def remove_stale_temporaries(folder: Path) -> int:
+    """Delete ``.*.tmp`` files a killed run left behind; they are never complete outputs."""
+    if not folder.is_dir():
+        return 0
+    n = 0
+    for p in folder.rglob(".*.tmp"):
+        p.unlink(missing_ok=True)
+        n += 1
+    return n
+
+
+_HELD: dict[Path, list[int]] = {}  # lock file -> [fd, depth]: re-entrant within one process
+
+
+@contextmanager
+def work_lock(work: WorkDir) -> Iterator[None]:
+    """One dedup process at a time in a work directory (stages share scratch files and markers).
+
+    An advisory ``flock`` on ``_manifest/lock``, which holds the holder's PID; released when the
+    process ends, however it ends, so a killed run never leaves a stale lock. Re-entrant, so a
+    pipeline that runs several stages holds it once."""
+    path = (work.manifest_dir / "lock").resolve()
+    if path in _HELD:
+        _HELD[path][1] += 1
+        try:
+            yield
+        finally:
+            _HELD[path][1] -= 1
+        return
+    from dedup.core.errors import UserError
+
+    created = [d for d in (work.root.resolve(), path.parent) if not d.exists()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        _remove_if_only_lock(path, created)
+        raise UserError(
+            f"{work.root}: in use by another dedup process (PID {holder}); wait for it to finish or stop it"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _HELD[path] = [fd, 1]
+    try:
+        yield
+    finally:
+        del _HELD[path]
+        # a command that wrote nothing (bad input) leaves no work directory behind
+        _remove_if_only_lock(path, created)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _remove_if_only_lock(lock: Path, created: list[Path]) -> None:
+    """Undo the directories the lock itself created, when nothing but the lock landed in them."""
+    if not created:
+        return
+    if any(p != lock and p != lock.parent for p in created[0].rglob("*")):
+        return
+    lock.unlink(missing_ok=True)
+    for d in sorted(created, key=lambda d: len(d.parts), reverse=True):  # deepest first
+        with contextlib.suppress(OSError):
+            d.rmdir()
+
+
+_CREATES_WORKDIR = ("run_download", "run_import")  # the stages that start a work directory
+
+
+def locked(fn):
+    """Run a stage function holding its work directory's lock (the ``work`` argument)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        work = kwargs.get("work") or next((a for a in args if isinstance(a, WorkDir)), None)
+        if work is None:
+            return fn(*args, **kwargs)
+        if fn.__name__ not in _CREATES_WORKDIR and not work.root.is_dir():
+            from dedup.core.errors import UserError
+
+            raise UserError(f"{work.root}: no such work directory")
+        with work_lock(work):
+            return fn(*args, **kwargs)
+
+    return wrapper

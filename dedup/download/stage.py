@@ -1,0 +1,436 @@
+"""Download stage: a URL list (LAION-style metadata) into WebDataset shards, with img2dataset.
+
+We compose img2dataset's own reader, downloader, writer and distributors rather than call its
+``download()`` entry point, for two reasons: its area guard runs only after the full decode (a
+decompression bomb is decoded before it is refused), and its logger process polls for wandb. Our
+resizer reads the image header first and refuses oversize images before any pixel is decoded.
+The output folder is exactly img2dataset's (``NNNNN.tar``, ``NNNNN.parquet``, ``NNNNN_stats.json``),
+so any tool that reads img2dataset output reads ours.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+# img2dataset imports albumentations, which otherwise checks the network for updates at import time
+# (in this process and in every spawned worker, which inherits the environment).
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+import polars as pl
+
+from dedup.core.config import DownloadConfig
+from dedup.core.errors import UserError
+from dedup.core.layout import WorkDir, locked, read_json, read_marker, write_json, write_marker
+from dedup.download.urllist import check_same_input, fingerprint, input_rows, key_settings, normalise
+
+INPUT_FORMATS = ("parquet", "csv", "tsv", "jsonl", "json", "txt")
+DISALLOWED_DIRECTIVES = ["noai", "noimageai", "noindex", "noimageindex"]
+
+
+# -- input validation -------------------------------------------------------------------------------
+
+
+def infer_input_format(path: Path) -> str:
+    name = path.name.lower()
+    for fmt in INPUT_FORMATS:
+        if name.endswith(f".{fmt}") or name.endswith(f".{fmt}.gz"):
+            return fmt + (".gz" if name.endswith(".gz") else "")
+    raise UserError(
+        f"{path}: cannot tell the format from the file name; pass --input-format ({', '.join(INPUT_FORMATS)})"
+    )
+
+
+def _input_files(path: Path, fmt: str | None) -> tuple[list[Path], str]:
+    if not path.exists():
+        raise UserError(f"{path}: no such file or folder")
+    if path.is_dir():
+        candidates = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        if fmt is None:
+            fmts = {infer_input_format(p) for p in candidates if _known_suffix(p)}
+            if len(fmts) != 1:
+                raise UserError(
+                    f"{path}: folder holds no single URL-list format ({sorted(fmts)}); pass --input-format"
+                )
+            fmt = fmts.pop()
+        files = [p for p in candidates if p.name.lower().endswith(f".{fmt}")]
+        if not files:
+            raise UserError(f"{path}: no *.{fmt} files in this folder")
+        return files, fmt
+    return [path], fmt or infer_input_format(path)
+
+
+def _known_suffix(p: Path) -> bool:
+    n = p.name.lower()
+    return any(n.endswith(f".{f}") or n.endswith(f".{f}.gz") for f in INPUT_FORMATS)
+
+
+def _read_columns(file: Path, fmt: str) -> tuple[list[str], int]:
+    """Column names and row count of one URL-list file, read the way img2dataset will read it."""
+    base = fmt.removesuffix(".gz")
+    try:
+        if base == "parquet":
+            lf = pl.scan_parquet(file)
+            return lf.collect_schema().names(), lf.select(pl.len()).collect().item()
+        if base == "txt":
+            import gzip
+
+            opener = gzip.open if fmt.endswith(".gz") else open
+            with opener(file, "rt", encoding="utf-8") as f:  # type: ignore[operator]
+                rows = sum(1 for line in f if line.strip())
+            return ["url"], rows
+        import pyarrow.csv as pacsv
+        import pyarrow.json as pajson
+
+        if base == "csv":
+            table = pacsv.read_csv(file)
+        elif base == "tsv":
+            table = pacsv.read_csv(file, parse_options=pacsv.ParseOptions(delimiter="\t"))
+        elif base == "jsonl":
+            table = pajson.read_json(file)
+        else:  # json: a list of records, as img2dataset reads it with pandas
+            import pandas as pd
+            import pyarrow as pa
+
+            table = pa.Table.from_pandas(pd.read_json(file))
+        return table.column_names, table.num_rows
+    except UserError:
+        raise
+    except Exception as err:
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "empty" in msg.lower():
+            return [], 0
+        raise UserError(f"{file}: cannot read as {fmt}: {msg}") from None
+
+
+def validate_url_list(config: DownloadConfig) -> tuple[list[Path], str, int]:
+    """Check the URL list before anything is written: files exist, are non-empty, have the columns."""
+    if not config.url_list:
+        raise UserError("no URL list given (argument URL_LIST or download.url_list in the config)")
+    files, fmt = _input_files(Path(config.url_list), config.input_format)
+    total = 0
+    for file in files:
+        if file.stat().st_size == 0:
+            raise UserError(f"{file}: empty URL list (no rows)")
+        columns, rows = _read_columns(file, fmt)
+        if rows == 0:
+            raise UserError(f"{file}: empty URL list (no rows)")
+        if fmt.removesuffix(".gz") != "txt":
+            wanted = [("--url-col", config.url_col)]
+            if config.caption_col is not None:
+                wanted.append(("--caption-col", config.caption_col))
+            wanted += [("--save-additional-columns", c) for c in config.save_additional_columns]
+            for flag, col in wanted:
+                if col not in columns:
+                    shown = ", ".join(columns[:12]) + (" ..." if len(columns) > 12 else "")
+                    raise UserError(f"{file}: no column '{col}' (columns: {shown}); set {flag}")
+        total += rows
+    return files, fmt, total
+
+
+# -- run ----------------------------------------------------------------------------------------------
+
+
+def refuse_imported(work: WorkDir) -> None:
+    """A work dir made by ``dedup import`` is not downloaded into: its shards (some perhaps read in
+    place from the user's own files) would mix with img2dataset's."""
+    if work.download_summary.exists():
+        from dedup.download.ingest import SOURCE_KINDS
+
+        previous = read_json(work.download_summary)
+        if previous.get("kind") in SOURCE_KINDS:
+            raise UserError(
+                f"{work.root}: holds data imported from {previous.get('source')}; "
+                "download into a new work directory"
+            )
+
+
+@locked
+def run_download(config: DownloadConfig, work: WorkDir) -> dict[str, Any]:
+    """Download ``config.url_list`` into ``work.download_dir``; return (and save) the summary."""
+    files, fmt, total_rows = validate_url_list(config)
+    from img2dataset.distributor import (
+        multiprocessing_distributor,
+        pyspark_distributor,
+        ray_distributor,
+    )
+    from img2dataset.downloader import Downloader
+    from img2dataset.reader import Reader
+    from img2dataset.writer import WebDatasetSampleWriter
+
+    from dedup.download.resizer import StrictResizer
+
+    if config.distributor == "ray":
+        from dedup.core.optional import require
+
+        require("ray", extra="ray", purpose="--distributor ray")
+    elif config.distributor == "pyspark":
+        from dedup.core.optional import require
+
+        require("pyspark", extra="spark", purpose="--distributor pyspark")
+
+    out = work.download_dir
+    refuse_imported(work)
+    settings = key_settings(config, fmt)
+    identity = check_same_input(work, files, settings) if config.incremental else fingerprint(files, settings)
+    if not config.incremental and out.exists():
+        shutil.rmtree(out)
+    total_rows = normalise(work, files, fmt, config, identity)
+    out.mkdir(parents=True, exist_ok=True)
+    done = set(work.download_shards())
+    tmp = out / "_tmp"
+    tmp.mkdir(exist_ok=True)
+    txt = fmt.removesuffix(".gz") == "txt"
+
+    # img2dataset reads the normalised parts (dedup.download.urllist), by column name: the keys it gives are
+    # the ones input/ recorded, and every caption and extra column is a string it can write.
+    reader = Reader(
+        str(work.input_dir.resolve()),
+        "parquet",
+        "url",
+        "caption" if config.caption_col is not None and not txt else None,
+        None,
+        None,
+        list(config.save_additional_columns) or None,
+        config.samples_per_shard,
+        done,
+        str(tmp),
+        0,
+    )
+    resizer = StrictResizer(
+        image_size=config.image_size,
+        resize_mode=config.resize_mode,
+        resize_only_if_bigger=config.resize_only_if_bigger,
+        encode_quality=config.encode_quality,
+        encode_format=config.encode_format,
+        skip_reencode=config.skip_reencode,
+        min_image_size=config.min_image_size,
+        max_image_area=config.max_image_area,
+        max_aspect_ratio=config.max_aspect_ratio,
+    )
+    downloader = Downloader(
+        sample_writer_class=WebDatasetSampleWriter,
+        resizer=resizer,
+        thread_count=config.threads,
+        save_caption=config.caption_col is not None and fmt.removesuffix(".gz") != "txt",
+        extract_exif=False,
+        output_folder=str(out),
+        column_list=reader.column_list,
+        timeout=config.timeout,
+        number_sample_per_shard=config.samples_per_shard,
+        oom_shard_count=5,
+        compute_hash="sha256",
+        verify_hash_type=None,
+        encode_format=config.encode_format,
+        retries=config.retries,
+        user_agent_token=config.user_agent_token,
+        disallowed_header_directives=DISALLOWED_DIRECTIVES if config.respect_robots else None,
+    )
+    distributor = {
+        "multiprocessing": multiprocessing_distributor,
+        "pyspark": pyspark_distributor,
+        "ray": ray_distributor,
+    }[config.distributor]
+    expected_shards = math.ceil(total_rows / config.samples_per_shard) if len(files) == 1 else None
+    skip_all = expected_shards is not None and all(s in done for s in range(expected_shards))
+    started = time.time()
+    if not skip_all:
+        distributor(config.processes, downloader, reader, 1000, 1)
+    elapsed = time.time() - started
+    shutil.rmtree(tmp, ignore_errors=True)
+
+    summary = summarize_download(work, total_rows=total_rows, run_seconds=elapsed, resumed_shards=len(done))
+    for shard in work.download_shards():
+        if shard in done and read_marker(work, "download", shard) is not None:
+            continue  # a shard an earlier run made keeps the record of the settings that made it
+        stats = read_json(work.download_stats(shard))
+        write_marker(
+            work,
+            "download",
+            shard,
+            config,
+            count=stats["count"],
+            successes=stats["successes"],
+        )
+    write_json(work.download_summary, summary)
+    return summary
+
+
+# -- summary ------------------------------------------------------------------------------------------
+
+FAILURE_LABELS = {
+    "missing_url": "missing URL",
+    "malformed_url": "malformed URL",
+    "http_4xx": "HTTP 4xx",
+    "http_5xx": "HTTP 5xx",
+    "connection_refused": "connection refused",
+    "timeout": "timed out",
+    "dns": "DNS lookup failed",
+    "ssl": "TLS/SSL error",
+    "robots_optout": "opted out (X-Robots-Tag)",
+    "area_guard": "over the area guard",
+    "truncated": "truncated image",
+    "not_an_image": "not an image",
+    "undecodable": "undecodable image",
+    "too_small": "image too small",
+    "aspect_ratio": "aspect ratio too large",
+    "not_recorded": "not recorded by img2dataset",
+    "other": "other",
+}
+
+
+def failure_reason(status: str | None, error_message: str | None, url: str | None) -> str:
+    """A stable reason code for one img2dataset row (``success`` or one of FAILURE_LABELS)."""
+    if status == "success":
+        return "success"
+    if url is None or not str(url).strip():
+        return "missing_url"
+    msg = (error_message or "").lower()
+    if "x-robots-tag" in msg:
+        return "robots_optout"
+    m = re.search(r"http error (\d)\d\d", msg)
+    if m:
+        return "http_4xx" if m.group(1) == "4" else "http_5xx"
+    if NOT_RECORDED in msg.lower():
+        return "not_recorded"
+    rules = [
+        (("unknown url type", "no host given", "invalid url", "url can't contain"), "malformed_url"),
+        (("connection refused",), "connection_refused"),
+        (("timed out", "timeout"), "timeout"),
+        (("name or service not known", "name resolution", "nodename nor servname", "getaddrinfo"), "dns"),
+        (("ssl", "certificate"), "ssl"),
+        (("image area too large",), "area_guard"),
+        (("truncated",), "truncated"),
+        (("not an image", "cannot identify image"), "not_an_image"),
+        (("decoding error", "decode"), "undecodable"),
+        (("image too small",), "too_small"),
+        (("aspect ratio",), "aspect_ratio"),
+    ]
+    for needles, code in rules:
+        if any(n in msg for n in needles):
+            return code
+    return "other"
+
+
+def download_rows(work: WorkDir) -> pl.DataFrame:
+    """Every input row img2dataset recorded (successes and failures), with a reason code."""
+    frames = []
+    for shard in work.download_shards():
+        df = pl.read_parquet(work.download_parquet(shard))
+        keep = [
+            c
+            for c in (
+                "key",
+                "url",
+                "caption",
+                "status",
+                "error_message",
+                "width",
+                "height",
+                "original_width",
+                "original_height",
+                "sha256",
+            )
+            if c in df.columns
+        ]
+        frames.append(df.select(keep).with_columns(pl.lit(shard).alias("shard")))
+    frames += unrecorded_rows(work, frames)
+    if not frames:
+        return pl.DataFrame(
+            schema={
+                "key": pl.String,
+                "url": pl.String,
+                "status": pl.String,
+                "error_message": pl.String,
+                "shard": pl.Int64,
+                "reason": pl.String,
+            }
+        )
+    df = pl.concat(frames, how="diagonal_relaxed")
+    for column in ("caption", "error_message"):  # absent from shards that other tools wrote
+        if column not in df.columns:
+            df = df.with_columns(pl.lit(None, dtype=pl.String).alias(column))
+    reasons = [
+        failure_reason(s, e, u)
+        for s, e, u in zip(
+            df["status"].to_list(), df["error_message"].to_list(), df["url"].to_list(), strict=True
+        )
+    ]
+    return df.with_columns(pl.Series("reason", reasons, dtype=pl.String))
+
+
+NOT_RECORDED = "img2dataset wrote no row for it"
+
+
+def unrecorded_rows(work: WorkDir, frames: list[pl.DataFrame]) -> list[pl.DataFrame]:
+    """Input rows img2dataset did not record (its shard died, or its writer dropped them): failed
+    rows that say so, so the ledger still accounts for them and a rerun retries their shard."""
+    inputs = input_rows(work)
+    if inputs is None:
+        return []
+    seen = pl.concat([f.select("key") for f in frames]) if frames else pl.DataFrame(schema={"key": pl.String})
+    missing = inputs.join(seen, on="key", how="anti")
+    if missing.height == 0:
+        return []
+    finished = set(work.download_shards())
+    why = pl.when(pl.col("shard").is_in(list(finished)))
+    return [
+        missing.with_columns(
+            pl.lit("failed_to_download").alias("status"),
+            why.then(pl.lit(f"{NOT_RECORDED} (its shard finished without it)"))
+            .otherwise(pl.lit(f"{NOT_RECORDED} (its shard did not finish; a rerun retries it)"))
+            .alias("error_message"),
+        )
+    ]
+
+
+def summarize_download(
+    work: WorkDir, total_rows: int | None = None, run_seconds: float | None = None, resumed_shards: int = 0
+) -> dict[str, Any]:
+    rows = download_rows(work)
+    stats = [read_json(work.download_stats(s)) for s in work.download_shards()]
+    successes = int((rows["reason"] == "success").sum()) if rows.height else 0
+    failures: dict[str, dict[str, Any]] = {}
+    for reason, group in rows.filter(pl.col("reason") != "success").group_by("reason"):
+        code = reason[0] if isinstance(reason, tuple) else reason
+        example = group["error_message"].drop_nulls().head(1).to_list()
+        failures[str(code)] = {
+            "label": FAILURE_LABELS.get(str(code), str(code)),
+            "count": group.height,
+            "example": example[0] if example else None,
+        }
+    failures = dict(sorted(failures.items(), key=lambda kv: -kv[1]["count"]))
+    span = max(s["end_time"] for s in stats) - min(s["start_time"] for s in stats) if stats else 0.0
+    return {
+        "input_rows": total_rows if total_rows is not None else rows.height,
+        "rows": rows.height,
+        "shards": len(stats),
+        "resumed_shards": resumed_shards,
+        "successes": successes,
+        "failed": rows.height - successes,
+        "failures": failures,
+        "download_seconds": round(span, 3),
+        "images_per_second": round(successes / span, 2) if span > 0 else None,
+        "run_seconds": round(run_seconds, 3) if run_seconds is not None else None,
+    }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    lines = [
+        f"rows {summary['rows']}  shards {summary['shards']}  (resumed {summary['resumed_shards']})",
+        f"  successes            {summary['successes']:>8}",
+    ]
+    for info in summary["failures"].values():
+        lines.append(f"  {info['label']:<22} {info['count']:>6}")
+    ips = summary["images_per_second"]
+    lines.append(
+        f"  failed               {summary['failed']:>8}"
+        + (f"   |  {ips:.1f} images/s over {summary['download_seconds']:.1f} s" if ips else "")
+    )
+    return "\n".join(lines)

@@ -1,0 +1,99 @@
+"""``dedup verify``: the write stage's invariants, checked from the files alone.
+
+1. Every input sample (every row of every download parquet) is in the ledger exactly once.
+2. Every kept sample is in the output shards exactly once, and nothing else is.
+3. Every member of every output sample has the bytes of the same member in the input (sha256).
+4. The counts add up: kept + removed = input rows, per reason as in write_summary.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tarfile
+from collections import Counter
+
+import polars as pl
+
+from dedup.core.errors import UserError
+from dedup.core.layout import WorkDir, read_json, shard_name, shards_in
+from dedup.core.shards import iter_samples
+from dedup.download.stage import download_rows
+
+
+def _digests(members: dict[str, bytes]) -> dict[str, str]:
+    return {ext: hashlib.sha256(data).hexdigest() for ext, data in members.items()}
+
+
+def verify(work: WorkDir, check_bytes: bool = True) -> list[str]:
+    """All violations found (empty when the output is sound)."""
+    if not work.ledger.exists():
+        raise UserError(f"{work.ledger}: missing; run `dedup write {work.root}` first")
+    work.check_inputs()
+    problems: list[str] = []
+    inputs = download_rows(work)["key"].to_list()
+    ledger = pl.read_parquet(work.ledger)
+    ledger_keys = Counter(ledger["key"].to_list())
+    input_keys = Counter(inputs)
+    for key, n in sorted((input_keys - ledger_keys).items()):
+        problems.append(f"input sample {key} is missing from the ledger" + (f" ({n}x)" if n > 1 else ""))
+    for key, n in sorted(ledger_keys.items()):
+        if n > 1:
+            problems.append(f"ledger lists {key} {n} times")
+        if key not in input_keys:
+            problems.append(f"ledger lists {key}, which is not an input sample")
+
+    output: Counter[str] = Counter()
+    out_hashes: dict[str, dict[str, str]] = {}
+    for shard in shards_in(work.dedup_dir):
+        try:
+            for sample in iter_samples(work.dedup_tar(shard)):
+                output[sample.key] += 1
+                out_hashes[sample.key] = _digests(sample.members)
+        except tarfile.TarError as err:
+            problems.append(f"{work.dedup_tar(shard)}: not a readable tar ({err})")
+    finished = {shard_name(s) for s in shards_in(work.dedup_dir)}
+    if work.dedup_dir.is_dir():
+        for stray in sorted(work.dedup_dir.glob("*.tar")):
+            if stray.stem not in finished:
+                problems.append(f"{stray}: an output tar without its _stats.json (unfinished or stray)")
+    kept = set(ledger.filter(pl.col("kept"))["key"].to_list())
+    for key in sorted(kept - set(output)):
+        problems.append(f"kept sample {key} is missing from the output shards")
+    for key, n in sorted(output.items()):
+        if n > 1:
+            problems.append(f"output holds {key} {n} times")
+        if key not in kept:
+            problems.append(f"output holds {key}, which the ledger does not keep")
+
+    if check_bytes:
+        for shard in work.download_shards():
+            for sample in iter_samples(work.input_tar(shard)):
+                got = out_hashes.get(sample.key)
+                if got is None:
+                    continue
+                want = _digests(sample.members)
+                for ext in sorted(set(want) | set(got)):
+                    if want.get(ext) != got.get(ext):
+                        problems.append(f"output member {sample.key}.{ext} differs from the input")
+
+    if work.write_summary.exists():
+        summary = read_json(work.write_summary)
+        if summary.get("input_samples") != ledger.height:
+            problems.append(
+                f"write_summary says {summary.get('input_samples')} input samples, "
+                f"the ledger has {ledger.height}"
+            )
+        if (
+            summary.get("kept") != len(kept)
+            or summary.get("kept", 0) + summary.get("removed", 0) != ledger.height
+        ):
+            problems.append("write_summary counts do not add up to the ledger")
+        by_reason = {r: v["samples"] for r, v in summary.get("by_reason", {}).items()}
+        actual = {r: n for r, n in ledger.group_by("reason").len().rows()}
+        if by_reason != actual:
+            problems.append(f"write_summary reasons {by_reason} differ from the ledger's {actual}")
+    else:
+        problems.append(f"{work.write_summary}: missing")
+    if sum(output.values()) != len(kept):
+        problems.append(f"output holds {sum(output.values())} samples, the ledger keeps {len(kept)}")
+    return problems

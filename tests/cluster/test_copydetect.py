@@ -1,0 +1,124 @@
+"""The copy decision on real photographs: copies under each transformation of the benchmark's suite
+are copies; different photographs of one subject (stereo pairs, consecutive frames, one room shot
+twice, a zoomed-in shot from the same spot) are not; derived images are called derived."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bench.copydetect import (
+    COPY_TRANSFORMS,
+    DERIVED_TRANSFORMS,
+    _package_dir,
+    copy_transform,
+    derived_transform,
+)
+from dedup.cluster.copydetect import CopyVerifier, Evidence, content_mask, prepare
+from dedup.cluster.grouping import PairOracle
+
+MVTB = _package_dir("mvtbdata")
+INTERIOR = _package_dir("interior_photos")
+
+
+def _jpeg(im: Image.Image, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    im.convert("RGB").save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _photo(path, side: int = 512) -> Image.Image:
+    im = Image.open(path).convert("RGB")
+    s = side / max(im.size)
+    return im.resize((round(im.width * s), round(im.height * s)), Image.LANCZOS) if s < 1 else im
+
+
+def _examine(a: bytes, b: bytes) -> Evidence:
+    v = CopyVerifier()
+    v.add_images([(0, a), (1, b)])
+    return v.examine(0, 1)
+
+
+@pytest.fixture(scope="module")
+def room() -> Image.Image:
+    return _photo(INTERIOR / "images" / "pexels-7303992.jpg")
+
+
+@pytest.mark.parametrize("transform", COPY_TRANSFORMS)
+def test_a_copy_under_each_transformation_is_a_copy(room, transform):
+    rng = np.random.default_rng(7)
+    for _ in range(2):  # two draws of the transformation's parameters
+        copy = copy_transform(room, transform, rng)
+        e = _examine(_jpeg(room), _jpeg(copy, 60 if transform == "jpeg" else 90))
+        assert e.verdict == "copy", (transform, e)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("rocks2-l.png", "rocks2-r.png"),  # stereo pair
+        ("walls-l.png", "walls-r.png"),  # stereo pair
+        ("castle.png", "castle2.png"),  # one sign, another day
+        ("campus/P1070491.png", "campus/P1070493.png"),  # consecutive frames of a walk
+        ("campus/P1070500.png", "campus/P1070501.png"),  # a zoomed-in shot of the same building
+        ("seq/im.002.png", "seq/im.003.png"),  # an image sequence
+        ("eiffel-1.png", "eiffel-2.png"),  # one landmark, two photographs
+    ],
+)
+def test_different_photographs_of_one_subject_are_not_copies(a, b):
+    pa, pb = (_photo(MVTB / "images" / p) for p in (a, b))
+    e = _examine(_jpeg(pa), _jpeg(pb))
+    assert e.verdict != "copy", (a, b, e)
+
+
+def test_two_photographs_of_one_room_are_not_copies():
+    a = _photo(INTERIOR / "images" / "pexels-7303992.jpg")
+    b = _photo(INTERIOR / "images" / "pexels-7303994.jpg")
+    assert _examine(_jpeg(a), _jpeg(b)).verdict == "distinct"
+
+
+@pytest.mark.parametrize("transform", DERIVED_TRANSFORMS)
+def test_a_derived_image_is_not_called_a_copy(room, transform):
+    rng = np.random.default_rng(3)
+    other = _photo(MVTB / "images" / "castle.png")
+    logo = _photo(MVTB / "images" / "tomato_14.png", 128)
+    derived = derived_transform(room, transform, rng, other, logo)
+    assert _examine(_jpeg(room), _jpeg(derived)).verdict != "copy"
+
+
+def test_recolour_is_derived_and_follows_the_derived_setting(room):
+    derived = derived_transform(room, "recolour", np.random.default_rng(0), room, room)
+    evidence = _examine(_jpeg(room), _jpeg(derived))
+    assert evidence.verdict == "derived"
+    x = np.array([[1.0, 0.0], [1.0, 0.0]], dtype=np.float32)
+    for policy, expected in (("keep", False), ("remove", True)):
+        o = PairOracle(
+            embeddings=x,
+            sha=np.arange(2),
+            phash=np.zeros(2, np.uint64),
+            phash_mirror=None,
+            embedding_threshold=0.9,
+            phash_threshold=None,
+            examine=lambda a, b, **_: evidence,
+            derived=policy,
+        )
+        dup, _, _ = o.decide_pairs(np.array([0]), np.array([1]))
+        assert dup.tolist() == [expected], policy
+
+
+def test_content_mask_ignores_borders_and_rotation_corners(room):
+    from PIL import ImageOps
+
+    boxed = np.asarray(ImageOps.expand(room, border=40, fill=(0, 0, 0)).convert("L"))
+    mask = content_mask(boxed)
+    assert mask[:40].sum() == 0 and mask[-40:].sum() == 0 and mask[100:-100, 100:-100].all()
+    rotated = np.asarray(room.rotate(8, resample=Image.BICUBIC).convert("L"))
+    assert content_mask(rotated)[0, 0] == 0 and content_mask(rotated).mean() > 0.85
+
+
+def test_undecodable_bytes_are_never_a_copy(room):
+    assert prepare(b"not an image") is None
+    assert _examine(_jpeg(room), b"not an image").verdict == "distinct"

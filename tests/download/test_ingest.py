@@ -1,0 +1,283 @@
+"""dedup import: a folder of images and parquet files with image bytes become a work directory that
+embed, cluster, write and verify run on unchanged; original bytes and every sample accounted for."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import polars as pl
+import pytest
+from conftest import encode, photo, write_download_shard
+
+from dedup.cluster.stage import run_cluster
+from dedup.core.config import ClusterConfig, EmbedConfig, WriteConfig
+from dedup.core.layout import WorkDir
+from dedup.download.ingest import key_of, run_import
+from dedup.embed.stage import run_embed
+from dedup.write.stage import run_write
+from dedup.write.verify import verify
+
+
+def _pipeline(work: WorkDir) -> pl.DataFrame:
+    run_embed(EmbedConfig(embedder="descriptor"), work, progress=False)
+    run_cluster(ClusterConfig(), work, progress=False)
+    run_write(WriteConfig(samples_per_shard=4), work, progress=False)
+    assert verify(work) == []
+    return pl.read_parquet(work.ledger)
+
+
+def _output_members(work: WorkDir) -> dict[str, bytes]:
+    out = {}
+    for tar_path in sorted(work.dedup_dir.glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            for m in tar.getmembers():
+                out[m.name] = tar.extractfile(m).read()
+    return out
+
+
+@pytest.fixture
+def folder(tmp_path):
+    root = tmp_path / "photos"
+    (root / "trip" / "day.1").mkdir(parents=True)
+    originals = {
+        "a.jpg": encode(photo(1, (160, 120)), quality=90),
+        "trip/b.png": encode(photo(2, (160, 120)), "PNG"),
+        "trip/day.1/c.jpg": encode(photo(3, (160, 120)), quality=90),
+        # a copy of a.jpg at another size and quality: the dedup must find it
+        "trip/a_copy.jpg": encode(photo(1, (160, 120)).resize((120, 90)), quality=70),
+        "broken.jpg": b"\xff\xd8\xff not really a jpeg",
+    }
+    for rel, data in originals.items():
+        (root / rel).write_bytes(data)
+    (root / "a.txt").write_text("a red barn")
+    (root / "trip" / "b.json").write_text(json.dumps({"caption": "a blue lake"}))
+    (root / ".hidden.jpg").write_bytes(originals["a.jpg"])  # hidden files are not images of the set
+    return root, originals
+
+
+def test_folder_import_runs_the_whole_chain_with_original_bytes(folder, tmp_path):
+    root, originals = folder
+    work = WorkDir(tmp_path / "work")
+    summary = run_import(root, work, samples_per_shard=3)
+    assert summary["input_rows"] == 5 and summary["downloaded"] == 4 and summary["shards"] == 2
+    ledger = _pipeline(work)
+    assert ledger.height == 5  # every file, the unreadable one included
+    by_key = {r["key"]: r for r in ledger.iter_rows(named=True)}
+    assert by_key["broken"]["reason"] == "download_failed" and "not an image" in by_key["broken"]["detail"]
+    assert by_key["trip/a_copy"]["reason"] == "duplicate" or by_key["a"]["reason"] == "duplicate"
+    assert by_key["a"]["caption"] == "a red barn" and by_key["trip/b"]["caption"] == "a blue lake"
+    assert by_key["trip/day_1/c"]["kept"]  # dots in folder names cannot reach a WebDataset key
+    members = _output_members(work)
+    for rel, data in originals.items():
+        key, ext = key_of(rel), rel.rsplit(".", 1)[1]
+        if by_key[key]["kept"]:
+            assert members[f"{key}.{ext}"] == data  # byte for byte, never re-encoded
+
+
+def test_parquet_with_image_bytes_is_streamed_in(tmp_path):
+    images = [encode(photo(i, (128, 96)), quality=90) for i in range(5)]
+    rows = [
+        {"image": {"bytes": b, "path": f"img{i}.jpg"}, "text": f"caption {i}"} for i, b in enumerate(images)
+    ]
+    rows.append({"image": {"bytes": None, "path": None}, "text": "no image"})
+    src = tmp_path / "hf"
+    src.mkdir()
+    pl.DataFrame(rows).write_parquet(src / "train-00000.parquet")
+    work = WorkDir(tmp_path / "work")
+    summary = run_import(src, work)
+    assert summary["kind"] == "parquet" and summary["input_rows"] == 6 and summary["downloaded"] == 5
+    ledger = _pipeline(work)
+    assert ledger.height == 6 and (ledger["reason"] == "download_failed").sum() == 1
+    members = _output_members(work)
+    kept = ledger.filter(pl.col("kept"))
+    assert kept.height == 5
+    for key in kept["key"].to_list():
+        row = int(key.rsplit("/", 1)[1])
+        assert members[f"{key}.jpg"] == images[row]
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: (p / "empty").mkdir(), "no images found"),
+        (lambda p: pl.DataFrame({"x": [1]}).write_parquet(p / "t.parquet"), "no image column"),
+        (lambda p: (p / "notes.txt").write_text("hi"), "not WebDataset shards (.tar), a folder of images"),
+        (lambda p: (p / "junk.tar").write_bytes(b"not a tar at all" * 64), "not a readable tar"),
+        (lambda p: _tar(p / "text.tar", {"a.txt": b"only text"}), "not a WebDataset of images"),
+    ],
+)
+def test_bad_sources_are_one_line_errors(tmp_path, cli, make, message):
+    make(tmp_path)
+    source = next(p for p in tmp_path.iterdir())
+    r = cli("import", str(source), str(tmp_path / "work"))
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_import_refuses_a_work_directory_that_has_other_data(folder, tmp_path, cli):
+    root, _ = folder
+    run_import(root, WorkDir(tmp_path / "work"))
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "x.jpg").write_bytes(encode(photo(9)))
+    r = cli("import", str(other), str(tmp_path / "work"))
+    assert r.returncode == 2 and "already imported from" in r.stderr, r.stderr
+    again = cli("import", str(root), str(tmp_path / "work"))  # the same source: resumes, nothing to do
+    assert again.returncode == 0 and "imported 4 of 5" in again.stdout, again.stderr
+    url_list = tmp_path / "urls.csv"
+    url_list.write_text("URL,TEXT\nhttp://127.0.0.1:9/a.jpg,a\n")
+    r = cli("download", str(url_list), str(tmp_path / "work"))
+    assert r.returncode == 2 and "holds data imported from" in r.stderr, r.stderr
+    downloaded = WorkDir(tmp_path / "w2")
+    write_download_shard(downloaded, 0, [("k", encode(photo(1)), "c", "http://x/k.jpg")])
+    r = cli("import", str(root), str(downloaded.root))
+    assert r.returncode == 2 and "already holds shards" in r.stderr, r.stderr
+
+
+def test_a_config_with_source_runs_the_pipeline_on_a_folder_and_reruns_up_to_date(folder, tmp_path, cli):
+    root, originals = folder
+    config = tmp_path / "mine.yaml"
+    config.write_text(
+        f"workdir: {tmp_path / 'work'}\n"
+        f"source: {root}\n"
+        "embed: {embedder: descriptor}\n"
+        "stages: [download, embed, cluster, write]\n"
+    )
+    first = cli("run", str(config))
+    assert first.returncode == 0, first.stderr
+    assert "imported 4 of 5 images" in first.stdout
+    ledger = pl.read_parquet(tmp_path / "work" / "ledger.parquet")
+    assert ledger.height == len(originals)
+    again = cli("run", str(config))
+    assert again.returncode == 0 and "up to date: imported from" in again.stdout, again.stdout
+
+
+def _tar(path, members: dict[str, bytes]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _size(root) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+@pytest.fixture
+def shards(tmp_path):
+    """Three img2dataset-style shards: 0 and 2 share a copy of one photo; shard 1's parquet records a
+    failed download that never reached its tar; one member does not decode."""
+    root = tmp_path / "laion"
+    root.mkdir()
+    originals: dict[str, bytes] = {}
+    for shard in range(3):
+        members = {}
+        for i in range(4):
+            key = f"{shard:05d}{i:04d}"
+            seed = 100 if (shard, i) in ((0, 0), (2, 3)) else shard * 10 + i
+            data = encode(photo(seed, (400, 300)), quality=92)
+            if (shard, i) == (1, 2):
+                data = b"\xff\xd8\xff truncated"
+            members[f"{key}.jpg"] = data
+            members[f"{key}.txt"] = f"caption {key}".encode()
+            members[f"{key}.json"] = json.dumps({"url": f"http://host/{key}.jpg", "key": key}).encode()
+        _tar(root / f"{shard:05d}.tar", members)
+        originals.update(members)
+    pl.DataFrame(
+        {
+            "key": ["000100099"],
+            "url": ["http://host/gone.jpg"],
+            "status": ["failed_to_download"],
+            "error_message": ["HTTP Error 404: Not Found"],
+        }
+    ).write_parquet(root / "00001.parquet")
+    return root, originals
+
+
+@pytest.mark.parametrize("form", ["folder", "brace", "glob", "file_url"])
+def test_shards_are_read_in_place_and_run_the_whole_chain(shards, tmp_path, form):
+    root, originals = shards
+    source = {
+        "folder": str(root),
+        "brace": f"{root}/{{00000..00002}}.tar",
+        "glob": f"{root}/*.tar",
+        "file_url": f"file://{root}",
+    }[form]
+    work = WorkDir(tmp_path / "work")
+    summary = run_import(source, work)
+    assert summary["kind"] == "shards" and summary["in_place"] and summary["shards"] == 3
+    assert summary["input_rows"] == 13 and summary["downloaded"] == 12  # the 404 row is counted, not lost
+    # no image byte copied: the work dir holds references and small parquet/json files only
+    assert not list(work.download_dir.glob("*.tar"))
+    assert _size(work.root) < _size(root) / 4, (_size(work.root), _size(root))
+    ledger = _pipeline(work)
+    assert ledger.height == 13
+    by_key = {r["key"]: r for r in ledger.iter_rows(named=True)}
+    assert by_key["000100099"]["reason"] == "download_failed" and "404" in by_key["000100099"]["detail"]
+    assert by_key["000010002"]["reason"] == "decode_failed"
+    assert {by_key["000000000"]["reason"], by_key["000020003"]["reason"]} == {"kept", "duplicate"}
+    assert by_key["000000001"]["url"] == "http://host/000000001.jpg"  # the shard's own url kept
+    members = _output_members(work)
+    kept = {k for k, r in by_key.items() if r["kept"]}
+    assert {name.split(".", 1)[0] for name in members} == kept
+    for name, data in members.items():
+        assert originals[name] == data  # original member bytes and names
+    if form == "folder":  # the report and the attack's reader work on a work dir read in place
+        from attack.data import read_images
+        from dedup.core.config import ReportConfig
+        from dedup.report.stage import run_report
+
+        run_report(ReportConfig(), work)
+        assert (work.report_dir / "index.html").exists()
+        images = read_images(work.download_dir, 16)
+        assert len(images.keys) == 11 and "000010002" not in images.keys  # the undecodable one skipped
+
+
+def test_a_changed_source_shard_is_refused_not_reused(shards, tmp_path, cli):
+    root, _ = shards
+    work = WorkDir(tmp_path / "work")
+    run_import(root, work)
+    with open(root / "00001.tar", "ab") as f:
+        f.write(b"\0" * 1024)
+    r = cli("embed", str(work.root), "--embedder", "descriptor")
+    assert r.returncode == 2 and "changed since it was imported" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_shards_and_folders_on_an_fsspec_filesystem(shards, folder, tmp_path):
+    """memory:// stands for an object store: shards are streamed in once, byte for byte; a folder and
+    parquet are read through the same filesystem."""
+    import fsspec
+
+    mem = fsspec.filesystem("memory")
+    root, _ = shards
+    for p in sorted(root.glob("*.tar")):
+        mem.pipe(f"/bucket/shards/{p.name}", p.read_bytes())
+    work = WorkDir(tmp_path / "work")
+    summary = run_import("memory://bucket/shards/{00000..00002}.tar", work)
+    assert summary["kind"] == "shards" and not summary["in_place"] and summary["input_rows"] == 12
+    for shard, p in enumerate(sorted(root.glob("*.tar"))):
+        assert work.download_tar(shard).read_bytes() == p.read_bytes()
+    ledger = _pipeline(work)
+    assert ledger.height == 12
+
+    photos, files = folder
+    for p in sorted(photos.rglob("*")):
+        if p.is_file():
+            mem.pipe(f"/bucket/photos/{p.relative_to(photos).as_posix()}", p.read_bytes())
+    work2 = WorkDir(tmp_path / "work2")
+    summary = run_import("memory://bucket/photos", work2)
+    assert summary["kind"] == "folder" and summary["input_rows"] == len(files)
+    ledger = _pipeline(work2)
+    assert ledger.filter(pl.col("key") == "a")["caption"].to_list() == ["a red barn"]
+
+    rows = [{"image": {"bytes": files["a.jpg"], "path": "a.jpg"}, "text": "barn"}]
+    buffer = io.BytesIO()
+    pl.DataFrame(rows).write_parquet(buffer)
+    mem.pipe("/bucket/hf/train.parquet", buffer.getvalue())
+    summary = run_import("memory://bucket/hf/train.parquet", WorkDir(tmp_path / "work3"))
+    assert summary["kind"] == "parquet" and summary["downloaded"] == 1
+    mem.rm("/bucket", recursive=True)
