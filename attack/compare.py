@@ -25,7 +25,8 @@ from attack.extract import BUCKETS, Extraction, extract
 from attack.model import UNetConfig
 from attack.sample import load_generations, sample_to_file
 from attack.train import TrainConfig, data_digest, train
-from dedup.core.layout import AttackDir, atomic_path, config_hash, read_json, write_json
+from dedup.core.layout import AttackDir, atomic_path, read_json, write_json
+from dedup.core.markers import config_hash
 
 WHICH = ("before", "after")
 

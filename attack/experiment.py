@@ -39,7 +39,8 @@ from attack.extract import BUCKETS, extract
 from attack.membership import FPR, T, auc, loss_scores, roc, tpr_at_fpr
 from attack.sample import load_generations, sample_to_file
 from attack.train import data_digest, train
-from dedup.core.layout import ExperimentDir, atomic_path, config_hash, read_json, write_json
+from dedup.core.layout import ExperimentDir, atomic_path, read_json, write_json
+from dedup.core.markers import config_hash
 
 ARMS = ("before", "after", "after_equal_passes", "random_removal")
 QUESTIONS = {

@@ -489,7 +489,8 @@ def run(
 @app.command(rich_help_panel="Inspect")
 def status(workdir: WorkdirArg) -> None:
     """Show which stages and shards are complete in WORKDIR, and with which config."""
-    from dedup.core.layout import WorkDir, stage_status
+    from dedup.core.layout import WorkDir
+    from dedup.core.markers import stage_status
 
     work = WorkDir(workdir)
     if not work.root.is_dir():

@@ -22,7 +22,8 @@ from PIL import Image, ImageEnhance, ImageOps
 
 from dedup.core.config import DemoConfig
 from dedup.core.errors import UserError
-from dedup.core.layout import WorkDir, config_hash, read_json, write_json
+from dedup.core.layout import WorkDir, read_json, write_json
+from dedup.core.markers import config_hash
 from dedup.download.serve import free_port, port_is_free
 
 # Near-identical frames (stereo pairs, sequences, the same photo twice) would make the planted truth

@@ -6,7 +6,8 @@ import numpy as np
 import polars as pl
 
 from dedup.core.config import DemoConfig
-from dedup.core.layout import WorkDir, config_hash
+from dedup.core.layout import WorkDir
+from dedup.core.markers import config_hash
 from dedup.demo import build_corpus, copy_counts, make_bases, photo_copy_counts, source_photos
 
 

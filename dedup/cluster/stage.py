@@ -40,17 +40,8 @@ from dedup.cluster.representatives import RankContext
 from dedup.cluster.search import Candidates, Mapper, pair_phash_distance, phash_candidates, search
 from dedup.core.config import ClusterConfig
 from dedup.core.errors import UserError
-from dedup.core.layout import (
-    WorkDir,
-    atomic_path,
-    is_complete,
-    locked,
-    read_json,
-    read_marker,
-    shard_name,
-    write_json,
-    write_marker,
-)
+from dedup.core.layout import WorkDir, atomic_path, locked, read_json, shard_name, write_json
+from dedup.core.markers import is_complete, read_marker, write_marker
 from dedup.embed.stage import OK, check_embeddings, embeddings_memmap, load_metadata
 
 DEFAULTS = {

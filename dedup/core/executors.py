@@ -76,7 +76,7 @@ _WORKER_STATE: dict[str, Any] = {}
 
 
 def _state_key(stage: Stage, work: WorkDir) -> str:
-    from dedup.core.layout import config_hash
+    from dedup.core.markers import config_hash
 
     return f"{type(stage).__qualname__}:{work.root}:{config_hash(vars(stage))}"
 

@@ -41,7 +41,8 @@ from typing import Any
 import polars as pl
 
 from dedup.core.errors import UserError
-from dedup.core.layout import WorkDir, atomic_path, locked, read_json, shards_in, write_json, write_marker
+from dedup.core.layout import WorkDir, atomic_path, locked, read_json, shards_in, write_json
+from dedup.core.markers import write_marker
 from dedup.core.shards import IMAGE_EXTENSIONS, iter_samples
 
 SOURCE_KINDS = ("shards", "folder", "parquet")

@@ -27,7 +27,8 @@ import polars as pl
 
 from dedup.core.config import DownloadConfig
 from dedup.core.errors import UserError
-from dedup.core.layout import WorkDir, locked, read_json, read_marker, write_json, write_marker
+from dedup.core.layout import WorkDir, locked, read_json, write_json
+from dedup.core.markers import read_marker, write_marker
 from dedup.download.urllist import check_same_input, fingerprint, input_rows, key_settings, normalise
 
 INPUT_FORMATS = ("parquet", "csv", "tsv", "jsonl", "json", "txt")

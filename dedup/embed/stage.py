@@ -27,16 +27,8 @@ from PIL import Image, ImageOps
 
 from dedup.core.config import EmbedConfig
 from dedup.core.errors import UserError
-from dedup.core.layout import (
-    WorkDir,
-    atomic_path,
-    locked,
-    read_json,
-    read_marker,
-    remove_stale_temporaries,
-    write_json,
-    write_marker,
-)
+from dedup.core.layout import WorkDir, atomic_path, locked, read_json, remove_stale_temporaries, write_json
+from dedup.core.markers import read_marker, write_marker
 from dedup.core.shards import Sample, iter_samples
 from dedup.core.stage import Advance, Plan, Resources, Stage, Unit, run_stage
 from dedup.embed.hashing import phash_pair, sha256, trim_border
@@ -75,7 +67,7 @@ def _stage_config(config: EmbedConfig) -> dict[str, Any]:
 
 
 def shard_done(work: WorkDir, shard: int, config: EmbedConfig) -> bool:
-    from dedup.core.layout import config_hash
+    from dedup.core.markers import config_hash
 
     marker = read_marker(work, "embed", shard)
     emb, meta = work.img_emb(shard), work.metadata(shard)

@@ -24,17 +24,8 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from dedup.core.config import WriteConfig
-from dedup.core.layout import (
-    WorkDir,
-    atomic_path,
-    config_hash,
-    locked,
-    read_marker,
-    remove_stale_temporaries,
-    shard_name,
-    write_json,
-    write_marker,
-)
+from dedup.core.layout import WorkDir, atomic_path, locked, remove_stale_temporaries, shard_name, write_json
+from dedup.core.markers import config_hash, read_marker, write_marker
 from dedup.core.stage import Advance, Plan, Stage, Unit, run_stage
 from dedup.write.ledger import build_ledger
 

@@ -7,7 +7,8 @@ from conftest import encode, photo, write_download_shard
 
 from dedup.cluster.stage import run_cluster
 from dedup.core.config import ClusterConfig, EmbedConfig
-from dedup.core.layout import WorkDir, read_marker
+from dedup.core.layout import WorkDir
+from dedup.core.markers import read_marker
 from dedup.embed.stage import run_embed
 
 

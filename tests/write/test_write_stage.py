@@ -11,7 +11,8 @@ from conftest import encode, photo, write_download_shard
 
 from dedup.cluster.stage import run_cluster
 from dedup.core.config import ClusterConfig, EmbedConfig, WriteConfig
-from dedup.core.layout import WorkDir, read_marker, shards_in
+from dedup.core.layout import WorkDir, shards_in
+from dedup.core.markers import read_marker
 from dedup.embed.stage import run_embed
 from dedup.write.stage import Span, _ranges, copy_spans, format_write_summary, index_shards, run_write
 
