@@ -42,6 +42,7 @@ from dedup.core.config import ClusterConfig
 from dedup.core.errors import UserError
 from dedup.core.layout import WorkDir, atomic_path, locked, read_json, shard_name, write_json
 from dedup.core.markers import is_complete, read_marker, write_marker
+from dedup.core.stage import Advance, Plan, Stage, Unit, run_stage
 from dedup.embed.stage import OK, check_embeddings, embeddings_memmap, load_metadata
 
 DEFAULTS = {
@@ -137,6 +138,67 @@ def _stage_key(config: ClusterConfig, work: WorkDir) -> dict[str, Any]:
     return {"config": settings, "embedded": embedded, "reference": reference}
 
 
+class ClusterStage(Stage):
+    """One unit, run on the driver: the search's partitions (or query blocks) go to the executor's
+    ``map``, verification and grouping run here, then a sorted merge; the unit is done while the
+    config and the embed outputs it read are unchanged (``_stage_key``)."""
+
+    name = "cluster"
+    unit_name = "search"
+    on_driver = True
+
+    def __init__(
+        self, config: ClusterConfig, force: bool = False, mapper: Mapper | None = None, progress: bool = True
+    ) -> None:
+        self.config, self.force, self.mapper, self.progress = config, force, mapper, progress
+
+    def inputs(self, work: WorkDir) -> list[Path]:
+        return [work.embed_summary, *(work.img_emb(s) for s in work.download_shards())]
+
+    def outputs(self, work: WorkDir) -> list[Path]:
+        return [work.pairs, work.clusters, work.cluster_summary]
+
+    def plan(self, work: WorkDir) -> Plan:
+        config = self.config
+        if config.against and Path(config.against).resolve() == work.root.resolve():
+            raise UserError(f"--against {config.against}: that is this work directory; give another one")
+        work.check_inputs()
+        stale = [
+            s
+            for s in work.download_shards()
+            if (read_marker(work, "embed", s) or {}).get("input") != work.input_identity(s)
+        ]
+        if stale:
+            raise UserError(
+                f"{work.root}: shard(s) {', '.join(shard_name(s) for s in stale[:5])} changed or are not "
+                "embedded yet; run `dedup embed` first"
+            )
+        return Plan([Unit(0)], {"key": _stage_key(config, work)})
+
+    def done(self, work: WorkDir, unit: Unit) -> bool:
+        return (
+            not self.force
+            and is_complete(work, "cluster", None, _stage_key(self.config, work))
+            and all(p.exists() for p in (work.clusters, work.pairs, work.cluster_summary))
+        )
+
+    def process(self, work: WorkDir, unit: Unit, state: Any, advance: Advance = None) -> dict[str, Any]:
+        try:
+            summary = _run_cluster(self.config, work, self.progress, self.mapper)
+            key = _stage_key(self.config, work)
+            write_marker(work, "cluster", None, key, clusters=summary["clusters"], removed=summary["removed"])
+            return summary
+        finally:
+            # the memory-mapped copies of the vectors are scratch: derived, and as large as the embeddings
+            for name in ("_embeddings.f16.npy", "_reference.f16.npy"):
+                (work.cluster_dir / name).unlink(missing_ok=True)
+
+    def finish(self, work: WorkDir, plan: Plan, todo: list[Unit], results: list[Any], seconds: float) -> dict:
+        if not todo:
+            return {**read_json(work.cluster_summary), "skipped": True}
+        return results[0]
+
+
 @locked
 def run_cluster(
     config: ClusterConfig,
@@ -151,36 +213,7 @@ def run_cluster(
     With an ``executor`` the embedding search's partitions (or query blocks) run as its tasks, after
     the partition assignment on the driver and before a sorted merge; verification and grouping run
     here. The files are the same for any executor."""
-    if config.against and Path(config.against).resolve() == work.root.resolve():
-        raise UserError(f"--against {config.against}: that is this work directory; give another one")
-    work.check_inputs()
-    stale = [
-        s
-        for s in work.download_shards()
-        if (read_marker(work, "embed", s) or {}).get("input") != work.input_identity(s)
-    ]
-    if stale:
-        raise UserError(
-            f"{work.root}: shard(s) {', '.join(shard_name(s) for s in stale[:5])} changed or are not "
-            "embedded yet; run `dedup embed` first"
-        )
-    key = _stage_key(config, work)
-    if (
-        not force
-        and is_complete(work, "cluster", None, key)
-        and work.clusters.exists()
-        and work.pairs.exists()
-    ):
-        summary = read_json(work.cluster_summary)
-        return {**summary, "skipped": True}
-    try:
-        summary = _run_cluster(config, work, progress, executor)
-        write_marker(work, "cluster", None, key, clusters=summary["clusters"], removed=summary["removed"])
-        return summary
-    finally:
-        # the memory-mapped copies of the vectors are scratch: derived, and as large as the embeddings
-        for name in ("_embeddings.f16.npy", "_reference.f16.npy"):
-            (work.cluster_dir / name).unlink(missing_ok=True)
+    return run_stage(ClusterStage(config, force, executor, progress), work, None, progress)
 
 
 def _run_cluster(

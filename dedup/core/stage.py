@@ -18,6 +18,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 if TYPE_CHECKING:
@@ -65,6 +66,17 @@ class Stage(ABC):
 
     name: str = ""
     unit_name: str = "unit"  # progress bars and messages: "shard", "output shard"
+    # A stage whose one unit fans out by itself (cluster maps its search partitions over the
+    # executor, then verifies and groups) runs that unit on the driver instead of shipping it.
+    on_driver: bool = False
+
+    def inputs(self, work: WorkDir) -> list[Path]:
+        """The files this stage reads (paths from layout), for messages and checks."""
+        return []
+
+    def outputs(self, work: WorkDir) -> list[Path]:
+        """The files a complete run leaves (paths from layout); a test holds every stage to them."""
+        return []
 
     def resources(self) -> Resources:
         return Resources()
@@ -101,5 +113,9 @@ def run_stage(stage: Stage, work: WorkDir, executor: Executor | None = None, pro
     plan = stage.plan(work)
     todo = [u for u in plan.units if not stage.done(work, u)]
     started = time.time()
-    results = executor.run_units(stage, work, todo, progress) if todo else []
+    if stage.on_driver:
+        state = stage.setup(work) if todo else None
+        results = [stage.process(work, unit, state) for unit in todo]
+    else:
+        results = executor.run_units(stage, work, todo, progress) if todo else []
     return stage.finish(work, plan, todo, results, time.time() - started)

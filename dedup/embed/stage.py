@@ -320,6 +320,13 @@ class EmbedStage(Stage):
         # the decode threads run beside the model; a GPU is asked for only when the config says cuda
         return Resources(cpus=float(self.config.workers), gpus=1.0 if self.config.device == "cuda" else 0.0)
 
+    def inputs(self, work: WorkDir) -> list[Path]:
+        return [work.input_tar(s) for s in work.download_shards()]
+
+    def outputs(self, work: WorkDir) -> list[Path]:
+        per_shard = [(work.img_emb(s), work.metadata(s)) for s in work.download_shards()]
+        return [p for pair in per_shard for p in pair] + [work.embed_summary]
+
     def plan(self, work: WorkDir) -> Plan:
         shards = work.download_shards()
         if not shards:

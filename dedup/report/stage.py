@@ -20,6 +20,8 @@ from PIL import Image, ImageOps
 from dedup.core.config import ReportConfig
 from dedup.core.errors import UserError
 from dedup.core.layout import AttackDir, WorkDir, atomic_path, locked, read_json, write_json
+from dedup.core.markers import write_marker
+from dedup.core.stage import Advance, Plan, Stage, Unit, run_stage
 
 THUMB = 112
 BUCKETS = (("1", 1, 1), ("2-4", 2, 4), ("5-19", 5, 19), ("20+", 20, 10**12))
@@ -248,11 +250,45 @@ def _missing(stage: str, command: str) -> dict[str, str]:
     return {"stage": stage, "command": command}
 
 
+class ReportStage(Stage):
+    """One unit on the driver, redone on every run: the report reads every stage's files and the
+    attack's, takes seconds, and is the file a person opens, so it is never left behind its inputs.
+    Its marker records what it was made from, so ``dedup status`` can call it stale."""
+
+    name = "report"
+    on_driver = True
+
+    def __init__(self, config: ReportConfig) -> None:
+        self.config = config
+
+    def outputs(self, work: WorkDir) -> list[Path]:
+        return [work.report_dir / "index.html", work.report_dir / "summary.json"]
+
+    def plan(self, work: WorkDir) -> Plan:
+        if not work.root.is_dir():
+            raise UserError(f"{work.root}: no such work directory")
+        work.check_inputs()
+        return Plan([Unit(0)])
+
+    def done(self, work: WorkDir, unit: Unit) -> bool:
+        return False
+
+    def process(self, work: WorkDir, unit: Unit, state: Any, advance: Advance = None) -> dict[str, Any]:
+        summary = _write_report(self.config, work)
+        write_marker(work, "report", None, self.config)
+        return summary
+
+    def finish(self, work: WorkDir, plan: Plan, todo: list[Unit], results: list[Any], seconds: float) -> dict:
+        return results[0]
+
+
 @locked
 def run_report(config: ReportConfig, work: WorkDir) -> dict[str, Any]:
-    if not work.root.is_dir():
-        raise UserError(f"{work.root}: no such work directory")
-    work.check_inputs()
+    """report/index.html and report/summary.json from whatever stages have run."""
+    return run_stage(ReportStage(config), work, None, progress=False)
+
+
+def _write_report(config: ReportConfig, work: WorkDir) -> dict[str, Any]:
     out = work.report_dir
     if out.exists():
         shutil.rmtree(out)

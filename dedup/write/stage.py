@@ -24,7 +24,15 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from dedup.core.config import WriteConfig
-from dedup.core.layout import WorkDir, atomic_path, locked, remove_stale_temporaries, shard_name, write_json
+from dedup.core.layout import (
+    WorkDir,
+    atomic_path,
+    locked,
+    read_json,
+    remove_stale_temporaries,
+    shard_name,
+    write_json,
+)
 from dedup.core.markers import config_hash, read_marker, write_marker
 from dedup.core.stage import Advance, Plan, Stage, Unit, run_stage
 from dedup.write.ledger import build_ledger
@@ -286,6 +294,13 @@ class WriteStage(Stage):
         # Shards are independent files: while one waits on fsync, the kernel copies the next. Each
         # shard's bytes depend only on the plan, so the output is identical for any worker count.
         return self.config.workers
+
+    def inputs(self, work: WorkDir) -> list[Path]:
+        return [work.clusters, *(work.input_tar(s) for s in work.download_shards())]
+
+    def outputs(self, work: WorkDir) -> list[Path]:
+        shards = read_json(work.write_summary)["output_shards"] if work.write_summary.exists() else 0
+        return [*(work.dedup_tar(i) for i in range(shards)), work.ledger, work.write_summary]
 
     def plan(self, work: WorkDir) -> Plan:
         started = time.time()

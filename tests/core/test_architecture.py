@@ -47,3 +47,29 @@ def test_tests_mirror_the_stage_packages():
     assert packages == ["cluster", "core", "download", "embed", "report", "write"]
     tests = Path(__file__).resolve().parents[1]
     assert all(list((tests / name).glob("test_*.py")) for name in packages)
+
+
+def test_every_stage_leaves_the_outputs_it_declares(small_demo):
+    """The contract's inputs/outputs are the files on disk after a run, not documentation only."""
+    from dedup.cluster.stage import ClusterStage
+    from dedup.embed.stage import EmbedStage
+    from dedup.pipeline import demo_config
+    from dedup.report.stage import ReportStage, run_report
+    from dedup.write.stage import WriteStage
+
+    cfg = demo_config()
+    cfg.cluster.ground_truth = str(small_demo.root / cfg.cluster.ground_truth)  # as run_demo made it
+    run_report(cfg.report, small_demo)
+    stages = [
+        EmbedStage(cfg.embed),
+        ClusterStage(cfg.cluster),
+        WriteStage(cfg.write),
+        ReportStage(cfg.report),
+    ]
+    for stage in stages:
+        outputs = stage.outputs(small_demo)
+        assert outputs and all(p.is_file() for p in outputs), stage.name
+        assert all(p.is_file() for p in stage.inputs(small_demo)), stage.name
+    # the driver-side stages: cluster skips while its inputs are unchanged, the report is always redone
+    assert ClusterStage(cfg.cluster).done(small_demo, ClusterStage(cfg.cluster).plan(small_demo).units[0])
+    assert not ReportStage(cfg.report).done(small_demo, ReportStage(cfg.report).plan(small_demo).units[0])
