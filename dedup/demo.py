@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import io
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -299,14 +300,17 @@ def _phrases(n: int, rng: np.random.Generator) -> list[str]:
     return out
 
 
+def _copy_buckets(n: int, rng: np.random.Generator, shares: tuple[int, int, int]) -> list[np.ndarray]:
+    """Disjoint random index sets of the given sizes (largest-copy bucket first), the rest once."""
+    order = rng.permutation(n)
+    edges = np.cumsum((0, *shares))
+    return [order[a:b] for a, b in pairwise(edges)]
+
+
 def copy_counts(n: int, rng: np.random.Generator) -> np.ndarray:
     """Copies per base, skewed like LAION: most once, ~5% 2-4, ~1.5% 5-19, ~0.6% 20-150."""
     counts = np.ones(n, dtype=int)
-    order = rng.permutation(n)
-    n_small, n_mid, n_big = round(0.05 * n), round(0.015 * n), max(1, round(0.006 * n))
-    big = order[:n_big]
-    mid = order[n_big : n_big + n_mid]
-    small = order[n_big + n_mid : n_big + n_mid + n_small]
+    big, mid, small = _copy_buckets(n, rng, (max(1, round(0.006 * n)), round(0.015 * n), round(0.05 * n)))
     counts[big] = np.exp(rng.uniform(np.log(20), np.log(150), size=len(big))).astype(int)
     counts[mid] = rng.integers(5, 20, size=len(mid))
     counts[small] = rng.integers(2, 5, size=len(small))
@@ -318,11 +322,9 @@ def photo_copy_counts(n: int, rng: np.random.Generator) -> np.ndarray:
     distinct images as are bundled, LAION's skew would copy one or two; this keeps every bucket
     populated while deduplication still removes a minority of the samples (~40 %)."""
     counts = np.ones(n, dtype=int)
-    order = rng.permutation(n)
-    n_small, n_mid, n_big = max(1, round(0.10 * n)), max(1, round(0.035 * n)), max(1, round(0.012 * n))
-    big = order[:n_big]
-    mid = order[n_big : n_big + n_mid]
-    small = order[n_big + n_mid : n_big + n_mid + n_small]
+    big, mid, small = _copy_buckets(
+        n, rng, (max(1, round(0.012 * n)), max(1, round(0.035 * n)), max(1, round(0.10 * n)))
+    )
     counts[big] = rng.integers(20, 25, size=len(big))
     counts[mid] = rng.integers(5, 10, size=len(mid))
     counts[small] = rng.integers(2, 5, size=len(small))

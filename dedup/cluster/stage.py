@@ -151,6 +151,7 @@ class ClusterStage(Stage):
         self, config: ClusterConfig, force: bool = False, mapper: Mapper | None = None, progress: bool = True
     ) -> None:
         self.config, self.force, self.mapper, self.progress = config, force, mapper, progress
+        self.key: dict[str, Any] = {}  # set by plan()
 
     def inputs(self, work: WorkDir) -> list[Path]:
         return [work.embed_summary, *(work.img_emb(s) for s in work.download_shards())]
@@ -173,20 +174,23 @@ class ClusterStage(Stage):
                 f"{work.root}: shard(s) {', '.join(shard_name(s) for s in stale[:5])} changed or are not "
                 "embedded yet; run `dedup embed` first"
             )
-        return Plan([Unit(0)], {"key": _stage_key(config, work)})
+        # what the run reads, once: done() and process() use it (no unit runs anywhere but here)
+        self.key = _stage_key(config, work)
+        return Plan([Unit(0)])
 
     def done(self, work: WorkDir, unit: Unit) -> bool:
         return (
             not self.force
-            and is_complete(work, "cluster", None, _stage_key(self.config, work))
+            and is_complete(work, "cluster", None, self.key)
             and all(p.exists() for p in (work.clusters, work.pairs, work.cluster_summary))
         )
 
     def process(self, work: WorkDir, unit: Unit, state: Any, advance: Advance = None) -> dict[str, Any]:
         try:
             summary = _run_cluster(self.config, work, self.progress, self.mapper)
-            key = _stage_key(self.config, work)
-            write_marker(work, "cluster", None, key, clusters=summary["clusters"], removed=summary["removed"])
+            write_marker(
+                work, "cluster", None, self.key, clusters=summary["clusters"], removed=summary["removed"]
+            )
             return summary
         finally:
             # the memory-mapped copies of the vectors are scratch: derived, and as large as the embeddings

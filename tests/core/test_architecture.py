@@ -71,5 +71,6 @@ def test_every_stage_leaves_the_outputs_it_declares(small_demo):
         assert outputs and all(p.is_file() for p in outputs), stage.name
         assert all(p.is_file() for p in stage.inputs(small_demo)), stage.name
     # the driver-side stages: cluster skips while its inputs are unchanged, the report is always redone
-    assert ClusterStage(cfg.cluster).done(small_demo, ClusterStage(cfg.cluster).plan(small_demo).units[0])
+    cluster = ClusterStage(cfg.cluster)
+    assert cluster.done(small_demo, cluster.plan(small_demo).units[0])
     assert not ReportStage(cfg.report).done(small_demo, ReportStage(cfg.report).plan(small_demo).units[0])
