@@ -8,6 +8,8 @@ Two embedding searches, chosen by N (``search: auto``):
   then exact search (one GEMM per partition) of each point against the members of its ``nprobe``
   nearest partitions. Probing more than one partition is the multi-assignment at the borders that
   keeps recall of near-duplicate pairs at >= 0.99 of the exact search; bench/cluster.py measures it.
+  Wide vectors are partitioned and compared in a PCA sketch of ``reduce_dim`` dimensions with a bound
+  that loses no pair above the threshold (``Sketch``), then every candidate is rescored exactly.
 
 Queries can come in several views of the same points (a mirrored descriptor, for flipped copies);
 each view is searched and a pair keeps its best similarity.
@@ -141,13 +143,12 @@ def _exact_blocks(shared: dict, steps: list[tuple[int, int]]) -> list[tuple[np.n
     return parts
 
 
-def _kmeans(x: np.ndarray, nlist: int, seed: int, per_centroid: int = 40) -> np.ndarray:
+def _kmeans_rows(sample: np.ndarray, nlist: int, seed: int, per_centroid: int = 40) -> np.ndarray:
+    """Spherical k-means centroids of the sampled rows (``40 * nlist`` of them, drawn by the caller)."""
     import faiss
 
-    rng = np.random.default_rng(seed)
-    pick = np.sort(rng.choice(len(x), size=min(len(x), per_centroid * nlist), replace=False))
     km = faiss.Kmeans(
-        x.shape[1],
+        sample.shape[1],
         nlist,
         niter=10,
         seed=seed,
@@ -156,7 +157,7 @@ def _kmeans(x: np.ndarray, nlist: int, seed: int, per_centroid: int = 40) -> np.
         verbose=False,
         max_points_per_centroid=per_centroid,
     )
-    km.train(_rows(x, pick))
+    km.train(np.ascontiguousarray(sample, dtype=np.float32))
     return np.asarray(km.centroids, dtype=np.float32)
 
 
@@ -173,6 +174,50 @@ def _nearest_centroids(
         _, i = index.search(_rows(x, slice(lo, min(len(x), lo + block_size)), view), probes)
         out.append(i)
     return np.concatenate(out)
+
+
+# float16 sketch rows change a dot product by at most ~2^-10 of |Px||Py| <= 1 (relative rounding 2^-11
+# on each side): this much more slack keeps the bound a bound.
+SKETCH_SLACK = 1e-3
+
+
+@dataclass(frozen=True)
+class Sketch:
+    """Vectors seen through the top ``r`` principal directions of their second moment.
+
+    For any x, y split as projection plus residual, x.y = Px.Py + Rx.Ry <= Px.Py + |Rx||Ry|
+    (Cauchy-Schwarz), so every pair at cosine >= t has Px.Py + |Rx||Ry| >= t: searching the sketch
+    with that upper bound loses no pair, at r/d of the cost. Uncentred PCA maximises the energy the
+    sketch keeps, which is what makes the residuals, and so the false candidates, small. Rows are
+    float16 (a quarter of the float32 vectors' bytes), residual norms float32.
+    """
+
+    rows: np.ndarray
+    residual: np.ndarray
+
+
+def _basis(x: np.ndarray, r: int, pick: np.ndarray) -> np.ndarray:
+    """(d, r) orthonormal top principal directions of the sampled rows' second moment."""
+    second = np.zeros((x.shape[1], x.shape[1]), dtype=np.float64)
+    for lo in range(0, len(pick), 65_536):
+        rows = _rows(x, pick[lo : lo + 65_536]).astype(np.float64)
+        second += rows.T @ rows
+    _, vectors = np.linalg.eigh(second)
+    basis = vectors[:, ::-1][:, :r]
+    basis *= np.where(basis[np.abs(basis).argmax(axis=0), np.arange(r)] < 0, -1.0, 1.0)  # fixed signs
+    return np.ascontiguousarray(basis, dtype=np.float32)
+
+
+def _sketch(x: np.ndarray, basis: np.ndarray, block_size: int, view: View | None = None) -> Sketch:
+    rows = np.empty((len(x), basis.shape[1]), dtype=np.float16)
+    residual = np.empty(len(x), dtype=np.float32)
+    for lo in range(0, len(x), block_size):
+        full = _rows(x, slice(lo, min(len(x), lo + block_size)), view)
+        proj = full @ basis
+        rows[lo : lo + len(full)] = proj
+        left = np.einsum("ij,ij->i", full, full) - np.einsum("ij,ij->i", proj, proj)
+        residual[lo : lo + len(full)] = np.sqrt(np.maximum(left, 0.0))
+    return Sketch(rows, residual)
 
 
 def _topk_hits(sims: np.ndarray, k: int, threshold: float) -> tuple[np.ndarray, np.ndarray]:
@@ -210,12 +255,15 @@ def ivf_search(
     seed: int = 0,
     progress: bool = False,
     mapper: Mapper | None = None,
+    reduce_dim: int | None = 128,
 ) -> Candidates:
     """Partitioned search: every base vector lives in its nearest k-means partition; every query is
     compared, with one GEMM per partition, to the members of its ``nprobe`` nearest partitions.
 
     Probing several partitions is the multi-assignment at the borders that keeps near-duplicate pairs
-    from being split by a partition boundary (bench/cluster.py measures the recall it buys).
+    from being split by a partition boundary (bench/cluster.py measures the recall it buys). Vectors
+    wider than ``reduce_dim`` are partitioned and compared in their ``Sketch`` (no pair lost by it;
+    the top-k of a crowded row is then ranked by the bound), and the candidates rescored exactly.
     """
     symmetric = queries is None
     q_all = base if queries is None else queries
@@ -224,18 +272,28 @@ def ivf_search(
         return Candidates.empty()
     nlist = min(nlist or max(1, round(2 * np.sqrt(n))), max(1, n // 16))
     nprobe = min(nprobe, nlist)
-    centroids = _kmeans(base, nlist, seed)
-    base_probes = _nearest_centroids(base, centroids, nprobe, block_size)
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(n, size=min(n, 40 * nlist), replace=False))
+    basis = _basis(base, reduce_dim, pick) if reduce_dim and base.shape[1] > reduce_dim else None
+    b_view = _sketch(base, basis, block_size) if basis is not None else None
+    b_rows = base if b_view is None else b_view.rows
+    centroids = _kmeans_rows(_rows(b_rows, pick), nlist, seed)
+    base_probes = _nearest_centroids(b_rows, centroids, nprobe, block_size)
     home = base_probes[:, 0]
     b_order = np.argsort(home, kind="stable")
     b_bounds = np.searchsorted(home[b_order], np.arange(nlist + 1))
     kk = k + int(symmetric)
     parts = []
     for view in [None, *views]:
+        if basis is None:
+            q_sketch, q_rows, apply = None, q_all, view
+        else:
+            q_sketch = b_view if symmetric and view is None else _sketch(q_all, basis, block_size, view)
+            q_rows, apply = q_sketch.rows, None
         probes = (
             base_probes
             if symmetric and view is None
-            else _nearest_centroids(q_all, centroids, nprobe, block_size, view)
+            else _nearest_centroids(q_rows, centroids, nprobe, block_size, apply)
         )
         q_part = probes.ravel()
         q_row = np.repeat(np.arange(len(q_all)), nprobe)
@@ -243,13 +301,17 @@ def ivf_search(
         q_bounds = np.searchsorted(q_part[q_order], np.arange(nlist + 1))
         # partition assignment done: each partition's queries and members are independent work
         shared = {
-            "base": _shareable(base),
-            "queries": None if symmetric else _shareable(q_all),
-            "view": view,
+            "base": _shareable(b_rows),
+            "queries": _shareable(q_rows) if not symmetric or (basis is not None and view) else None,
+            "view": apply,
+            "residuals": None if basis is None else (b_view.residual, q_sketch.residual),
+            "full": None
+            if basis is None
+            else (_shareable(base), None if symmetric else _shareable(q_all), view),
             "members": [b_order[b_bounds[p] : b_bounds[p + 1]] for p in range(nlist)],
             "asked": [q_row[q_order[q_bounds[p] : q_bounds[p + 1]]] for p in range(nlist)],
             "kk": kk,
-            "threshold": threshold - SIM_MARGIN,
+            "threshold": threshold - SIM_MARGIN - (SKETCH_SLACK if basis is not None else 0.0),
             "progress": progress and _in_process(mapper),
         }
         parts += _run(_partition_hits, list(range(nlist)), shared, mapper)
@@ -261,6 +323,10 @@ def _partition_hits(shared: dict, partitions: list[int]) -> list[tuple[np.ndarra
     base = _opened(shared["base"])
     q_all = base if shared["queries"] is None else _opened(shared["queries"])
     view, kk, threshold = shared["view"], shared["kk"], shared["threshold"]
+    residuals, full = shared["residuals"], shared["full"]
+    if full is not None:
+        full_base = _opened(full[0])
+        full_q = full_base if full[1] is None else _opened(full[1])
     parts = []
     for p in tqdm(partitions, desc="search", unit="part", disable=not shared["progress"]):
         qs, ms = shared["asked"][p], shared["members"][p]
@@ -270,9 +336,32 @@ def _partition_hits(shared: dict, partitions: list[int]) -> list[tuple[np.ndarra
         for lo in range(0, len(qs), 4096):
             chunk = qs[lo : lo + 4096]
             sims = _rows(q_all, chunk, view) @ m.T
+            if residuals is not None:
+                sims = _bounded(sims, residuals, chunk, ms, kk, threshold, full_base, full_q, full[2])
             r, c = _topk_hits(sims, kk, threshold)
             parts.append((chunk[r], ms[c], sims[r, c]))
     return parts
+
+
+def _bounded(
+    sims: np.ndarray,
+    residuals: tuple[np.ndarray, np.ndarray],
+    chunk: np.ndarray,
+    ms: np.ndarray,
+    kk: int,
+    threshold: float,
+    full_base: np.ndarray,
+    full_q: np.ndarray,
+    view: View | None,
+) -> np.ndarray:
+    """Sketch similarities made upper bounds of the full ones; a row with more than ``kk`` entries
+    over the threshold gets its real similarities instead, so its top-k is ranked by them (a pair
+    at the threshold passes the bound, so nothing the real row keeps is lost)."""
+    sims += residuals[1][chunk][:, None] * residuals[0][ms][None, :]
+    crowded = np.flatnonzero(np.count_nonzero(sims >= threshold, axis=1) > kk)
+    if len(crowded):
+        sims[crowded] = _rows(full_q, chunk[crowded], view) @ _rows(full_base, ms).T
+    return sims
 
 
 # A GEMM's last bits depend on how BLAS splits it over threads, which differs between a laptop, a
@@ -358,13 +447,24 @@ def search(
     block_size: int = 16_384,
     progress: bool = False,
     mapper: Mapper | None = None,
+    reduce_dim: int | None = 128,
 ) -> tuple[Candidates, str]:
     """Dispatch on ``method`` (auto: exact up to ``exact_max`` vectors); returns the method used."""
     used = method if method != "auto" else ("exact" if len(base) <= exact_max else "ivf")
     if used == "exact":
         return exact_search(base, k, threshold, queries, views, block_size, progress, mapper), used
     cand = ivf_search(
-        base, k, threshold, queries, views, nlist, nprobe, block_size, progress=progress, mapper=mapper
+        base,
+        k,
+        threshold,
+        queries,
+        views,
+        nlist,
+        nprobe,
+        block_size,
+        progress=progress,
+        mapper=mapper,
+        reduce_dim=reduce_dim,
     )
     return cand, used
 

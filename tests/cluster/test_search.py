@@ -80,3 +80,27 @@ def test_phash_candidates_are_exact_within_three_bits_and_find_most_beyond(radiu
     assert np.all(d <= radius) and np.array_equal(d, hamming(h[i], h[j]))
     share = len(planted_pairs & found) / len(planted_pairs)
     assert share >= least
+
+
+def test_the_sketch_loses_no_pair_above_the_threshold():
+    # One partition: the sketched search compares every pair, so by its bound it must return exactly
+    # the exact search's pairs and similarities, however few dimensions the sketch keeps.
+    x, truth = planted(2_000, 96, groups=40, size=4, noise=0.3, seed=5)
+    exact = exact_search(x, k=40, threshold=0.8)
+    for r in (4, 16):  # 4: the bound passes nearly every pair, every row is ranked by real similarity
+        sketched = ivf_search(x, k=40, threshold=0.8, nlist=1, reduce_dim=r)
+        assert np.array_equal(sketched.i, exact.i) and np.array_equal(sketched.j, exact.j)
+        assert np.array_equal(sketched.sim, exact.sim)
+    assert truth <= _pairs(exact)
+
+
+def test_sketched_partitions_keep_recall_and_views():
+    x, truth = planted(20_000, 256, groups=300, size=4, noise=0.25, seed=6)
+    exact = _pairs(exact_search(x, k=8, threshold=0.9))
+    sketched = _pairs(ivf_search(x, k=8, threshold=0.9, reduce_dim=32))
+    assert truth <= exact and len(exact & sketched) / len(exact) >= 0.99
+    flip = lambda q: q[:, ::-1].copy()  # noqa: E731
+    y = x.copy()
+    y[1] = x[0][::-1]
+    assert (0, 1) in _pairs(ivf_search(y, 4, 0.99, views=[flip], nlist=4, reduce_dim=32))
+    assert (0, 1) not in _pairs(ivf_search(y, 4, 0.99, nlist=4, reduce_dim=32))
