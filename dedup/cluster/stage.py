@@ -371,6 +371,7 @@ def _candidate_pairs(
             exact_max=config.exact_max,
             nlist=config.nlist,
             nprobe=config.nprobe,
+            reduce_dim=config.reduce_dim,
             block_size=config.block_size,
             progress=progress,
             mapper=executor,
@@ -649,6 +650,7 @@ def match_reference(
         exact_max=config.exact_max,
         nlist=config.nlist,
         nprobe=config.nprobe,
+        reduce_dim=config.reduce_dim,
         block_size=config.block_size,
         mapper=executor,
     )

@@ -107,6 +107,13 @@ class ClusterConfig(Section):
     exact_max: int = Field(50_000, gt=0, description="auto switches to IVF above this many samples")
     nlist: int | None = Field(None, description="IVF partitions; None: about 2*sqrt(N)")
     nprobe: int = Field(8, gt=0, description="IVF partitions each sample is compared against")
+    reduce_dim: int | None = Field(
+        128,
+        gt=0,
+        description="IVF partitions and compares wider vectors in a PCA sketch of this many dimensions, "
+        "with a bound that loses no pair above the threshold, then rescores every candidate exactly; "
+        "None: all dimensions (slower)",
+    )
     block_size: int = Field(16_384, gt=0)
     grouping: Literal["components", "representative", "semdedup"] = "representative"
     representative: Literal["resolution", "first", "centroid", "farthest", "caption"] = "resolution"
