@@ -263,7 +263,7 @@ def ivf_search(
     Probing several partitions is the multi-assignment at the borders that keeps near-duplicate pairs
     from being split by a partition boundary (bench/cluster.py measures the recall it buys). Vectors
     wider than ``reduce_dim`` are partitioned and compared in their ``Sketch`` (no pair lost by it;
-    the top-k of a crowded row is then ranked by the bound), and the candidates rescored exactly.
+    a row crowded by the bound is ranked by its real similarities), and the candidates rescored exactly.
     """
     symmetric = queries is None
     q_all = base if queries is None else queries
