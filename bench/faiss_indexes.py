@@ -91,11 +91,6 @@ def make_vectors(n: int, dist: str, seed: int = 0) -> np.memmap:
     return np.memmap(path, dtype=np.float16, mode="r", shape=(n, D))
 
 
-def _nlist(n: int) -> int:
-    """The cluster stage's default: about 2 sqrt(N) partitions."""
-    return min(max(1, round(2 * np.sqrt(n))), max(1, n // 16))
-
-
 def _planted_path(path: Path) -> Path:
     return path.with_suffix(".planted.npy")
 
@@ -115,8 +110,10 @@ def _faiss_search(x: np.memmap, method: str, asked: np.ndarray | None) -> tuple[
     the search time is then extrapolated to all N, and said so)."""
     import faiss
 
+    from dedup.cluster.search import KMEANS_ROWS_PER_CENTROID, default_nlist
+
     n = len(x)
-    nlist = _nlist(n)
+    nlist = default_nlist(n)
     timings: dict = {}
     started = time.time()
     if method == "faiss-hnsw":
@@ -131,7 +128,7 @@ def _faiss_search(x: np.memmap, method: str, asked: np.ndarray | None) -> tuple[
                 quantizer, D, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
             )
         rng = np.random.default_rng(0)
-        train = np.sort(rng.choice(n, size=min(n, 40 * nlist), replace=False))
+        train = np.sort(rng.choice(n, size=min(n, KMEANS_ROWS_PER_CENTROID * nlist), replace=False))
         index.train(np.asarray(x[train], dtype=np.float32))
         index.nprobe = PROBES
     timings["train_s"] = round(time.time() - started, 1)
@@ -179,14 +176,14 @@ def _reference(x: np.memmap, q: np.ndarray) -> set[tuple[int, int]]:
 
 
 def run_one(n: int, dist: str, method: str) -> dict:
-    from dedup.cluster.search import ivf_search
+    from dedup.cluster.search import default_nlist, ivf_search
 
     x = make_vectors(n, dist)
     rng = np.random.default_rng(1)
     q = np.sort(rng.choice(n, size=min(n, 2000), replace=False))
     started = time.time()
     extra: dict = {}
-    nlist = _nlist(n)
+    nlist = default_nlist(n)
     asked = None
     if method in ("ivf", "ivf-full"):  # ivf-full: the same search without the 128-d sketch
         c = ivf_search(x, K, THRESHOLD, nprobe=PROBES, reduce_dim=128 if method == "ivf" else None)

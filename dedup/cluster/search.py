@@ -143,8 +143,21 @@ def _exact_blocks(shared: dict, steps: list[tuple[int, int]]) -> list[tuple[np.n
     return parts
 
 
-def _kmeans_rows(sample: np.ndarray, nlist: int, seed: int, per_centroid: int = 40) -> np.ndarray:
-    """Spherical k-means centroids of the sampled rows (``40 * nlist`` of them, drawn by the caller)."""
+# k-means trains on this many sampled rows per partition (FAISS caps what it uses at the same number).
+KMEANS_ROWS_PER_CENTROID = 40
+
+
+def default_nlist(n: int, nlist: int | None = None) -> int:
+    """Partitions for n vectors: ``nlist`` if given, else about 2 sqrt(n); at most n/16, so a partition
+    averages 16 members or more."""
+    return min(nlist or max(1, round(2 * np.sqrt(n))), max(1, n // 16))
+
+
+def _kmeans_rows(
+    sample: np.ndarray, nlist: int, seed: int, per_centroid: int = KMEANS_ROWS_PER_CENTROID
+) -> np.ndarray:
+    """Spherical k-means centroids of the sampled rows (``per_centroid * nlist`` of them, drawn by the
+    caller)."""
     import faiss
 
     km = faiss.Kmeans(
@@ -270,10 +283,10 @@ def ivf_search(
     n = len(base)
     if n == 0 or len(q_all) == 0 or (symmetric and n < 2):
         return Candidates.empty()
-    nlist = min(nlist or max(1, round(2 * np.sqrt(n))), max(1, n // 16))
+    nlist = default_nlist(n, nlist)
     nprobe = min(nprobe, nlist)
     rng = np.random.default_rng(seed)
-    pick = np.sort(rng.choice(n, size=min(n, 40 * nlist), replace=False))
+    pick = np.sort(rng.choice(n, size=min(n, KMEANS_ROWS_PER_CENTROID * nlist), replace=False))
     basis = _basis(base, reduce_dim, pick) if reduce_dim and base.shape[1] > reduce_dim else None
     b_view = _sketch(base, basis, block_size) if basis is not None else None
     b_rows = base if b_view is None else b_view.rows
