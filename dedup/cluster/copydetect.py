@@ -36,9 +36,10 @@ import cv2
 import numpy as np
 
 SIDE = 256  # longest side images are normalised to before features and alignment
-COMPARE_SIDE = 128  # longest side of the contained image when pixels are compared (at most)
+COMPARE_SIDE = 256  # longest side of the contained image when pixels are compared (at most)
 MIN_COMPARE_SIDE = 32
-PATCH = 8  # patch side (pixels at COMPARE_SIDE)
+PATCH = 8  # smallest patch side (pixels)
+PATCHES_ACROSS = 16  # patches across the compared image's longest side (larger patches at finer scales)
 BLUR_SIGMA = 1.0  # suppresses JPEG blocks and resampling differences before comparing
 RATIO = 0.8  # Lowe's ratio test
 RANSAC_PX = 3.0
@@ -66,12 +67,13 @@ COPY_MATCH = 0.95  # share of informative patches that must agree for a copy
 DERIVED_MATCH = 0.55  # ... for a derived image (a region or the colours changed)
 COLOR_MATCH = 0.60  # colour agreement below this makes a pixel-identical pair derived (recoloured)
 DETAIL_TRIGGER = 1.3  # look at fine detail when the contained image has this many times the pixels
-DETAIL_RATIO = 1.45  # ... and call it another shot when its detail energy is this many times larger
+DETAIL_RATIO = 1.3  # ... and call it another shot when its detail energy is this many times larger
 DETAIL_SIDE = 384  # resolution (longest side) of that look
 DETAIL_BLUR = 0.7  # before the Laplacian, so JPEG block noise is not mistaken for detail
 COLOR_CELL = 8  # pixels (at the compared size) per cell when colours are compared
 CHROMA_FLOOR = 8.0  # chroma (8-bit Lab units) below which colour differences are judged absolutely
 SHADING_MIN = 0.95  # correlation of patch means below which the shading disagrees
+MIN_TEMPLATE_MARKS = 2  # disagreeing textured patches each image must have on shared fill (other text)
 MIN_INFORMATIVE = 12  # fewer informative patches than this: decided on the whole overlap instead
 
 VERDICTS = ("copy", "derived", "distinct")
@@ -310,11 +312,48 @@ def compare(a: Prepared, b: Prepared, m: np.ndarray) -> tuple[float, float, floa
     sigma = max(_blur(a, cmp_side, a.real_side), _blur(b, cmp_side, b_side))
     la = cv2.GaussianBlur(la, (0, 0), sigma)
     lb = cv2.GaussianBlur(lb, (0, 0), sigma)
-    pixel = _pixel_match(la[..., 0], lb[..., 0], valid)
+    added, template = _fills(content, b, back, size)
+    own = valid & ~added
+    if own.sum() >= PATCH * PATCH:
+        valid = own
+    patch = max(PATCH, round(cmp_side / PATCHES_ACROSS))
+    pixel = _pixel_match(la[..., 0], lb[..., 0], valid, template & valid, patch)
     # only a strict part of the other image can be a new shot of it (same framing: a rescale)
     strict_part = other < MIN_COVERAGE
     detail = _extra_detail(a, b, back, max(size)) if pixel >= DERIVED_MATCH and strict_part else 1.0
     return coverage, pixel, _color_match(la, lb, valid), detail
+
+
+def _fills(
+    content: np.ndarray, b: Prepared, back: np.ndarray, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(added, template) masks in the compared frame, from the uniform fill of both images.
+
+    ``added``: the contained image's fill regions (a border, letterbox bars, a rotation's corners)
+    that lie over the other image's content: padding added around a crop, where the other image
+    shows what the crop cut away. Comparing those pixels, or letting the fill into the brightness
+    normalisation, would reject a bordered crop of a copy.
+
+    ``template``: where both images are fill, text and marks drawn on it included (a closing joins
+    the fill around thin strokes): the bands of a meme, a template's frame. Fill over fill is part of
+    both pictures and is compared as usual; what is drawn there is the content of a template.
+    """
+    fill = (~content).astype(np.uint8)
+    if not fill.any():
+        empty = np.zeros(content.shape, bool)
+        return empty, empty
+    flags = cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP
+    other = cv2.warpAffine(_content(b), back, size, flags=flags, borderValue=1).astype(bool)
+    n, labels = cv2.connectedComponents(fill, connectivity=4)
+    over = np.bincount(labels.ravel(), weights=other.ravel(), minlength=n)
+    area = np.bincount(labels.ravel(), minlength=n)
+    is_added = over > 0.5 * area
+    is_added[0] = False  # label 0: content
+    added = is_added[labels]
+    kernel = np.ones((PATCH + 1, PATCH + 1), np.uint8)
+    close = lambda x: cv2.morphologyEx(x.astype(np.uint8), cv2.MORPH_CLOSE, kernel).astype(bool)  # noqa: E731
+    template = close(fill) & close(~other) & ~added
+    return added, template
 
 
 def _common_side(a: Prepared, b: Prepared, m: np.ndarray) -> float:
@@ -467,17 +506,26 @@ def _blur(p: Prepared, compare_side: float, own_side: float) -> float:
     return max(BLUR_SIGMA, strength * 8 * compare_side / own_side)
 
 
-def _pixel_match(ya: np.ndarray, yb: np.ndarray, valid: np.ndarray) -> float:
-    """Share of informative patches whose pixels agree, after global brightness/contrast normalisation."""
+def _pixel_match(
+    ya: np.ndarray, yb: np.ndarray, valid: np.ndarray, template: np.ndarray | None = None, patch: int = 8
+) -> float:
+    """Share of informative patches whose pixels agree, after global brightness/contrast normalisation.
+
+    Where both images are uniform fill (``template``: a meme's bands, a product template's frame) and
+    *each* has marks there that the other lacks, the template carries different content (other text,
+    another product): the share is then at most the agreement over the template's informative
+    patches, however small the template is. A copy with a caption added has marks on the fill in one
+    image only, so it is judged as before.
+    """
     za = (ya - ya[valid].mean()) / (ya[valid].std() + 1e-3)
     zb = (yb - yb[valid].mean()) / (yb[valid].std() + 1e-3)
     h, w = za.shape
-    ph, pw = h // PATCH, w // PATCH
+    ph, pw = h // patch, w // patch
     if ph == 0 or pw == 0:
         return 0.0
 
     def blocks(x: np.ndarray) -> np.ndarray:
-        return x[: ph * PATCH, : pw * PATCH].reshape(ph, PATCH, pw, PATCH).transpose(0, 2, 1, 3)
+        return x[: ph * patch, : pw * patch].reshape(ph, patch, pw, patch).transpose(0, 2, 1, 3)
 
     va = blocks(valid.astype(np.float32)).mean(axis=(2, 3)) > 0.95
     ba, bb = blocks(za), blocks(zb)
@@ -500,6 +548,14 @@ def _pixel_match(ya: np.ndarray, yb: np.ndarray, valid: np.ndarray) -> float:
         share = float(np.mean(np.abs(za[valid] - zb[valid]) <= PATCH_MEAN))
     else:
         share = float((agree & informative).sum() / counted)
+    if template is not None and template.any():
+        on_template = va & (blocks(template.astype(np.float32)).mean(axis=(2, 3)) > 0.5)
+        differs = on_template & ~agree
+        own_a = int((differs & (sa > TEXTURE)).sum())
+        own_b = int((differs & (sb > TEXTURE)).sum())
+        if min(own_a, own_b) >= MIN_TEMPLATE_MARKS:
+            marked = on_template & informative
+            share = min(share, float((agree & marked).sum() / max(1, int(marked.sum()))))
     # the shading (patch means across the frame) must agree too: look-alike tiles of one repetitive
     # structure share their edges but not their light
     cells = va.ravel()
