@@ -46,6 +46,8 @@ RANSAC_PX = 3.0
 RANSAC_SEED = 12345
 MAX_ROTATION_DEG = 20.0
 SCALE_RANGE = (0.25, 4.0)  # between the two normalised frames (crops of 30 % a side need ~2.5)
+MAX_STRETCH = 1.5  # one axis scaled this much more than the other (an aspect change) at most
+MAX_SHEAR = 0.05  # cosine of the angle between the transformed axes (0: perpendicular)
 MIN_FIT_INLIERS = 5
 WINDOW_SIDE = 64  # template matching runs at this size
 WINDOW_SCALES = (0.70, 0.76, 0.82, 0.86, 0.90, 0.93, 0.96, 0.98)  # b's size within a's frame
@@ -71,8 +73,10 @@ DETAIL_RATIO = 1.3  # ... and call it another shot when its detail energy is thi
 DETAIL_SIDE = 384  # resolution (longest side) of that look
 DETAIL_BLUR = 0.7  # before the Laplacian, so JPEG block noise is not mistaken for detail
 COLOR_CELL = 8  # pixels (at the compared size) per cell when colours are compared
+SATURATION_RANGE = 2.0  # a copy's saturation is at most this many times its source's, or at least 1/this
 CHROMA_FLOOR = 8.0  # chroma (8-bit Lab units) below which colour differences are judged absolutely
 SHADING_MIN = 0.95  # correlation of patch means below which the shading disagrees
+MARK_AREA = 0.01  # a content region smaller than this share of the frame, on fill, is a mark (a letter)
 MIN_TEMPLATE_MARKS = 2  # disagreeing textured patches each image must have on shared fill (other text)
 MIN_INFORMATIVE = 12  # fewer informative patches than this: decided on the whole overlap instead
 
@@ -171,8 +175,9 @@ class Features:
             p.keypoints = (np.float32([k.pt for k in kp]).reshape(-1, 2), des)
         return p.keypoints
 
-    def fit(self, a: Prepared, b: Prepared) -> tuple[np.ndarray | None, int, float]:
-        """Similarity transform mapping b's pixels onto a's, its inlier count and inlier ratio."""
+    def fit(self, a: Prepared, b: Prepared, stretch: bool = False) -> tuple[np.ndarray | None, int, float]:
+        """Similarity transform mapping b's pixels onto a's, its inlier count and inlier ratio; with
+        ``stretch``, an affine one whose two axes may scale differently (a stretched copy)."""
         pa, da = self.compute(a)
         pb, db = self.compute(b)
         if da is None or db is None or len(pa) < 4 or len(pb) < 4:
@@ -186,15 +191,29 @@ class Features:
         # RANSAC draws from OpenCV's per-thread RNG; reseeding per pair makes a pair's verdict
         # independent of how many pairs were checked before it (input order, resumed runs).
         cv2.setRNGSeed(RANSAC_SEED)
-        m, mask = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PX)
+        estimate = cv2.estimateAffine2D if stretch else cv2.estimateAffinePartial2D
+        m, mask = estimate(src, dst, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PX)
         if m is None or mask is None:
             return None, 0, 0.0
         inliers = int(mask.sum())
-        scale = math.hypot(m[0, 0], m[1, 0])
-        angle = abs(math.degrees(math.atan2(m[1, 0], m[0, 0])))
-        if not (SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]) or angle > MAX_ROTATION_DEG:
+        if not _plausible(m):
             return None, inliers, inliers / len(good)
         return m, inliers, inliers / len(good)
+
+
+def _plausible(m: np.ndarray) -> bool:
+    """A transform a copy can have undergone: a scale within SCALE_RANGE, a rotation of at most
+    MAX_ROTATION_DEG, and (for an affine fit) axes stretched by at most MAX_STRETCH against each
+    other with next to no shear; anything else is another view, not a copy."""
+    sx, sy = math.hypot(m[0, 0], m[1, 0]), math.hypot(m[0, 1], m[1, 1])
+    angle = abs(math.degrees(math.atan2(m[1, 0], m[0, 0])))
+    shear = abs(m[0, 0] * m[0, 1] + m[1, 0] * m[1, 1]) / max(sx * sy, 1e-9)  # cosine between the axes
+    return (
+        SCALE_RANGE[0] <= math.sqrt(sx * sy) <= SCALE_RANGE[1]
+        and angle <= MAX_ROTATION_DEG
+        and max(sx, sy) / max(min(sx, sy), 1e-9) <= MAX_STRETCH
+        and shear <= MAX_SHEAR
+    )
 
 
 def stretch(a: Prepared, b: Prepared) -> np.ndarray:
@@ -334,9 +353,9 @@ def _fills(
     shows what the crop cut away. Comparing those pixels, or letting the fill into the brightness
     normalisation, would reject a bordered crop of a copy.
 
-    ``template``: where both images are fill, text and marks drawn on it included (a closing joins
-    the fill around thin strokes): the bands of a meme, a template's frame. Fill over fill is part of
-    both pictures and is compared as usual; what is drawn there is the content of a template.
+    ``template``: where both images are fill or small marks on it (:func:`_template`): the bands of a
+    meme, a template's frame. Fill over fill is part of both pictures and is compared as usual; what
+    is drawn there is the content of a template.
     """
     fill = (~content).astype(np.uint8)
     if not fill.any():
@@ -350,10 +369,21 @@ def _fills(
     is_added = over > 0.5 * area
     is_added[0] = False  # label 0: content
     added = is_added[labels]
-    kernel = np.ones((PATCH + 1, PATCH + 1), np.uint8)
-    close = lambda x: cv2.morphologyEx(x.astype(np.uint8), cv2.MORPH_CLOSE, kernel).astype(bool)  # noqa: E731
-    template = close(fill) & close(~other) & ~added
+    other_template = cv2.warpAffine(
+        _template(_content(b)).astype(np.uint8), back, size, flags=flags, borderValue=0
+    )
+    template = _template(content) & other_template.astype(bool) & ~added
     return added, template
+
+
+def _template(content: np.ndarray) -> np.ndarray:
+    """Fill and the small marks on it: content regions under MARK_AREA of the frame, such as the
+    letters of a caption drawn on a band. The picture itself, and the edge where fill meets it
+    (two frames' fills end in different places: a rotation's corners, a border), are not marks."""
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(content.astype(np.uint8), connectivity=8)
+    small = stats[:, cv2.CC_STAT_AREA] < MARK_AREA * content.size
+    small[0] = True  # label 0: the fill itself
+    return small[labels]
 
 
 def _common_side(a: Prepared, b: Prepared, m: np.ndarray) -> float:
@@ -549,7 +579,7 @@ def _pixel_match(
     else:
         share = float((agree & informative).sum() / counted)
     if template is not None and template.any():
-        on_template = va & (blocks(template.astype(np.float32)).mean(axis=(2, 3)) > 0.5)
+        on_template = va & (blocks(template.astype(np.float32)).mean(axis=(2, 3)) > 0.9)
         differs = on_template & ~agree
         own_a = int((differs & (sa > TEXTURE)).sum())
         own_b = int((differs & (sb > TEXTURE)).sum())
@@ -584,10 +614,15 @@ def _color_match(la: np.ndarray, lb: np.ndarray, valid: np.ndarray) -> float:
     na, nb = float(np.abs(ca).mean()), float(np.abs(cb).mean())
     if max(na, nb) < 3.0:
         return 1.0
-    # best saturation scale s >= 0 for cb ~ s * ca, then the residual relative to the chroma present
-    s = max(0.0, float((ca * cb).sum() / ((ca * ca).sum() + 1e-6)))
-    residual = float(np.abs(cb - s * ca).mean())
-    return float(max(0.0, 1.0 - residual / max(na, nb, CHROMA_FLOOR)))
+
+    # each way round (the verdict must not depend on which image is ``a``): the best saturation
+    # scale for one from the other, within what a copy's contrast change does, then the residual
+    # relative to the chroma present; a scale near 0 would make any grey image "agree"
+    def agreement(x: np.ndarray, y: np.ndarray) -> float:
+        s = float(np.clip((x * y).sum() / ((x * x).sum() + 1e-6), 1 / SATURATION_RANGE, SATURATION_RANGE))
+        return 1.0 - float(np.abs(y - s * x).mean()) / max(na, nb, CHROMA_FLOOR)
+
+    return float(max(0.0, min(agreement(ca, cb), agreement(cb, ca))))
 
 
 def verdict(coverage: float, pixel_match: float, color_match: float, detail: float = 1.0) -> str:
@@ -641,6 +676,19 @@ def examine(
         if m is not None and inliers >= min_inliers:
             e = _evidence(a, bb, m, "orb" + suffix, inliers, ratio)
             best = e if e.score > best.score else best
+            if best.verdict == "copy":
+                break
+        if inliers >= min_inliers and best.verdict != "copy" and best.pixel_match >= DERIVED_MATCH:
+            # a stretched copy (another aspect ratio, perhaps also reframed) is no similarity, but
+            # one nearly agrees: fit each axis its own scale from the same matches, and try the
+            # whole-frame stretch
+            tries = [(features.fit(a, bb, stretch=True), "orb-stretch" + suffix)]
+            if not stretch_first:
+                tries.append(((stretch(a, bb), inliers, ratio), "stretch" + suffix))
+            for (m_s, n_s, r_s), name in tries:
+                if m_s is not None:
+                    e = _evidence(a, bb, m_s, name, n_s, r_s)
+                    best = e if e.score > best.score else best
             if best.verdict == "copy":
                 break
     if not best.alignment.startswith("orb"):

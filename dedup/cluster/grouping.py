@@ -230,6 +230,7 @@ def _split_by_representative(members, edges, oracle, ctx, policy, rep, signal, s
         if len(group_rows) < 2:
             continue
         left = _assign_star(group_rows, oracle, ctx, policy, rep, signal, sim, require_direct=True)
+        left = _rejoin(group_rows, left, edges, oracle, rep, signal, sim)
         if len(left) < 2:
             continue
         # What the representative does not cover is regrouped by the accepted pairs among itself,
@@ -241,6 +242,33 @@ def _split_by_representative(members, edges, oracle, ctx, policy, rep, signal, s
         sub = components(len(left), li, lj)
         for label in np.unique(sub):
             work.append(left[sub == label])
+
+
+def _rejoin(group_rows, left, edges, oracle, rep, signal, sim) -> np.ndarray:
+    """Members the representative did not take that still belong with it: a verified copy of a
+    member it took, and close to the representative itself (the verifier's ``derived`` or better:
+    covered, most patches agreeing). Copies of copies lose a little agreement at each step (a
+    rotated copy against a mirrored, bordered one), so a copy of the original can fall just short
+    against another copy chosen to represent the group. Another photograph of the subject is not
+    close to the representative, so this never chains two photographs. Returns who is still left."""
+    if oracle.examine is None or len(left) == 0:
+        return left
+    taken = group_rows[~np.isin(group_rows, left)]
+    head = next(int(t) for t in taken if rep[t] == t)  # the representative keeps itself
+    members = {int(t) for t in taken}
+    i, j = edges
+    still = []
+    for x in left:
+        x = int(x)
+        partners = np.concatenate([j[i == x], i[j == x]])
+        linked = any(int(m) in members and oracle.accepts(oracle.check(x, int(m))) for m in partners)
+        if linked and oracle.check(x, head).verdict in ("copy", "derived"):
+            rep[x] = head
+            signal[x] = "verified"
+            sim[x] = float(oracle.cosine(head, np.array([x]))[0])
+        else:
+            still.append(x)
+    return np.array(still, dtype=np.asarray(left).dtype)
 
 
 def _semdedup(members, oracle, ctx, policy, rep, signal, sim) -> None:
