@@ -405,6 +405,9 @@ def score(clusters: pl.DataFrame, truth: pl.DataFrame) -> dict[str, Any]:
         "derived_merged_share": round(sum(a for a, _ in merged.values()) / max(1, derived.height), 4),
         "templated_largest_group": int(templ_sizes.max() or 0) if templ.height else 0,
         "templated_removed": int((templ["key"] != templ["representative_key"]).sum()),
+        "copy_recall": round(float((copies["cluster_id"] == copies["oc"]).mean()), 4)
+        if copies.height
+        else 0.0,
         "copy_recall_by_transform": {k: round(a / b, 3) for k, (a, b) in sorted(per_transform.items())},
         "lost_by_family": dict(sorted(lost_by_family.items())),
     }
@@ -468,7 +471,8 @@ def main(argv: list[str]) -> None:
             flush=True,
         )
     default = results[SETTINGS[3][0]]
-    print("\ndefault, copy recall by transformation:", default["copy_recall_by_transform"])
+    print(f"\ndefault, copy recall (copies grouped with their original): {default['copy_recall']:.3f}")
+    print("default, copy recall by transformation:", default["copy_recall_by_transform"])
     print("default, distinct images lost by family:", default["lost_by_family"] or "none")
     print("default, derived merged by kind:", default["derived_merged"])
     print("derived: remove, derived merged by kind:", results[SETTINGS[4][0]]["derived_merged"])

@@ -49,6 +49,7 @@ SCALE_RANGE = (0.25, 4.0)  # between the two normalised frames (crops of 30 % a 
 MAX_STRETCH = 1.5  # one axis scaled this much more than the other (an aspect change) at most
 MAX_SHEAR = 0.05  # cosine of the angle between the transformed axes (0: perpendicular)
 MIN_FIT_INLIERS = 5
+STRETCH_FIT_INLIERS = 20  # keypoint matches that make an affine (per-axis) fit worth its cost
 WINDOW_SIDE = 64  # template matching runs at this size
 WINDOW_SCALES = (0.70, 0.76, 0.82, 0.86, 0.90, 0.93, 0.96, 0.98)  # b's size within a's frame
 WINDOW_MIN_SCORE = 0.7
@@ -311,14 +312,14 @@ def compare(a: Prepared, b: Prepared, m: np.ndarray) -> tuple[float, float, floa
     m_small = scale @ np.vstack([m, [0, 0, 1]])
     la = cv2.resize(a.lab, size, interpolation=cv2.INTER_AREA).astype(np.float32)
     lab_b = b.lab.astype(np.float32)
-    back = _refine(la[..., 0], lab_b[..., 0], _invert(m_small))  # a's pixels -> b's pixels
+    content = cv2.resize(_content(a), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+    back = _refine(la[..., 0], lab_b[..., 0], _invert(m_small), content)  # a's pixels -> b's pixels
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     lb = cv2.warpAffine(lab_b, back, size, flags=flags, borderMode=cv2.BORDER_CONSTANT)
     valid = cv2.warpAffine(np.ones(b.gray.shape, np.float32), back, size, flags=flags, borderValue=0)
     valid = valid > 0.99
     # coverage under the refined alignment: a refinement that slid a repetitive pattern into place
     # (stripes, tiles, blinds) leaves part of the frame uncovered, which a copy never does
-    content = cv2.resize(_content(a), size, interpolation=cv2.INTER_NEAREST).astype(bool)
     edge = max(1, round(max(size) * 0.01))  # interpolation leaves the outermost pixel uncertain
     inner = np.zeros(content.shape, bool)
     inner[edge:-edge, edge:-edge] = True
@@ -332,6 +333,9 @@ def compare(a: Prepared, b: Prepared, m: np.ndarray) -> tuple[float, float, floa
     la = cv2.GaussianBlur(la, (0, 0), sigma)
     lb = cv2.GaussianBlur(lb, (0, 0), sigma)
     added, template = _fills(content, b, back, size)
+    if added.any():  # the blur has spread the fill's brightness over the content's first pixels
+        reach = 2 * math.ceil(2 * sigma) + 1
+        added = cv2.dilate(added.astype(np.uint8), np.ones((reach, reach), np.uint8)).astype(bool)
     own = valid & ~added
     if own.sum() >= PATCH * PATCH:
         valid = own
@@ -453,12 +457,15 @@ def _extra_detail(a: Prepared, b: Prepared, back: np.ndarray, compare_side: int)
     return energy(ga) / max(energy(wb), 1e-3)
 
 
-def _refine(template: np.ndarray, image: np.ndarray, warp: np.ndarray) -> np.ndarray:
+def _refine(
+    template: np.ndarray, image: np.ndarray, warp: np.ndarray, content: np.ndarray | None = None
+) -> np.ndarray:
     """Sub-pixel refinement of an alignment (ECC, affine): a keypoint fit is off by a pixel or two,
     enough to decorrelate fine texture, and a whole-frame stretch is off by the crop of a lightly
     cropped copy. ECC is run at full size and coarse to fine; the better-correlated result wins, and
     one that moved a corner by more than ECC_MAX_SHIFT of the frame (it found something else) is
-    dropped, keeping the fit."""
+    dropped, keeping the fit. Only the template's ``content`` is matched: its fill (a border, a
+    rotation's corners) has no counterpart in the other image and would pull the alignment off."""
     side = max(template.shape)
     scale_b = math.sqrt(abs(np.linalg.det(warp[:, :2])))  # image pixels per template pixel
     limit = ECC_MAX_SHIFT * side * scale_b
@@ -466,14 +473,18 @@ def _refine(template: np.ndarray, image: np.ndarray, warp: np.ndarray) -> np.nda
                         [template.shape[1], template.shape[0], 1]], np.float64).T  # fmt: skip
     best, best_cc = warp, -1.0
     for levels in ((1.0,), ECC_LEVELS):
-        w, cc = _ecc(template, image, warp, levels)
+        w, cc = _ecc(template, image, warp, levels, content)
         if cc > best_cc and np.abs((w - warp) @ corners).max() <= limit:
             best, best_cc = w, cc
     return best
 
 
 def _ecc(
-    template: np.ndarray, image: np.ndarray, warp: np.ndarray, levels: tuple[float, ...]
+    template: np.ndarray,
+    image: np.ndarray,
+    warp: np.ndarray,
+    levels: tuple[float, ...],
+    content: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float]:
     """ECC through the given template scales; (warp, correlation of the last level run)."""
     w, cc = warp.astype(np.float64), -1.0
@@ -482,18 +493,22 @@ def _ecc(
         small = template if f == 1.0 else cv2.resize(template, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
         if min(small.shape) < 16:
             continue
+        mask = None
+        if content is not None and not content.all():
+            mask = cv2.resize(content.astype(np.uint8), small.shape[::-1], interpolation=cv2.INTER_NEAREST)
         scale = np.diag([1 / f, 1 / f, 1.0])
         w_level = (np.vstack([w, [0, 0, 1]]) @ scale)[:2].astype(np.float32)
+        criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, ECC_ITERATIONS, 1e-4)
         try:
-            cc, w_level = cv2.findTransformECC(
-                small.astype(np.float32),
-                image,
-                w_level,
-                cv2.MOTION_AFFINE,
-                (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, ECC_ITERATIONS, 1e-4),
-                None,
-                3,
-            )
+            if mask is not None and hasattr(cv2, "findTransformECCWithMask"):  # OpenCV >= 4.12
+                # (findTransformECC's own mask is the *input's*, in the input's coordinates)
+                cc, w_level = cv2.findTransformECCWithMask(
+                    small.astype(np.float32), image, mask, None, w_level, cv2.MOTION_AFFINE, criteria, 3
+                )
+            else:
+                cc, w_level = cv2.findTransformECC(
+                    small.astype(np.float32), image, w_level, cv2.MOTION_AFFINE, criteria, None, 3
+                )
         except cv2.error:
             return warp.astype(np.float64), -1.0
         w = (np.vstack([w_level.astype(np.float64), [0, 0, 1]]) @ np.linalg.inv(scale))[:2]
@@ -678,10 +693,11 @@ def examine(
             best = e if e.score > best.score else best
             if best.verdict == "copy":
                 break
-        if inliers >= min_inliers and best.verdict != "copy" and best.pixel_match >= DERIVED_MATCH:
+        worth = best.pixel_match >= DERIVED_MATCH or inliers >= STRETCH_FIT_INLIERS
+        if inliers >= min_inliers and best.verdict != "copy" and worth:
             # a stretched copy (another aspect ratio, perhaps also reframed) is no similarity, but
-            # one nearly agrees: fit each axis its own scale from the same matches, and try the
-            # whole-frame stretch
+            # one nearly agrees or many keypoints match: fit each axis its own scale from the same
+            # matches, and try the whole-frame stretch
             tries = [(features.fit(a, bb, stretch=True), "orb-stretch" + suffix)]
             if not stretch_first:
                 tries.append(((stretch(a, bb), inliers, ratio), "stretch" + suffix))

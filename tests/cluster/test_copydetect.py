@@ -122,3 +122,50 @@ def test_content_mask_ignores_borders_and_rotation_corners(room):
 def test_undecodable_bytes_are_never_a_copy(room):
     assert prepare(b"not an image") is None
     assert _examine(_jpeg(room), b"not an image").verdict == "distinct"
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        ("crop", "brightness", "border"),  # the border shows what the crop cut away: not compared
+        ("crop", "rotate"),  # the rotation's corners likewise
+        ("stretch", "reframe"),  # no similarity maps one onto the other: per-axis scales
+    ],
+)
+def test_compound_copies_are_copies(room, steps):
+    for seed in range(2):
+        rng = np.random.default_rng(seed)
+        copy = room
+        for step in steps:
+            copy = copy_transform(copy, step, rng)
+        e = _examine(_jpeg(room), _jpeg(copy))
+        assert e.verdict == "copy", (steps, seed, e)
+
+
+def test_memes_with_other_captions_are_not_copies_but_a_reencoded_meme_is(room):
+    from bench.copydetect import templated_images
+
+    memes = [im for im, kind in templated_images([room] * 3, np.random.default_rng(1)) if kind == "meme"]
+    for a, b in ((0, 1), (1, 2), (4, 5), (5, 6)):
+        e = _examine(_jpeg(memes[a]), _jpeg(memes[b]))
+        assert e.verdict != "copy", (a, b, e)
+    assert _examine(_jpeg(memes[0]), _jpeg(memes[0], 60)).verdict == "copy"
+
+
+def test_a_photo_pasted_smaller_into_another_is_not_its_copy(room):
+    """The composite holds the photograph at half its resolution: removing the photograph as a
+    'copy' of the composite would lose it."""
+    castle = _photo(MVTB / "images" / "eiffel-1.png")
+    rng = np.random.default_rng(5)
+    composite = derived_transform(room, "element_added", rng, castle, castle)
+    assert _examine(_jpeg(castle), _jpeg(composite)).verdict != "copy"
+    assert _examine(_jpeg(composite), _jpeg(castle)).verdict != "copy"
+
+
+def test_colour_agreement_does_not_depend_on_which_image_is_first(room):
+    from PIL import ImageEnhance
+
+    pale = ImageEnhance.Color(room).enhance(0.15)  # a nearly grey photograph
+    recoloured = derived_transform(pale, "recolour", np.random.default_rng(0), pale, pale)
+    one, other = _examine(_jpeg(pale), _jpeg(recoloured)), _examine(_jpeg(recoloured), _jpeg(pale))
+    assert one.verdict == other.verdict == "derived", (one, other)

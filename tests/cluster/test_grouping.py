@@ -292,3 +292,20 @@ def test_representative_groups_a_pair_and_regroups_what_the_head_does_not_cover(
     g = group(edges, 4, "representative", oracle(x), ctx(x, area=[4, 3, 2, 1]), "resolution")
     assert g.representative.tolist() == [0, 0, 2, 2]
     assert g.signal.tolist() == ["self", "embedding", "self", "embedding"]
+
+
+@pytest.mark.parametrize(("to_head", "joins"), [("derived", True), ("distinct", False)])
+def test_representative_takes_back_a_copy_of_its_member_only_when_close_to_it(to_head, joins):
+    """0 is kept and verifies 1 as a copy; 2 is a verified copy of 1 but only derived against 0
+    (copies of copies lose agreement at each step): it joins 0's group. Were 2 another photograph
+    against 0 (distinct), a copy verdict against 1 would not chain it in."""
+    from dedup.cluster.copydetect import Evidence
+
+    verdicts = {(0, 1): "copy", (1, 2): "copy", (0, 2): to_head}
+    x = _unit([[1, 0], [1, 0.01], [1, 0.02]])
+    o = oracle(x, threshold=None)
+    o.candidate_threshold = 0.0
+    o.examine = lambda a, b, **_: Evidence(verdict=verdicts[(min(a, b), max(a, b))])
+    edges = (np.array([0, 1]), np.array([1, 2]))
+    g = group(edges, 3, "representative", o, ctx(x, area=[3, 2, 1]), "resolution")
+    assert g.representative.tolist() == ([0, 0, 0] if joins else [0, 0, 2])
