@@ -500,7 +500,7 @@ def _ecc(
         w_level = (np.vstack([w, [0, 0, 1]]) @ scale)[:2].astype(np.float32)
         criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, ECC_ITERATIONS, 1e-4)
         try:
-            if mask is not None and hasattr(cv2, "findTransformECCWithMask"):  # OpenCV >= 4.12
+            if mask is not None:  # OpenCV >= 4.13 (pyproject's floor)
                 # (findTransformECC's own mask is the *input's*, in the input's coordinates)
                 cc, w_level = cv2.findTransformECCWithMask(
                     small.astype(np.float32), image, mask, None, w_level, cv2.MOTION_AFFINE, criteria, 3

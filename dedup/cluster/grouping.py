@@ -249,8 +249,9 @@ def _rejoin(group_rows, left, edges, oracle, rep, signal, sim) -> np.ndarray:
     member it took, and close to the representative itself (the verifier's ``derived`` or better:
     covered, most patches agreeing). Copies of copies lose a little agreement at each step (a
     rotated copy against a mirrored, bordered one), so a copy of the original can fall just short
-    against another copy chosen to represent the group. Another photograph of the subject is not
-    close to the representative, so this never chains two photographs. Returns who is still left."""
+    against another copy chosen to represent the group. Another photograph of the subject is seldom
+    close to the representative (covered, most of its patches agreeing), so a false copy verdict
+    against one member does not by itself delete a photograph. Returns who is still left."""
     if oracle.examine is None or len(left) == 0:
         return left
     taken = group_rows[~np.isin(group_rows, left)]
