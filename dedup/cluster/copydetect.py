@@ -79,6 +79,10 @@ CHROMA_FLOOR = 8.0  # chroma (8-bit Lab units) below which colour differences ar
 SHADING_MIN = 0.95  # correlation of patch means below which the shading disagrees
 MARK_AREA = 0.01  # a content region smaller than this share of the frame, on fill, is a mark (a letter)
 MIN_TEMPLATE_MARKS = 2  # disagreeing textured patches each image must have on shared fill (other text)
+SELF_SIMILAR = (
+    0.98  # correlation with itself shifted by an eighth of the frame: the content does not pin a shift
+)
+ALONG_TEXTURE = 0.3  # ... then the texture along that axis must correlate this well, else it caps the match
 MIN_INFORMATIVE = 12  # fewer informative patches than this: decided on the whole overlap instead
 
 VERDICTS = ("copy", "derived", "distinct")
@@ -341,10 +345,42 @@ def compare(a: Prepared, b: Prepared, m: np.ndarray) -> tuple[float, float, floa
         valid = own
     patch = max(PATCH, round(cmp_side / PATCHES_ACROSS))
     pixel = _pixel_match(la[..., 0], lb[..., 0], valid, template & valid, patch)
+    pixel = min(pixel, _pinned(la[..., 0], lb[..., 0], valid))
     # only a strict part of the other image can be a new shot of it (same framing: a rescale)
     strict_part = other < MIN_COVERAGE
     detail = _extra_detail(a, b, back, max(size)) if pixel >= DERIVED_MATCH and strict_part else 1.0
     return coverage, pixel, _color_match(la, lb, valid), detail
+
+
+def _pinned(ya: np.ndarray, yb: np.ndarray, valid: np.ndarray) -> float:
+    """1, unless the contained image is nearly the same shifted by an eighth of its frame along an
+    axis (stripes of a facade, a pole, a plain wall with one edge): then any shift along that axis
+    agrees as well, so agreeing pixels do not show a copy: another part of the same structure agrees
+    too. Only the texture along that axis (its derivative, where stripes contribute nothing) tells a
+    copy, which shares it, from another tile of the structure, which does not: the pixel match is
+    capped by that correlation when it is under ALONG_TEXTURE (the demo's tiles cut at other heights:
+    0.0-0.08; their copies: 0.5-0.86)."""
+    cap = 1.0
+    h, w = ya.shape
+    for axis, shift in ((0, h // 8), (1, w // 8)):
+        if shift < 2:
+            continue
+        ahead, behind = [slice(None), slice(None)], [slice(None), slice(None)]
+        ahead[axis], behind[axis] = slice(shift, None), slice(None, -shift)
+        both = valid[tuple(ahead)] & valid[tuple(behind)]
+        if both.sum() < PATCH * PATCH:
+            continue
+        x, y = ya[tuple(ahead)][both], ya[tuple(behind)][both]
+        if x.std() < 1e-3 or float(np.corrcoef(x, y)[0, 1]) < SELF_SIMILAR:
+            continue
+        da, db = np.diff(ya, axis=axis), np.diff(yb, axis=axis)
+        ok = valid[1:, :] & valid[:-1, :] if axis == 0 else valid[:, 1:] & valid[:, :-1]
+        if ok.sum() < PATCH * PATCH or da[ok].std() < 1e-6 or db[ok].std() < 1e-6:
+            return 0.0
+        along = float(np.corrcoef(da[ok], db[ok])[0, 1])
+        if along < ALONG_TEXTURE:
+            cap = min(cap, max(0.0, along))
+    return cap
 
 
 def _fills(
