@@ -35,6 +35,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+# The verifier's decisions, versioned: bump when a change can turn a pair's verdict. The cluster stage's
+# key holds it, so a result made by an older verifier is redone, never reused.
+VERSION = 2
 SIDE = 256  # longest side images are normalised to before features and alignment
 COMPARE_SIDE = 256  # longest side of the contained image when pixels are compared (at most)
 MIN_COMPARE_SIDE = 32

@@ -135,7 +135,12 @@ def _stage_key(config: ClusterConfig, work: WorkDir) -> dict[str, Any]:
             (s, (read_marker(other, "embed", s) or {}).get("config_hash")) for s in other.download_shards()
         ]
     settings = config.model_dump(mode="json", exclude={"verify_workers"})  # speed, not results
-    return {"config": settings, "embedded": embedded, "reference": reference}
+    key = {"config": settings, "embedded": embedded, "reference": reference}
+    if config.verify != "none":
+        from dedup.cluster import copydetect
+
+        key["verifier"] = copydetect.VERSION  # another verifier decides pairs otherwise: redo
+    return key
 
 
 class ClusterStage(Stage):

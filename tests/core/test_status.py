@@ -38,3 +38,18 @@ def test_status_after_a_rerun_with_changed_embed_settings(tmp_path, cli):
 
     run_cluster(ClusterConfig(), work, progress=False)
     assert "STALE" not in _lines(cli, work)["cluster"]
+
+
+def test_a_result_made_by_an_older_copy_verifier_is_redone(tmp_path, monkeypatch):
+    """The verifier's code, not only its settings, decides pairs: a cluster result made before its
+    decisions changed (copydetect.VERSION) is not reused."""
+    from dedup.cluster import copydetect
+
+    work = WorkDir(tmp_path / "w")
+    items = [(f"0{i:04d}", encode(photo(i)), "a photo", "jpg") for i in range(4)]
+    write_download_shard(work, 0, items)
+    run_embed(EmbedConfig(embedder="descriptor", descriptor_size=8), work, progress=False)
+    assert not run_cluster(ClusterConfig(), work, progress=False).get("skipped")
+    assert run_cluster(ClusterConfig(), work, progress=False).get("skipped")
+    monkeypatch.setattr(copydetect, "VERSION", copydetect.VERSION + 1)
+    assert not run_cluster(ClusterConfig(), work, progress=False).get("skipped")
