@@ -82,9 +82,7 @@ CHROMA_FLOOR = 8.0  # chroma (8-bit Lab units) below which colour differences ar
 SHADING_MIN = 0.95  # correlation of patch means below which the shading disagrees
 MARK_AREA = 0.01  # a content region smaller than this share of the frame, on fill, is a mark (a letter)
 MIN_TEMPLATE_MARKS = 2  # disagreeing textured patches each image must have on shared fill (other text)
-SELF_SIMILAR = (
-    0.98  # correlation with itself shifted by an eighth of the frame: the content does not pin a shift
-)
+SELF_SIMILAR = 0.98  # correlation with itself shifted by an eighth of the frame: no shift is pinned
 ALONG_TEXTURE = 0.3  # ... then the texture along that axis must correlate this well, else it caps the match
 MIN_INFORMATIVE = 12  # fewer informative patches than this: decided on the whole overlap instead
 
