@@ -18,9 +18,11 @@ not. The evidence per pair, each a number a user can read in ``pairs.parquet``:
 Verdicts: ``copy`` (covered, nearly every patch agrees, same colours), ``derived`` (covered, most
 patches agree but a region or the colours changed: an element added or removed, a recolour, a large
 overlay), ``distinct`` (anything else). Whether a derived image counts as a duplicate is the
-``derived`` policy of the cluster stage. Two alignments are tried, each straight and mirrored: the
-ORB similarity fit (crops, rotations, borders) and a plain stretch of one frame onto the other
-(re-encodes, rescales, aspect changes, and images too smooth for keypoints).
+``derived`` policy of the cluster stage. Alignments tried, each straight and mirrored: a plain
+stretch of one frame onto the other (re-encodes, rescales, aspect changes, images too smooth for
+keypoints), a template-matched window (light crops of smooth images), the ORB similarity fit (crops,
+rotations, borders) and, when that nearly agrees, an ORB affine fit with one scale per axis
+(stretched, reframed copies).
 """
 
 from __future__ import annotations
@@ -589,7 +591,7 @@ def _blur(p: Prepared, compare_side: float, own_side: float) -> float:
 
 
 def _pixel_match(
-    ya: np.ndarray, yb: np.ndarray, valid: np.ndarray, template: np.ndarray | None = None, patch: int = 8
+    ya: np.ndarray, yb: np.ndarray, valid: np.ndarray, template: np.ndarray | None = None, patch: int = PATCH
 ) -> float:
     """Share of informative patches whose pixels agree, after global brightness/contrast normalisation.
 
