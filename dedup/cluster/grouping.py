@@ -8,7 +8,9 @@ unrelated images into one giant group. The policies:
   still the oracle's: with a verifier, only verified pairs link).
 * ``representative`` (default): within a component, the best-ranked member is the representative and
   keeps only members that are *directly* duplicates of it; the rest are split off and grouped again
-  the same way among themselves. Every member of a group is a direct duplicate of what is kept.
+  the same way among themselves. Every member of a group is a direct duplicate of what is kept. With
+  a verifier, a verified copy of the best-ranked member that covers everything it covers and more
+  takes its place (the original beside an upscaled crop of it: :func:`_widest_head`).
 * ``semdedup``: SemDeDup's rule: walk the component best-ranked first; a member is dropped when it is
   a duplicate of any member ranked above it, and joins that member's group.
 
@@ -42,6 +44,7 @@ def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
 DERIVED_POLICIES = ("keep", "remove")
 STRETCH_COSINE = 0.8  # frames this alike are worth a whole-frame alignment before keypoints
 STRETCH_PHASH = 20
+HEAD_TRIALS = 8  # duplicates of the kept image tried in its place, per group (_widest_head)
 
 
 @dataclass
@@ -205,9 +208,17 @@ def group(
     return Grouped(rep, signal, sim)
 
 
-def _assign_star(members, oracle, ctx, policy, rep, signal, sim, require_direct: bool) -> np.ndarray:
-    """Make the best-ranked member the representative; return the members it does not directly cover."""
+def _assign_star(
+    members, oracle, ctx, policy, rep, signal, sim, require_direct: bool, edges=None
+) -> np.ndarray:
+    """Make the best-ranked member the representative; return the members it does not directly cover.
+
+    With ``require_direct`` and the group's accepted ``edges``, a duplicate of the best-ranked member
+    may take its place (:func:`_widest_head`)."""
     ordered = rank(policy, members, ctx)
+    if require_direct and edges is not None:
+        head = _widest_head(ordered, edges, oracle)
+        ordered = np.concatenate([[head], ordered[ordered != head]]).astype(ordered.dtype)
     head, rest = int(ordered[0]), ordered[1:]
     if require_direct:
         dup, sig, cos = oracle.decide(head, rest)
@@ -229,7 +240,9 @@ def _split_by_representative(members, edges, oracle, ctx, policy, rep, signal, s
         group_rows = work.pop()
         if len(group_rows) < 2:
             continue
-        left = _assign_star(group_rows, oracle, ctx, policy, rep, signal, sim, require_direct=True)
+        left = _assign_star(
+            group_rows, oracle, ctx, policy, rep, signal, sim, require_direct=True, edges=edges
+        )
         left = _rejoin(group_rows, left, edges, oracle, rep, signal, sim)
         if len(left) < 2:
             continue
@@ -242,6 +255,54 @@ def _split_by_representative(members, edges, oracle, ctx, policy, rep, signal, s
         sub = components(len(left), li, lj)
         for label in np.unique(sub):
             work.append(left[sub == label])
+
+
+def _covers(head: int, rows: np.ndarray, oracle: PairOracle) -> np.ndarray:
+    """Which of ``rows`` are accepted duplicates of ``head`` (``head`` itself: False)."""
+    out = np.zeros(len(rows), dtype=bool)
+    others = rows != head
+    out[others] = oracle.decide(head, rows[others])[0]
+    return out
+
+
+def _widest_head(ordered: np.ndarray, edges, oracle: PairOracle, trials: int = HEAD_TRIALS) -> int:
+    """The policy's first choice, unless a duplicate of it covers everything it covers and more.
+
+    An original, its crops and an upscaled crop of it: ``resolution`` ranks the upscaled crop first,
+    but the other crops are not inside it, so they would stay behind as groups of their own (copies
+    left). The original is a copy of that crop and covers them all. Only an accepted duplicate of the
+    current head that covers a strict superset of what it covers (the old head included) replaces it:
+    every removal stays a direct duplicate of the image kept, and the policy's choice stands whenever
+    it covers its group. Candidates are the head's duplicates linked by an accepted pair to a member
+    it leaves out, best-ranked first, at most ``trials`` of them (a bound on verification work)."""
+    head = int(ordered[0])
+    if oracle.examine is None:
+        return head  # unverified pairs chain through look-alikes: no evidence to prefer another
+    covered = _covers(head, ordered, oracle)
+    i, j = (np.asarray(e) for e in edges)
+    tried = {head}
+    while trials > 0:
+        left = ordered[~covered & (ordered != head)]
+        if len(left) == 0:
+            break
+        linked = np.union1d(j[np.isin(i, left)], i[np.isin(j, left)])
+        candidates = [
+            int(c)
+            for c in ordered[covered]
+            if int(c) not in tried and c in linked and oracle.check(head, int(c)).verdict == "copy"
+        ]
+        if not candidates:
+            break
+        c = candidates[0]
+        tried.add(c)
+        trials -= 1
+        gains = oracle.decide(c, left)[0]
+        if not gains.any():
+            continue
+        need = ordered[(covered | (ordered == head)) & (ordered != c)]
+        if all(oracle.decide(c, np.array([x]))[0][0] for x in need):
+            head, covered = c, _covers(c, ordered, oracle)
+    return head
 
 
 def _rejoin(group_rows, left, edges, oracle, rep, signal, sim) -> np.ndarray:

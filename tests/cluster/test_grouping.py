@@ -52,14 +52,32 @@ def test_chain_under_components_is_one_group():
     assert g.signal[2] == "chain"  # C is in A's group only through B
 
 
+def _fan(angles):
+    return _unit([[np.cos(t), np.sin(t)] for t in angles])
+
+
 def test_chain_under_representative_splits_at_the_kept_image():
-    x = chain()
-    g = group(EDGES, 3, "representative", oracle(x), ctx(x, area=[3, 2, 1]), "resolution")
-    assert g.representative.tolist() == [0, 0, 2]  # A keeps B; C is not a duplicate of A
+    # D ~ A ~ B ~ C (each 0.98 apart on a circle; two steps apart is 0.92, no duplicate). A is
+    # ranked first and covers B and D; B covers A and C but not D, so A stays and C is split off.
+    theta = np.arccos(0.98)
+    x = _fan([0, theta, 2 * theta, -theta])
+    edges = (np.array([0, 1, 0]), np.array([1, 2, 3]))
+    g = group(edges, 4, "representative", oracle(x), ctx(x, area=[4, 3, 2, 1]), "resolution")
+    assert g.representative.tolist() == [0, 0, 2, 0]
     # With B kept (the middle of the chain), both A and C are its direct duplicates.
+    x = chain()
     g = group(EDGES, 3, "representative", oracle(x), ctx(x, area=[2, 3, 1]), "resolution")
     assert g.representative.tolist() == [1, 1, 1]
     assert np.allclose(g.similarity[[0, 2]], 0.98, atol=1e-4)
+
+
+def test_representative_gives_way_to_a_duplicate_that_covers_all_it_covers_and_more():
+    """A ~ B ~ C with A ranked first: B, a duplicate of A, covers A and C as well, so B is kept and
+    nothing is left over (an upscaled crop ranked first by `resolution`, its original beside it)."""
+    x = chain()
+    g = group(EDGES, 3, "representative", oracle(x), ctx(x, area=[3, 2, 1]), "resolution")
+    assert g.representative.tolist() == [1, 1, 1]
+    assert g.signal.tolist() == ["embedding", "self", "embedding"]
 
 
 def test_chain_under_semdedup_drops_each_duplicate_of_a_higher_ranked_item():
@@ -284,28 +302,29 @@ def test_representative_groups_a_pair_and_regroups_what_the_head_does_not_cover(
         ctx(_unit([[1, 0], [1, 0.01]]), area=[1, 2]),
         "resolution",
     ).representative.tolist() == [1, 1]
-    # A ~ B, B ~ C, B ~ D, C ~ D; A is kept and covers only B; C and D are duplicates of each other
+    # E ~ A ~ B, B ~ C, B ~ D, C ~ D; A is kept and covers B and E; B covers A, C and D but not E,
+    # so A stays; C and D are duplicates of each other
     theta = np.arccos(0.98)
-    angles = [0, theta, 2 * theta, 2 * theta + 0.01]
-    x = _unit([[np.cos(t), np.sin(t)] for t in angles])
-    edges = (np.array([0, 1, 1, 2]), np.array([1, 2, 3, 3]))
-    g = group(edges, 4, "representative", oracle(x), ctx(x, area=[4, 3, 2, 1]), "resolution")
-    assert g.representative.tolist() == [0, 0, 2, 2]
-    assert g.signal.tolist() == ["self", "embedding", "self", "embedding"]
+    x = _fan([0, theta, 2 * theta, 2 * theta + 0.01, -theta])
+    edges = (np.array([0, 1, 1, 2, 0]), np.array([1, 2, 3, 3, 4]))
+    g = group(edges, 5, "representative", oracle(x), ctx(x, area=[5, 4, 3, 2, 1]), "resolution")
+    assert g.representative.tolist() == [0, 0, 2, 2, 0]
+    assert g.signal.tolist() == ["self", "embedding", "self", "embedding", "embedding"]
 
 
 @pytest.mark.parametrize(("to_head", "joins"), [("derived", True), ("distinct", False)])
 def test_representative_takes_back_a_copy_of_its_member_only_when_close_to_it(to_head, joins):
-    """0 is kept and verifies 1 as a copy; 2 is a verified copy of 1 but only derived against 0
-    (copies of copies lose agreement at each step): it joins 0's group. Were 2 another photograph
-    against 0 (distinct), a copy verdict against 1 would not chain it in."""
+    """0 is kept and verifies 1 and 3 as copies; 2 is a verified copy of 1 but only derived against
+    0 (copies of copies lose agreement at each step): it joins 0's group. Were 2 another photograph
+    against 0 (distinct), a copy verdict against 1 would not chain it in. (1 does not cover 3, so it
+    does not take 0's place.)"""
     from dedup.cluster.copydetect import Evidence
 
-    verdicts = {(0, 1): "copy", (1, 2): "copy", (0, 2): to_head}
-    x = _unit([[1, 0], [1, 0.01], [1, 0.02]])
+    verdicts = {(0, 1): "copy", (1, 2): "copy", (0, 2): to_head, (0, 3): "copy"}
+    x = _unit([[1, 0], [1, 0.01], [1, 0.02], [1, -0.01]])
     o = oracle(x, threshold=None)
     o.candidate_threshold = 0.0
-    o.examine = lambda a, b, **_: Evidence(verdict=verdicts[(min(a, b), max(a, b))])
-    edges = (np.array([0, 1]), np.array([1, 2]))
-    g = group(edges, 3, "representative", o, ctx(x, area=[3, 2, 1]), "resolution")
-    assert g.representative.tolist() == ([0, 0, 0] if joins else [0, 0, 2])
+    o.examine = lambda a, b, **_: Evidence(verdict=verdicts.get((min(a, b), max(a, b)), "distinct"))
+    edges = (np.array([0, 1, 0]), np.array([1, 2, 3]))
+    g = group(edges, 4, "representative", o, ctx(x, area=[4, 3, 2, 1]), "resolution")
+    assert g.representative.tolist() == ([0, 0, 0, 0] if joins else [0, 0, 2, 0])
