@@ -30,6 +30,9 @@ from scipy.sparse.csgraph import connected_components
 from dedup.cluster.representatives import RankContext, rank
 
 GROUPINGS = ("components", "representative", "semdedup")
+# How pairs become groups, versioned: bump when a change can move a sample to another group or change
+# which one is kept. The cluster stage's key holds it, so groups made the older way are redone.
+VERSION = 2
 
 
 def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:

@@ -135,7 +135,9 @@ def _stage_key(config: ClusterConfig, work: WorkDir) -> dict[str, Any]:
             (s, (read_marker(other, "embed", s) or {}).get("config_hash")) for s in other.download_shards()
         ]
     settings = config.model_dump(mode="json", exclude={"verify_workers"})  # speed, not results
-    key = {"config": settings, "embedded": embedded, "reference": reference}
+    from dedup.cluster import grouping
+
+    key = {"config": settings, "embedded": embedded, "reference": reference, "grouping": grouping.VERSION}
     if config.verify != "none":
         from dedup.cluster import copydetect
 

@@ -192,3 +192,34 @@ def test_tiles_of_one_striped_structure_are_not_copies_but_their_copies_are():
         for copy in (tile, tile.resize((144, 144))):
             e = _examine(_jpeg(tile), _jpeg(copy, 75))
             assert e.verdict == "copy", (family, e)
+
+
+def test_the_original_is_kept_over_a_larger_upscaled_crop_that_does_not_hold_the_other_crops(room, tmp_path):
+    """An original, two crops of opposite corners and an upscaled centre crop (the most pixels, so
+    `resolution` ranks it first). Neither corner crop is inside the centre crop, so with the centre
+    crop kept they would stay as copies; the original is a copy of it that holds all of them."""
+    import polars as pl
+    from conftest import write_download_shard
+
+    from dedup.cluster.stage import run_cluster
+    from dedup.core.config import ClusterConfig, EmbedConfig
+    from dedup.core.layout import WorkDir
+    from dedup.embed.stage import run_embed
+
+    w, h = room.size
+    variants = {
+        "original": room,
+        "corner_a": room.crop((0, 0, round(w * 0.85), round(h * 0.85))),
+        "corner_b": room.crop((round(w * 0.15), round(h * 0.15), w, h)),
+        "centre_upscaled": room.crop((round(w * 0.1), round(h * 0.1), round(w * 0.9), round(h * 0.9))).resize(
+            (round(w * 1.6), round(h * 1.6)), Image.LANCZOS
+        ),
+    }
+    keys = {name: f"0000000{t}" for t, name in enumerate(variants)}
+    work = WorkDir(tmp_path / "w")
+    items = [(keys[name], _jpeg(im, 92), name, "jpg") for name, im in variants.items()]
+    write_download_shard(work, 0, items)
+    run_embed(EmbedConfig(embedder="descriptor"), work, progress=False)
+    run_cluster(ClusterConfig(), work, progress=False)
+    clusters = pl.read_parquet(work.clusters)
+    assert set(clusters["representative_key"]) == {keys["original"]}, clusters.to_dicts()

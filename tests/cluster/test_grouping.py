@@ -56,28 +56,51 @@ def _fan(angles):
     return _unit([[np.cos(t), np.sin(t)] for t in angles])
 
 
+def _verified(verdicts, n, derived="keep"):
+    """An oracle whose verifier calls the listed pairs as given and every other pair distinct; every
+    pair is close enough to be looked at."""
+    from dedup.cluster.copydetect import Evidence
+
+    x = _unit([[1, 0.01 * t] for t in range(n)])
+    o = oracle(x, threshold=None)
+    o.candidate_threshold = 0.0
+    o.derived = derived
+    o.examine = lambda a, b, **_: Evidence(verdict=verdicts.get((min(a, b), max(a, b)), "distinct"))
+    return o, x
+
+
 def test_chain_under_representative_splits_at_the_kept_image():
-    # D ~ A ~ B ~ C (each 0.98 apart on a circle; two steps apart is 0.92, no duplicate). A is
-    # ranked first and covers B and D; B covers A and C but not D, so A stays and C is split off.
-    theta = np.arccos(0.98)
-    x = _fan([0, theta, 2 * theta, -theta])
-    edges = (np.array([0, 1, 0]), np.array([1, 2, 3]))
-    g = group(edges, 4, "representative", oracle(x), ctx(x, area=[4, 3, 2, 1]), "resolution")
-    assert g.representative.tolist() == [0, 0, 2, 0]
-    # With B kept (the middle of the chain), both A and C are its direct duplicates.
     x = chain()
+    g = group(EDGES, 3, "representative", oracle(x), ctx(x, area=[3, 2, 1]), "resolution")
+    assert g.representative.tolist() == [0, 0, 2]  # A keeps B; C is not a duplicate of A
+    # With B kept (the middle of the chain), both A and C are its direct duplicates.
     g = group(EDGES, 3, "representative", oracle(x), ctx(x, area=[2, 3, 1]), "resolution")
     assert g.representative.tolist() == [1, 1, 1]
     assert np.allclose(g.similarity[[0, 2]], 0.98, atol=1e-4)
 
 
-def test_representative_gives_way_to_a_duplicate_that_covers_all_it_covers_and_more():
-    """A ~ B ~ C with A ranked first: B, a duplicate of A, covers A and C as well, so B is kept and
-    nothing is left over (an upscaled crop ranked first by `resolution`, its original beside it)."""
-    x = chain()
-    g = group(EDGES, 3, "representative", oracle(x), ctx(x, area=[3, 2, 1]), "resolution")
+def test_representative_gives_way_to_a_verified_copy_that_covers_all_it_covers_and_more():
+    """0 is ranked first (an upscaled crop under `resolution`) and 1 (its original) is a verified copy
+    of it; 1 also covers 2 (another crop), which 0 does not contain: 1 is kept and 0 and 2 go."""
+    edges = (np.array([0, 1]), np.array([1, 2]))
+    o, x = _verified({(0, 1): "copy", (1, 2): "copy"}, 3)
+    g = group(edges, 3, "representative", o, ctx(x, area=[3, 2, 1]), "resolution")
     assert g.representative.tolist() == [1, 1, 1]
-    assert g.signal.tolist() == ["embedding", "self", "embedding"]
+    assert g.signal.tolist() == ["verified", "self", "verified"]
+    # 1 covers 2 but not 3, which 0 covers: not a superset, so the policy's choice stands
+    edges = (np.array([0, 1, 0]), np.array([1, 2, 3]))
+    o, x = _verified({(0, 1): "copy", (1, 2): "copy", (0, 3): "copy"}, 4)
+    g = group(edges, 4, "representative", o, ctx(x, area=[4, 3, 2, 1]), "resolution")
+    assert g.representative.tolist() == [0, 0, 2, 0]
+
+
+def test_only_a_copy_of_the_kept_image_may_take_its_place():
+    """Under `derived: remove` 1 is removed as derived of 0, but a derived image (an element added,
+    recoloured) is not the same picture: it does not replace 0 however much it covers."""
+    edges = (np.array([0, 1]), np.array([1, 2]))
+    o, x = _verified({(0, 1): "derived", (1, 2): "copy"}, 3, derived="remove")
+    g = group(edges, 3, "representative", o, ctx(x, area=[3, 2, 1]), "resolution")
+    assert g.representative.tolist() == [0, 0, 2]
 
 
 def test_chain_under_semdedup_drops_each_duplicate_of_a_higher_ranked_item():
@@ -302,14 +325,14 @@ def test_representative_groups_a_pair_and_regroups_what_the_head_does_not_cover(
         ctx(_unit([[1, 0], [1, 0.01]]), area=[1, 2]),
         "resolution",
     ).representative.tolist() == [1, 1]
-    # E ~ A ~ B, B ~ C, B ~ D, C ~ D; A is kept and covers B and E; B covers A, C and D but not E,
-    # so A stays; C and D are duplicates of each other
+    # A ~ B, B ~ C, B ~ D, C ~ D; A is kept and covers only B; C and D are duplicates of each other
     theta = np.arccos(0.98)
-    x = _fan([0, theta, 2 * theta, 2 * theta + 0.01, -theta])
-    edges = (np.array([0, 1, 1, 2, 0]), np.array([1, 2, 3, 3, 4]))
-    g = group(edges, 5, "representative", oracle(x), ctx(x, area=[5, 4, 3, 2, 1]), "resolution")
-    assert g.representative.tolist() == [0, 0, 2, 2, 0]
-    assert g.signal.tolist() == ["self", "embedding", "self", "embedding", "embedding"]
+    angles = [0, theta, 2 * theta, 2 * theta + 0.01]
+    x = _unit([[np.cos(t), np.sin(t)] for t in angles])
+    edges = (np.array([0, 1, 1, 2]), np.array([1, 2, 3, 3]))
+    g = group(edges, 4, "representative", oracle(x), ctx(x, area=[4, 3, 2, 1]), "resolution")
+    assert g.representative.tolist() == [0, 0, 2, 2]
+    assert g.signal.tolist() == ["self", "embedding", "self", "embedding"]
 
 
 @pytest.mark.parametrize(("to_head", "joins"), [("derived", True), ("distinct", False)])

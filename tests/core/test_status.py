@@ -3,6 +3,7 @@ that made its shards, and a stage made before its upstream changed says STALE.""
 
 from __future__ import annotations
 
+import pytest
 from conftest import encode, photo, write_download_shard
 
 from dedup.cluster.stage import run_cluster
@@ -40,10 +41,13 @@ def test_status_after_a_rerun_with_changed_embed_settings(tmp_path, cli):
     assert "STALE" not in _lines(cli, work)["cluster"]
 
 
-def test_a_result_made_by_an_older_copy_verifier_is_redone(tmp_path, monkeypatch):
-    """The verifier's code, not only its settings, decides pairs: a cluster result made before its
-    decisions changed (copydetect.VERSION) is not reused."""
-    from dedup.cluster import copydetect
+@pytest.mark.parametrize("module", ["copydetect", "grouping"])
+def test_a_result_made_by_an_older_copy_verifier_is_redone(tmp_path, monkeypatch, module):
+    """The verifier's and the grouping's code, not only their settings, decide groups: a cluster
+    result made before their decisions changed (copydetect.VERSION, grouping.VERSION) is not reused."""
+    import importlib
+
+    versioned = importlib.import_module(f"dedup.cluster.{module}")
 
     work = WorkDir(tmp_path / "w")
     items = [(f"0{i:04d}", encode(photo(i)), "a photo", "jpg") for i in range(4)]
@@ -51,5 +55,5 @@ def test_a_result_made_by_an_older_copy_verifier_is_redone(tmp_path, monkeypatch
     run_embed(EmbedConfig(embedder="descriptor", descriptor_size=8), work, progress=False)
     assert not run_cluster(ClusterConfig(), work, progress=False).get("skipped")
     assert run_cluster(ClusterConfig(), work, progress=False).get("skipped")
-    monkeypatch.setattr(copydetect, "VERSION", copydetect.VERSION + 1)
+    monkeypatch.setattr(versioned, "VERSION", versioned.VERSION + 1)
     assert not run_cluster(ClusterConfig(), work, progress=False).get("skipped")
