@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 CONFIG ?= configs/demo.yaml
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install test lint format demo bench bench-quality mutation download embed cluster write attack report run clean
+.PHONY: install test lint format demo bench bench-quality bench-scaling mutation download embed cluster write attack report run clean
 
 install: $(STAMP)
 
@@ -51,6 +51,12 @@ bench-quality: install
 	$(BIN)/python -m pip install --quiet --target bench/out/peers --no-deps imagededup cleanvision \
 		perception pdqhash scikit-learn joblib threadpoolctl validators cloudpickle narwhals tabulate
 	$(BIN)/python -m bench.peers
+
+# Time against N (1k, 10k, 100k synthetic variants of real photos) for this project and the peers
+# (install them as for bench-quality); each (method, N) capped at CAP seconds, results kept and resumed.
+CAP ?= 900
+bench-scaling: install
+	$(BIN)/python -m bench.scaling --cap $(CAP)
 
 # One target per stage for data pipelines: make embed CONFIG=configs/laion-example.yaml
 download embed cluster write attack report: install
