@@ -216,8 +216,8 @@ def _assign_star(
 ) -> np.ndarray:
     """Make the best-ranked member the representative; return the members it does not directly cover.
 
-    With ``require_direct`` and the group's accepted ``edges``, a duplicate of the best-ranked member
-    may take its place (:func:`_widest_head`)."""
+    With ``require_direct`` and the group's accepted ``edges``, a verified copy of the best-ranked
+    member may take its place (:func:`_widest_head`)."""
     ordered = rank(policy, members, ctx)
     if require_direct and edges is not None:
         head = _widest_head(ordered, edges, oracle)
@@ -269,15 +269,16 @@ def _covers(head: int, rows: np.ndarray, oracle: PairOracle) -> np.ndarray:
 
 
 def _widest_head(ordered: np.ndarray, edges, oracle: PairOracle, trials: int = HEAD_TRIALS) -> int:
-    """The policy's first choice, unless a duplicate of it covers everything it covers and more.
+    """The policy's first choice, unless a verified copy of it covers everything it covers and more.
 
     An original, its crops and an upscaled crop of it: ``resolution`` ranks the upscaled crop first,
     but the other crops are not inside it, so they would stay behind as groups of their own (copies
-    left). The original is a copy of that crop and covers them all. Only an accepted duplicate of the
-    current head that covers a strict superset of what it covers (the old head included) replaces it:
-    every removal stays a direct duplicate of the image kept, and the policy's choice stands whenever
-    it covers its group. Candidates are the head's duplicates linked by an accepted pair to a member
-    it leaves out, best-ranked first, at most ``trials`` of them (a bound on verification work)."""
+    left). The original is a copy of that crop and covers them all. Only a verified copy of the
+    current head (verdict ``copy``: a derived image is another picture) that covers a strict superset
+    of what it covers (the old head included) replaces it: every removal stays a direct duplicate of
+    the image kept, and the policy's choice stands whenever it covers its group. Candidates are the
+    head's copies linked by an accepted pair to a member it leaves out, best-ranked first, at most
+    ``trials`` of them (a bound on verification work)."""
     head = int(ordered[0])
     if oracle.examine is None:
         return head  # unverified pairs chain through look-alikes: no evidence to prefer another
