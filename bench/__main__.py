@@ -1,6 +1,7 @@
 """`make bench` / `python -m bench [NAME ...]`: run the benchmarks (all by default) and print tables.
 
-Names: quality, copydetect, cluster, write, embed, attack (peers: `make bench-quality`). Each
+Names: quality, copydetect, cluster, write, embed, attack (peers: `make bench-quality`; time against
+N, hours: `make bench-scaling`). Each
 module's docstring says what it measures; bench/RESULTS.md keeps the numbers with the machine they
 were measured on.
 """
