@@ -136,7 +136,7 @@ def _ours(folder: Path, n: int) -> dict[str, Any]:
     return {
         "removed": removed,
         "stages": stages,
-        "verified_pairs": pairs,
+        "pair_rows": pairs,  # candidate pairs in pairs.parquet (proposed, not all verified)
         "summary_seconds": summary.get("seconds"),
     }
 
