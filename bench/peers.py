@@ -59,6 +59,26 @@ def imagededup_pairs(method: str, root: Path, threshold: int, cache: dict) -> li
     return [(_key(str(root / a), root), _key(str(root / b), root)) for a, bs in found.items() for b in bs]
 
 
+def cleanvision_pairs(root: Path) -> list[tuple[str, str]]:
+    """cleanvision's near and exact duplicate sets as (first of its set, other member) key pairs."""
+    from cleanvision import Imagelab
+
+    lab = Imagelab(data_path=str(root))
+    lab.find_issues({"near_duplicates": {}, "exact_duplicates": {}}, verbose=False)
+    pairs = []
+    for kind in ("near_duplicates", "exact_duplicates"):
+        for group in lab.info[kind]["sets"]:
+            pairs += [(_key(group[0], root), _key(g, root)) for g in group[1:]]
+    return pairs
+
+
+def perception_pairs(hasher: Any, files: list[str], threshold: float, root: Path) -> list[tuple[str, str]]:
+    """perception's ``deduplicate`` with one hasher at ``threshold``, as key pairs."""
+    from perception.tools import deduplicate
+
+    return [(_key(a, root), _key(b, root)) for a, b in deduplicate(files, hashers=[(hasher, threshold)])]
+
+
 def run_method(name: str, root: str, queue: Any) -> None:
     """One method in its own process: (name, clusters rows or sweep, seconds, peak RSS MB, note)."""
     sys.path.insert(0, str(PEERS))
@@ -76,28 +96,16 @@ def run_method(name: str, root: str, queue: Any) -> None:
                 for t in THRESHOLDS
             }
         elif name == "cleanvision":
-            from cleanvision import Imagelab
-
-            lab = Imagelab(data_path=str(root_p))
-            lab.find_issues({"near_duplicates": {}, "exact_duplicates": {}}, verbose=False)
-            pairs = []
-            for kind in ("near_duplicates", "exact_duplicates"):
-                for group in lab.info[kind]["sets"]:
-                    pairs += [(_key(group[0], root_p), _key(g, root_p)) for g in group[1:]]
-            out["clusters"] = _components(keys, pairs).to_dicts()
+            out["clusters"] = _components(keys, cleanvision_pairs(root_p)).to_dicts()
         elif name.startswith("perception"):
             import perception.hashers as h
-            from perception.tools import deduplicate
 
             hasher, default = {"perception PHash": (h.PHash(), 0.2), "perception PDQ": (h.PDQHash(), 0.2)}[
                 name
             ]
             out["sweep"] = {}
             for t in (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35):
-                pairs = deduplicate(files, hashers=[(hasher, t)])
-                out["sweep"][t] = _components(
-                    keys, [(_key(a, root_p), _key(b, root_p)) for a, b in pairs]
-                ).to_dicts()
+                out["sweep"][t] = _components(keys, perception_pairs(hasher, files, t, root_p)).to_dicts()
             out["default"] = default
         else:
             raise ValueError(name)

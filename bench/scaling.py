@@ -142,29 +142,20 @@ def _ours(folder: Path, n: int) -> dict[str, Any]:
 
 
 def _peer(method: str, folder: Path) -> dict[str, Any]:
-    sys.path.insert(0, str(Path("bench/out/peers").resolve()))
-    files = sorted(str(p) for p in folder.glob("*.jpg"))
-    if method == "imagededup PHash":
-        from imagededup.methods import PHash
+    """A peer at its default setting, called as bench.peers calls it; the count of pairs it reports."""
+    from bench.peers import PEERS, cleanvision_pairs, imagededup_pairs, perception_pairs
 
-        hasher = PHash(verbose=False)
-        found = hasher.find_duplicates(
-            encoding_map=hasher.encode_images(image_dir=str(folder)), max_distance_threshold=10
-        )
-        pairs = {tuple(sorted((a, b))) for a, bs in found.items() for b in bs}
-        return {"pairs": len(pairs)}
+    sys.path.insert(0, str(PEERS.resolve()))
+    if method == "imagededup PHash":
+        pairs = imagededup_pairs("PHash", folder, 10, {})  # both directions of each pair
+        return {"pairs": len({tuple(sorted(p)) for p in pairs})}
     if method == "perception PDQ":
         import perception.hashers as h
-        from perception.tools import deduplicate
 
-        return {"pairs": len(deduplicate(files, hashers=[(h.PDQHash(), 0.2)]))}
+        files = sorted(str(p) for p in folder.glob("*.jpg"))
+        return {"pairs": len(perception_pairs(h.PDQHash(), files, 0.2, folder))}
     if method == "cleanvision":
-        from cleanvision import Imagelab
-
-        lab = Imagelab(data_path=str(folder))
-        lab.find_issues({"near_duplicates": {}, "exact_duplicates": {}}, verbose=False)
-        sets = lab.info["near_duplicates"]["sets"] + lab.info["exact_duplicates"]["sets"]
-        return {"pairs": sum(len(s) - 1 for s in sets)}
+        return {"pairs": len(cleanvision_pairs(folder))}
     raise ValueError(method)
 
 
