@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from dedup.cluster import grouping
 from dedup.cluster.grouping import PairOracle, group
 from dedup.cluster.representatives import RankContext
 from dedup.cluster.search import Candidates, Mapper, pair_phash_distance, phash_candidates, search
@@ -135,8 +136,6 @@ def _stage_key(config: ClusterConfig, work: WorkDir) -> dict[str, Any]:
             (s, (read_marker(other, "embed", s) or {}).get("config_hash")) for s in other.download_shards()
         ]
     settings = config.model_dump(mode="json", exclude={"verify_workers"})  # speed, not results
-    from dedup.cluster import grouping
-
     key = {"config": settings, "embedded": embedded, "reference": reference, "grouping": grouping.VERSION}
     if config.verify != "none":
         from dedup.cluster import copydetect
