@@ -131,6 +131,11 @@ def validate_url_list(config: DownloadConfig) -> tuple[list[Path], str, int]:
                 if col not in columns:
                     shown = ", ".join(columns[:12]) + (" ..." if len(columns) > 12 else "")
                     raise UserError(f"{file}: no column '{col}' (columns: {shown}); set {flag}")
+        if not config.allow_file_urls:
+            from dedup.download.urllist import as_text, check_schemes, read_table
+
+            url_col = "url" if fmt.removesuffix(".gz") == "txt" else config.url_col
+            check_schemes(file, as_text(read_table(file, fmt).column(url_col)))
         total += rows
     return files, fmt, total
 

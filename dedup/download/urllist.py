@@ -176,6 +176,29 @@ def normalise(work: WorkDir, files: list[Path], fmt: str, config: Any, identity:
     return total
 
 
+WEB_SCHEMES = ("http", "https")
+
+
+def check_schemes(file: Path, urls: list[str | None]) -> None:
+    """Refuse a URL list that names a scheme other than http(s): a ``file:///`` row would copy this
+    machine's files into the dataset (img2dataset fetches file URLs as readily as web ones). A row
+    that is no URL at all is left to the download, which records it as failed."""
+    from urllib.parse import urlsplit
+
+    for row, url in enumerate(urls):
+        if not url:
+            continue
+        try:
+            scheme = urlsplit(url.strip()).scheme.lower()
+        except ValueError:
+            continue
+        if scheme and scheme not in WEB_SCHEMES:
+            raise UserError(
+                f"{file}: row {row}: {url[:80]!r} is a {scheme}: URL; only http(s) URLs are downloaded "
+                "(--allow-file-urls or download.allow_file_urls: true to allow others)"
+            )
+
+
 def input_rows(work: WorkDir) -> pl.DataFrame | None:
     """Every input row (key, url, caption, shard), or None for a work dir made before input/ existed."""
     parts = sorted(work.input_dir.glob("part_*.parquet")) if work.input_dir.is_dir() else []

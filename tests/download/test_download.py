@@ -173,6 +173,22 @@ def test_empty_input(tmp_path, cli, name):
     assert "empty" in result.stderr
 
 
+def test_a_url_list_that_names_a_local_file_is_refused_unless_allowed(tmp_path, cli):
+    """A ``file:///`` row would copy this machine's files into the dataset."""
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(encode(photo(3)))
+    path = tmp_path / "urls.csv"
+    path.write_text(f"URL,TEXT\nhttp://127.0.0.1:1/a.jpg,web\nfile://{secret},local\n")
+    result = cli("download", str(path), str(tmp_path / "w"))
+    _assert_one_line_error(result, "urls.csv", tmp_path / "w")
+    assert "row 1" in result.stderr and "--allow-file-urls" in result.stderr
+    allowed = run_download(
+        DownloadConfig(url_list=str(path), allow_file_urls=True, threads=2, timeout=2),
+        WorkDir(tmp_path / "ok"),
+    )
+    assert allowed["successes"] == 1  # the local file, now that it was asked for
+
+
 def test_other_formats_and_column_names(tmp_path):
     root = tmp_path / "site"
     root.mkdir()
