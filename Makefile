@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 CONFIG ?= configs/demo.yaml
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install test lint format demo bench bench-quality bench-scaling mutation download embed cluster write attack report run clean
+.PHONY: install test lint format demo bench bench-quality bench-scaling bench-device mutation download embed cluster write attack report run clean
 
 install: $(STAMP)
 
@@ -57,6 +57,10 @@ bench-quality: install
 CAP ?= 900
 bench-scaling: install
 	$(BIN)/python -m bench.scaling --cap $(CAP)
+
+# The GPU check (DEVELOPERS.md): one bounded run when a device is lent; one line and exit 0 without CUDA.
+bench-device: install
+	bash bench/device.sh
 
 # One target per stage for data pipelines: make embed CONFIG=configs/laion-example.yaml
 download embed cluster write attack report: install
