@@ -13,7 +13,11 @@ which). Results are kept per (method, N) in bench/out/scaling/results and reused
 a long run resumes where it stopped (``--fresh`` discards them). Peers are installed beside the
 project as for bench.peers; missing peers are listed as "not installed".
 
-``python -m bench.scaling [--sizes 1000,10000,100000] [--cap 900] [--methods ...]``
+``python -m bench.scaling [--sizes 1000,10000,100000] [--cap 900] [--methods ...] [--mix mosaic]``
+
+``--mix mosaic`` is the less adversarial mix: each image a 2 x 2 mosaic of small windows of four random
+photographs (few look-alikes per image), 10 % planted copies as above. This project's row covers the
+whole job: import, embed, cluster and write.
 """
 
 from __future__ import annotations
@@ -41,12 +45,12 @@ SEED = 7
 METHODS = ("dedup (default)", "imagededup PHash", "perception PDQ", "cleanvision")
 
 
-def _variant(base, rng: np.random.Generator):
+def _variant(base, rng: np.random.Generator, share: tuple[float, float] = (0.35, 0.7), side: int = SIDE):
     """A random window of ``base`` with its own colour balance: a distinct image (mostly)."""
     from PIL import Image, ImageEnhance, ImageOps
 
     w, h = base.size
-    fw, fh = rng.uniform(0.35, 0.7, size=2)
+    fw, fh = rng.uniform(*share, size=2)
     cw, ch = max(int(w * fw), 16), max(int(h * fh), 16)
     x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
     im = base.crop((x, y, x + cw, y + ch))
@@ -54,8 +58,23 @@ def _variant(base, rng: np.random.Generator):
         im = ImageOps.mirror(im)
     im = ImageEnhance.Color(im).enhance(float(rng.uniform(0.6, 1.4)))
     im = ImageEnhance.Brightness(im).enhance(float(rng.uniform(0.8, 1.2)))
-    s = SIDE / max(im.size)
+    s = side / max(im.size)
     return im.resize((max(round(im.width * s), 1), max(round(im.height * s), 1)), Image.BICUBIC)
+
+
+def _mosaic(pool: list, rng: np.random.Generator):
+    """The less adversarial mix: a 2 x 2 mosaic of small windows (15-30 % a side) of four random
+    photographs, each with its own colour balance. Two mosaics rarely share a tile, so an image has few
+    look-alikes (as in a crawl, where most images are unrelated), while every tile is a real photo."""
+    from PIL import Image
+
+    tiles = [_variant(pool[int(rng.integers(len(pool)))], rng, (0.15, 0.3), SIDE // 2) for _ in range(4)]
+    out = Image.new("RGB", (SIDE, SIDE))
+    for t, tile in enumerate(tiles):
+        out.paste(
+            tile.convert("RGB").resize((SIDE // 2, SIDE // 2)), ((t % 2) * SIDE // 2, (t // 2) * SIDE // 2)
+        )
+    return out
 
 
 def _copy_of(im, rng: np.random.Generator):
@@ -70,13 +89,15 @@ def _copy_of(im, rng: np.random.Generator):
     return im
 
 
-def build(n: int, root: Path = OUT / "images") -> Path:
+def build(n: int, root: Path = OUT / "images", mix: str = "windows") -> Path:
     """The first ``n`` images of one deterministic sequence, in ``root/<n>`` (hard links into
     ``root/all``, so every N sees the same files and the largest N is generated once)."""
     from collections import deque
 
     from bench.copydetect import _load, source_photos
 
+    if mix != "windows":
+        root = root.parent / f"{root.name}-{mix}"
     folder = root / str(n)
     if folder.is_dir() and len(list(folder.glob("*.jpg"))) == n:
         return folder
@@ -90,6 +111,8 @@ def build(n: int, root: Path = OUT / "images") -> Path:
         # one draw sequence whatever is on disk, so image t is the same image at every N
         if recent and rng.random() < COPY_SHARE:
             im = _copy_of(recent[int(rng.integers(0, len(recent)))], rng)
+        elif mix == "mosaic":
+            im = _mosaic(pool, rng)
         else:
             im = _variant(pool[int(rng.integers(len(pool)))], rng)
         recent.append(im)
@@ -113,12 +136,13 @@ def _ours(folder: Path, n: int) -> dict[str, Any]:
     import polars as pl
 
     from dedup.cluster.stage import run_cluster
-    from dedup.core.config import ClusterConfig, EmbedConfig
+    from dedup.core.config import ClusterConfig, EmbedConfig, WriteConfig
     from dedup.core.layout import WorkDir
     from dedup.download.ingest import run_import
     from dedup.embed.stage import run_embed
+    from dedup.write.stage import run_write
 
-    work = WorkDir(OUT / "work" / str(n))
+    work = WorkDir(OUT / "work" / f"{folder.parent.name}-{n}")
     shutil.rmtree(work.root, ignore_errors=True)
     stages: dict[str, float] = {}
     t = time.time()
@@ -130,6 +154,9 @@ def _ours(folder: Path, n: int) -> dict[str, Any]:
     t = time.time()
     summary = run_cluster(ClusterConfig(), work, progress=False)
     stages["cluster"] = time.time() - t
+    t = time.time()
+    run_write(WriteConfig(), work, progress=False)
+    stages["write"] = time.time() - t
     clusters = pl.read_parquet(work.clusters)
     removed = int((clusters["key"] != clusters["representative_key"]).sum())
     pairs = pl.read_parquet(work.pairs).height if work.pairs.exists() else None
@@ -138,6 +165,8 @@ def _ours(folder: Path, n: int) -> dict[str, Any]:
         "stages": stages,
         "pair_rows": pairs,  # candidate pairs in pairs.parquet (proposed, not all verified)
         "summary_seconds": summary.get("seconds"),
+        "tiers": summary.get("tiers"),
+        "verify_units": summary.get("verify_units"),
     }
 
 
@@ -202,8 +231,9 @@ def run_one(method: str, folder: Path, n: int, cap: float) -> dict[str, Any]:
         p.join(timeout=30)
 
 
-def _result_path(method: str, n: int) -> Path:
-    return OUT / "results" / f"{method.replace(' ', '_').replace('(', '').replace(')', '')}-{n}.json"
+def _result_path(method: str, n: int, mix: str = "windows") -> Path:
+    folder = OUT / ("results" if mix == "windows" else f"results-{mix}")
+    return folder / f"{method.replace(' ', '_').replace('(', '').replace(')', '')}-{n}.json"
 
 
 def _skip_reason(previous: dict[str, Any] | None, n: int, cap: float) -> str | None:
@@ -227,7 +257,11 @@ def _row(r: dict[str, Any]) -> str:
     found = r.get("removed", r.get("pairs", "-"))
     split = ""
     if "stages" in r:
-        split = "import {import:.0f} s, embed {embed:.0f} s, cluster {cluster:.0f} s".format(**r["stages"])
+        split = ", ".join(f"{k} {v:.0f} s" for k, v in r["stages"].items())
+        if r.get("tiers"):
+            from dedup.cluster.tables import format_tiers
+
+            split += f"; tiers: {format_tiers(r['tiers'])}"
     secs_s = f"{secs:.0f}" if secs is not None else "-"
     return f"| {r['method']} | {n:,} | {secs_s} | {rate} | {rss} | {found} | {r.get('note', split)} |"
 
@@ -237,6 +271,13 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--sizes", default=",".join(str(s) for s in SIZES))
     parser.add_argument("--cap", type=float, default=CAP_S, help="seconds one (method, N) may run")
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument(
+        "--mix",
+        choices=("windows", "mosaic"),
+        default="windows",
+        help="windows: overlapping windows of a few photographs (adversarial: many look-alikes); "
+        "mosaic: 2x2 mosaics of small windows of random photographs (few look-alikes)",
+    )
     parser.add_argument("--fresh", action="store_true", help="discard kept results and run again")
     args = parser.parse_args(argv)
     sizes = sorted(int(s) for s in args.sizes.split(","))
@@ -245,14 +286,14 @@ def main(argv: list[str]) -> None:
     for method in methods:
         previous = None
         for n in sizes:
-            path = _result_path(method, n)
+            path = _result_path(method, n, args.mix)
             if path.exists() and not args.fresh:
                 r = json.loads(path.read_text())
             elif (why := _skip_reason(previous, n, args.cap)) is not None:
                 r = {"method": method, "n": n, "seconds": None, "note": why, "skipped": True}
             else:
                 t = time.time()
-                folder = build(n)
+                folder = build(n, mix=args.mix)
                 print(f"[{method}] {n:,} images (built in {time.time() - t:.0f} s) ...", flush=True)
                 r = run_one(method, folder, n, args.cap)
                 path.parent.mkdir(parents=True, exist_ok=True)

@@ -92,6 +92,13 @@ def download(
             "[default: respect]",
         ),
     ] = None,
+    allow_file_urls: Annotated[
+        bool | None,
+        typer.Option(
+            help="Download file:// and other non-http(s) URLs too (refused by default: a URL list could "
+            "pull this machine's files into the dataset). [default: off]"
+        ),
+    ] = None,
     incremental: Annotated[
         bool | None,
         typer.Option(
@@ -131,6 +138,7 @@ def download(
         max_image_area=max_image_area,
         min_image_size=min_image_size,
         respect_robots=respect_robots,
+        allow_file_urls=allow_file_urls,
         incremental=incremental,
         distributor=distributor,
     )

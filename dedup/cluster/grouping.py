@@ -30,9 +30,6 @@ from scipy.sparse.csgraph import connected_components
 from dedup.cluster.representatives import RankContext, rank
 
 GROUPINGS = ("components", "representative", "semdedup")
-# How pairs become groups, versioned: bump when a change can move a sample to another group or change
-# which one is kept. The cluster stage's key holds it, so groups made the older way are redone.
-VERSION = 2
 
 
 def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -48,6 +45,10 @@ DERIVED_POLICIES = ("keep", "remove")
 STRETCH_COSINE = 0.8  # frames this alike are worth a whole-frame alignment before keypoints
 STRETCH_PHASH = 20
 HEAD_TRIALS = 8  # duplicates of the kept image tried in its place, per group (_widest_head)
+# An image with fewer ORB keypoints than this (embed's local_count) is plain: a flat colour, a blank
+# page, a smooth gradient. Its hash and embedding say next to nothing (a white and a black image share
+# a pHash), so no global signal accepts a pair with a plain image alone: only its pixels can.
+PLAIN_KEYPOINTS = 8
 
 
 @dataclass
@@ -73,6 +74,7 @@ class PairOracle:
     examine: Callable[[int, int], Any] | None = None  # (a, b) -> copydetect.Evidence
     confirm: bool = True
     derived: str = "keep"
+    plain: np.ndarray | None = None  # per sample: too plain for a global signal to accept alone
     evidence: dict[tuple[int, int], Any] = field(default_factory=dict)
 
     def cosine_pairs(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -91,15 +93,20 @@ class PairOracle:
         """The verifier's evidence for a pair, computed once."""
         pair = (min(a, b), max(a, b))
         if pair not in self.evidence:
-            from dedup.cluster.search import pair_phash_distance
-
-            i, j = np.array([pair[0]]), np.array([pair[1]])
-            # the same framing (a whole-frame stretch is worth trying) shows in the perceptual hash;
-            # a light crop may not, but keeps the global look (a window is worth searching for)
-            same_frame = bool(pair_phash_distance(self.phash, self.phash_mirror, i, j)[0] <= STRETCH_PHASH)
-            alike = same_frame or bool(self.cosine_pairs(i, j)[0] >= STRETCH_COSINE)
-            self.evidence[pair] = self.examine(*pair, stretch_first=same_frame, window_search=alike)  # type: ignore[misc]
+            same_frame, alike = self.hints(np.array([pair[0]]), np.array([pair[1]]))
+            self.evidence[pair] = self.examine(  # type: ignore[misc]
+                *pair, stretch_first=bool(same_frame[0]), window_search=bool(alike[0])
+            )
         return self.evidence[pair]
+
+    def hints(self, i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(stretch_first, window_search) per pair: the same framing (a whole-frame stretch is worth
+        trying first) shows in the perceptual hash; a light crop may not, but keeps the global look
+        (a window is worth searching for)."""
+        from dedup.cluster.search import pair_phash_distance
+
+        same_frame = pair_phash_distance(self.phash, self.phash_mirror, i, j) <= STRETCH_PHASH
+        return same_frame, same_frame | (self.cosine_pairs(i, j) >= STRETCH_COSINE)
 
     def proposed(self, i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(signal name or "", needs verification, cosine) per pair, from the cheap signals alone."""
@@ -115,14 +122,16 @@ class PairOracle:
         else:
             by_hash = np.zeros(n, bool)
         exact = self.sha[i] == self.sha[j]
+        plain = self.plain[i] | self.plain[j] if self.plain is not None else np.zeros(n, bool)
         signal = np.full(n, "", dtype=object)
-        signal[by_emb] = "embedding"
-        signal[by_hash] = "phash"
+        signal[by_emb & ~plain] = "embedding"
+        signal[by_hash & ~plain] = "phash"
         signal[exact] = "exact"
         if self.examine is None:
             return signal, np.zeros(n, bool), cos
         band = (signal == "") & (
-            cos >= self.candidate_threshold if self.candidate_threshold is not None else np.zeros(n, bool)
+            (cos >= self.candidate_threshold if self.candidate_threshold is not None else np.zeros(n, bool))
+            | (plain & (by_emb | by_hash))  # a plain pair a global signal proposed: its pixels decide
         )
         check = band | ((signal != "") & ~exact & self.confirm)
         return signal, check, cos

@@ -45,6 +45,11 @@ class DownloadConfig(Section):
     min_image_size: int = Field(0, ge=0)
     max_aspect_ratio: float = Field(float("inf"), gt=0)
     respect_robots: bool = Field(True, description="skip images whose X-Robots-Tag opts out of AI use")
+    allow_file_urls: bool = Field(
+        False,
+        description="download file:// (and other non-http) URLs too; off, a URL list that names a local "
+        "file is refused (a list could otherwise pull this machine's files into a dataset)",
+    )
     incremental: bool = Field(True, description="skip shards already downloaded into the work directory")
     distributor: Literal["multiprocessing", "pyspark", "ray"] = "multiprocessing"
     user_agent_token: str | None = "dedup"
@@ -96,6 +101,12 @@ class ClusterConfig(Section):
     orb_min_inliers: int = Field(5, ge=4, description="ORB inliers for a keypoint alignment to be tried")
     verify_workers: int = Field(
         0, ge=0, description="threads verifying pairs; 0: one per CPU core (results do not depend on it)"
+    )
+    verify_unit_pairs: int = Field(
+        2048,
+        gt=0,
+        description="candidate pairs per verify unit (what an executor schedules and a rerun resumes "
+        "from); results do not depend on it",
     )
     local_candidates: bool = Field(
         True,

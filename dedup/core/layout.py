@@ -146,6 +146,24 @@ class WorkDir:
         return self.root / "cluster"
 
     @property
+    def candidates(self) -> Path:
+        """The candidates step's pairs (unique-image indices i < j, shared keypoints)."""
+        return self.cluster_dir / "candidates.parquet"
+
+    @property
+    def verify_dir(self) -> Path:
+        return self.cluster_dir / "verify"
+
+    @property
+    def verify_plan(self) -> Path:
+        """The pairs the verify step examines, in order, with their chunk and where their images are."""
+        return self.verify_dir / "plan.parquet"
+
+    def verify_part(self, unit: int) -> Path:
+        """One verify unit's evidence."""
+        return self.verify_dir / f"part-{unit:06d}.parquet"
+
+    @property
     def pairs(self) -> Path:
         return self.cluster_dir / "pairs.parquet"
 

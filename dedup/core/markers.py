@@ -110,7 +110,8 @@ def stage_status(work: WorkDir) -> list[tuple[str, str]]:
         records = list(shards.values()) + ([entry["stage"]] if "stage" in entry else [])
         hashes = sorted({str(m.get("config_hash")) for m in records if m.get("config_hash")})
         latest[stage] = max((str(m.get("completed_at", "")) for m in records), default="")
-        text = f"{len(shards)} shard(s)" if shards else "complete"
+        unit = "unit(s)" if stage == "cluster-verify" else "shard(s)"
+        text = f"{len(shards)} {unit}" if shards else "complete"
         if stage == "embed":
             stale = [
                 s
@@ -123,7 +124,17 @@ def stage_status(work: WorkDir) -> list[tuple[str, str]]:
                 text += f", {len(stale)} stale (input changed since), {missing} not embedded"
         lines.append((stage, f"{text:<14} config {', '.join(hashes)}"))
     upstream = {"cluster": "embed", "write": "cluster", "report": "write"}
-    order = ["download", "import", "embed", "cluster", "write", "attack", "report"]
+    order = [
+        "download",
+        "import",
+        "embed",
+        "cluster-candidates",
+        "cluster-verify",
+        "cluster",
+        "write",
+        "attack",
+        "report",
+    ]
     lines.sort(key=lambda line: order.index(line[0]) if line[0] in order else len(order))
     out = []
     for stage, text in lines:

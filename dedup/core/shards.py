@@ -7,10 +7,13 @@ the tar, and so that nothing (a decoder, a default handler) sits between the byt
 
 from __future__ import annotations
 
+import io
+import os
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")
 
@@ -44,10 +47,12 @@ def _split(name: str) -> tuple[str, str]:
     return prefix + key, ext
 
 
-def iter_samples(path: Path) -> Iterator[Sample]:
-    """Yield the samples of one tar in order; raises ``tarfile.TarError`` on a corrupt archive."""
+def iter_samples(path: Path | BinaryIO) -> Iterator[Sample]:
+    """Yield the samples of one tar (a path or an open binary file) in order; raises
+    ``tarfile.TarError`` on a corrupt archive."""
     current: Sample | None = None
-    with tarfile.open(path, mode="r|*") as tar:
+    named = isinstance(path, (str, os.PathLike))
+    with tarfile.open(path, mode="r|*") if named else tarfile.open(fileobj=path, mode="r|") as tar:
         for member in tar:
             if not member.isfile():
                 continue
@@ -64,6 +69,18 @@ def iter_samples(path: Path) -> Iterator[Sample]:
             current.end = member.offset_data + ((member.size + 511) // 512) * 512
     if current is not None:
         yield current
+
+
+def read_sample(path: Path, start: int, end: int) -> Sample | None:
+    """The one sample whose members span bytes [start, end) of a tar (the offsets embed recorded), read
+    without scanning the tar; None when the span holds no sample (the tar changed since)."""
+    with open(path, "rb") as f:
+        f.seek(start)
+        data = f.read(end - start)
+    try:
+        return next(iter_samples(io.BytesIO(data + bytes(1024))), None)  # two zero blocks end it
+    except tarfile.TarError:
+        return None
 
 
 def count_samples(path: Path) -> int:

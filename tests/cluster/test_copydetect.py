@@ -223,3 +223,74 @@ def test_the_original_is_kept_over_a_larger_upscaled_crop_that_does_not_hold_the
     run_cluster(ClusterConfig(), work, progress=False)
     clusters = pl.read_parquet(work.clusters)
     assert set(clusters["representative_key"]) == {keys["original"]}, clusters.to_dicts()
+
+
+def _png(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _page(text: str, size: tuple[int, int] = (320, 240), font_size: int = 28) -> Image.Image:
+    """A blank white page with one word on it (a scanned form, a slide, a text-only meme)."""
+    from PIL import ImageDraw
+
+    from bench.copydetect import _font
+
+    im = Image.new("RGB", size, "white")
+    ImageDraw.Draw(im).text(
+        (size[0] // 4, size[1] // 2 - font_size // 2), text, fill="black", font=_font(font_size)
+    )
+    return im
+
+
+def test_a_plain_white_image_is_no_copy_of_a_plain_black_one_but_of_itself_re_encoded():
+    """Each normalised by its own (zero) contrast, every flat image is the same: flat pixels are
+    compared as they are."""
+    white, black, grey = (Image.new("RGB", (200, 150), c) for c in ("white", "black", (128, 128, 128)))
+    assert _examine(_png(white), _png(black)).verdict == "distinct"
+    assert _examine(_png(grey), _png(white)).verdict == "distinct"
+    assert _examine(_png(white), _jpeg(white.resize((100, 75)), 80)).verdict == "copy"
+
+
+@pytest.mark.parametrize("font_size", [14, 28, 48])
+def test_pages_with_other_words_are_not_copies_and_a_page_re_encoded_is(font_size):
+    """Text on a blank page is the templated class: the blank paper agrees everywhere, the words decide."""
+    hello, world = _page("HELLO", font_size=font_size), _page("WORLD", font_size=font_size)
+    e = _examine(_jpeg(hello), _jpeg(world))
+    assert e.verdict != "copy", e
+    assert _examine(_png(hello), _jpeg(hello, 75)).verdict == "copy"
+
+
+def test_the_same_pixels_in_another_encoding_are_a_copy_without_any_alignment(room):
+    e = _examine(_png(room), _jpeg(room, 95))
+    assert (e.verdict, e.tier, e.alignment) == ("copy", "same-pixels", "same-pixels")
+    other = _examine(_png(room), _png(room.transpose(Image.Transpose.FLIP_LEFT_RIGHT)))
+    assert other.tier != "same-pixels" and other.verdict == "copy"  # a mirror is aligned, then a copy
+
+
+def test_plain_images_are_never_merged_on_a_hash_alone(tmp_path):
+    """A flat white and a flat black image share a perceptual hash (the hash of a flat image says
+    nothing): not even ``confirm: false`` or ``verify: none`` lets the hash merge them."""
+    from conftest import write_download_shard
+
+    from dedup.cluster.stage import run_cluster
+    from dedup.core.config import ClusterConfig, EmbedConfig
+    from dedup.core.layout import WorkDir
+    from dedup.embed.stage import run_embed
+
+    work = WorkDir(tmp_path / "w")
+    flat = [Image.new("RGB", (160, 120), c) for c in ("white", "black", (40, 90, 200))]
+    items = [(f"0{i:04d}", _png(im), "plain", "png") for i, im in enumerate(flat)]
+    items.append(("00009", _jpeg(flat[0].resize((80, 60)), 85), "plain", "jpg"))  # a real copy of white
+    write_download_shard(work, 0, items)
+    run_embed(EmbedConfig(embedder="descriptor"), work, progress=False)
+    import polars as pl
+
+    for config in (ClusterConfig(), ClusterConfig(confirm=False), ClusterConfig(verify="none")):
+        run_cluster(config, work, progress=False, force=True)
+        clusters = pl.read_parquet(work.clusters)
+        rep = dict(zip(clusters["key"], clusters["representative_key"], strict=True))
+        assert len({rep["00000"], rep["00001"], rep["00002"]}) == 3, (config, rep)
+        if config.verify == "orb":
+            assert rep["00009"] == rep["00000"], (config, rep)  # its pixels say so

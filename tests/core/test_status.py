@@ -27,6 +27,9 @@ def test_status_after_a_rerun_with_changed_embed_settings(tmp_path, cli):
     run_embed(small, work, progress=False)
     run_cluster(ClusterConfig(), work, progress=False)
     first = _lines(cli, work)
+    # the cluster stage's steps, each with its own markers (#24)
+    assert "cluster-candidates" in first and "complete" in first["cluster-candidates"]
+    assert "cluster-verify" in first and "unit(s)" in first["cluster-verify"]
     old = str(read_marker(work, "embed", 0)["config_hash"])
     assert "STALE" not in first["cluster"] and old in first["embed"]
 
@@ -41,13 +44,20 @@ def test_status_after_a_rerun_with_changed_embed_settings(tmp_path, cli):
     assert "STALE" not in _lines(cli, work)["cluster"]
 
 
-@pytest.mark.parametrize("module", ["copydetect", "grouping"])
-def test_a_result_made_by_an_older_copy_verifier_is_redone(tmp_path, monkeypatch, module):
-    """The verifier's and the grouping's code, not only their settings, decide groups: a cluster
-    result made before their decisions changed (copydetect.VERSION, grouping.VERSION) is not reused."""
+@pytest.mark.parametrize(
+    ("module", "setting"),
+    [("copydetect", "COPY_MATCH"), ("copydetect", "COARSE_FLOOR"), ("grouping", "HEAD_TRIALS")],
+)
+def test_changing_any_verifier_or_grouping_number_redoes_the_cluster_stage(
+    tmp_path, monkeypatch, module, setting
+):
+    """The verifier's and the grouping's numbers decide groups: the cluster stage's key is derived from
+    their values and their code (no hand-bumped version), so a changed number is never "up to date"."""
     import importlib
 
-    versioned = importlib.import_module(f"dedup.cluster.{module}")
+    from dedup.cluster.fingerprint import decision_fingerprint
+
+    deciding = importlib.import_module(f"dedup.cluster.{module}")
 
     work = WorkDir(tmp_path / "w")
     items = [(f"0{i:04d}", encode(photo(i)), "a photo", "jpg") for i in range(4)]
@@ -55,5 +65,8 @@ def test_a_result_made_by_an_older_copy_verifier_is_redone(tmp_path, monkeypatch
     run_embed(EmbedConfig(embedder="descriptor", descriptor_size=8), work, progress=False)
     assert not run_cluster(ClusterConfig(), work, progress=False).get("skipped")
     assert run_cluster(ClusterConfig(), work, progress=False).get("skipped")
-    monkeypatch.setattr(versioned, "VERSION", versioned.VERSION + 1)
+    before = decision_fingerprint()
+    monkeypatch.setattr(deciding, setting, getattr(deciding, setting) * 0.9 + 1)
+    assert decision_fingerprint() != before
     assert not run_cluster(ClusterConfig(), work, progress=False).get("skipped")
+    assert not hasattr(deciding, "VERSION")

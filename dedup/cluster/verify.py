@@ -1,0 +1,375 @@
+"""The cluster stage's second step: the copy verifier's evidence for the pairs the candidates step
+selected, as units of work that run on any executor (threads here, tasks on a Ray cluster).
+
+The pairs to verify are written once, in order, to ``cluster/verify/plan.parquet``: sorted by the
+connected component of the pairs they belong to, then most promising first, and cut into **chunks**
+of ``VERIFY_CHUNK`` pairs (a component is never split unless it is larger). Inside a chunk pairs are
+examined in order, and a pair whose images are already linked by accepted pairs of the same chunk
+is skipped (``implied``): it cannot change a group. Nothing crosses a chunk, so a chunk's evidence
+depends only on its pairs and the settings, never on which worker ran it, how many threads there were
+or how chunks were packed into units: the results are byte-identical for any executor, thread count
+or unit size.
+
+A **unit** is a run of whole chunks (about ``verify_unit_pairs`` pairs); each writes its evidence to
+``cluster/verify/part-NNNNNN.parquet`` and a marker keyed by its pairs and the deciding code's
+digest, so a killed run resumes from its finished units.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import fields
+from itertools import pairwise
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from dedup.cluster.copydetect import CopyVerifier, Evidence
+from dedup.cluster.grouping import PairOracle, components
+from dedup.core.config import ClusterConfig
+from dedup.core.errors import UserError
+from dedup.core.layout import WorkDir, atomic_path
+from dedup.core.markers import is_complete, read_marker, write_marker
+from dedup.core.shards import read_sample
+from dedup.core.stage import Advance, Plan, Resources, Stage, Unit
+
+# Pairs examined in sequence, each skipped when an earlier accepted pair of its chunk already links its
+# images. Results depend on it (which pairs are "implied"), so it is a setting of the decision, not a
+# knob: larger chunks skip more, smaller ones spread a giant component over more workers.
+VERIFY_CHUNK = 256
+PREPARED_CACHE = 512  # decoded images one unit keeps (its chunks are components: images repeat)
+
+PLAN_SCHEMA = {
+    "chunk": pl.Int64,
+    "a": pl.Int64,  # unique-image indices, a < b
+    "b": pl.Int64,
+    "stretch_first": pl.Boolean,  # the same framing: a whole-frame stretch is tried first
+    "window_search": pl.Boolean,  # the frames look alike: a template-matched window is tried
+    "a_shard": pl.Int64,
+    "a_start": pl.Int64,
+    "a_end": pl.Int64,
+    "b_shard": pl.Int64,
+    "b_start": pl.Int64,
+    "b_end": pl.Int64,
+}
+EVIDENCE_FIELDS = {
+    "inliers": pl.Int64,
+    "inlier_ratio": pl.Float64,
+    "coverage": pl.Float64,
+    "pixel_match": pl.Float64,
+    "color_match": pl.Float64,
+    "detail": pl.Float64,
+    "alignment": pl.String,
+    "verdict": pl.String,
+    "tier": pl.String,
+}
+assert set(EVIDENCE_FIELDS) == {f.name for f in fields(Evidence)}  # one schema for the evidence
+
+
+def chunk_pairs(pi: np.ndarray, pj: np.ndarray, order: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(pair indices in verification order, chunk of each): the pairs ``order`` lists, grouped by
+    the connected component they belong to (in order of each component's first pair), each component
+    in ``order``, packed greedily into chunks of at most VERIFY_CHUNK pairs."""
+    if not len(order):
+        return order, np.zeros(0, dtype=np.int64)
+    label = components(n, pi[order], pj[order])[pi[order]]
+    first = {}
+    for t, c in enumerate(label.tolist()):
+        first.setdefault(c, t)
+    rank = np.array([first[c] for c in label.tolist()], dtype=np.int64)
+    perm = np.lexsort((np.arange(len(order)), rank))  # by component (first seen), then given order
+    ordered, label = order[perm], label[perm]
+    chunk = np.zeros(len(ordered), dtype=np.int64)
+    current, size = 0, 0
+    for start, stop in _runs(label):
+        length = stop - start
+        if size and size + length > VERIFY_CHUNK:
+            current, size = current + 1, 0
+        for t in range(start, stop):
+            if size == VERIFY_CHUNK:
+                current, size = current + 1, 0
+            chunk[t] = current
+            size += 1
+    return ordered, chunk
+
+
+def _runs(label: np.ndarray) -> list[tuple[int, int]]:
+    bounds = [0, *(np.flatnonzero(np.diff(label)) + 1).tolist(), len(label)]
+    return list(pairwise(bounds))
+
+
+def write_plan(
+    work: WorkDir,
+    meta: pl.DataFrame,
+    rows: np.ndarray,
+    pi: np.ndarray,
+    pj: np.ndarray,
+    order: np.ndarray,
+    hints: tuple[np.ndarray, np.ndarray],
+) -> np.ndarray:
+    """Write the verification plan for the pairs ``order`` lists (``hints``: stretch_first and
+    window_search per listed pair); returns the pair indices in plan order."""
+    n = int(max(pi.max(initial=-1), pj.max(initial=-1))) + 1
+    position = np.empty(len(pi), dtype=np.int64)
+    position[order] = np.arange(len(order))
+    ordered, chunk = chunk_pairs(pi, pj, order, n)
+    where = meta.select("shard", "tar_start", "tar_end")
+    if where["tar_start"].null_count() or where["tar_end"].null_count():
+        raise UserError(
+            f"{work.embed_dir}: embedded before tar offsets were recorded; run `dedup embed --force`"
+        )
+    shard, start, end = (
+        where[c].to_numpy().astype(np.int64)[rows] for c in ("shard", "tar_start", "tar_end")
+    )
+    a, b = pi[ordered], pj[ordered]
+    table = pl.DataFrame(
+        {
+            "chunk": chunk,
+            "a": a,
+            "b": b,
+            "stretch_first": hints[0][position[ordered]],
+            "window_search": hints[1][position[ordered]],
+            "a_shard": shard[a],
+            "a_start": start[a],
+            "a_end": end[a],
+            "b_shard": shard[b],
+            "b_start": start[b],
+            "b_end": end[b],
+        },
+        schema=PLAN_SCHEMA,
+    )
+    work.verify_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(work.verify_plan) as tmp:
+        table.write_parquet(tmp)
+    return ordered
+
+
+def _unit_bounds(chunk: np.ndarray, unit_pairs: int) -> list[tuple[int, int]]:
+    """Row ranges of whole chunks, about ``unit_pairs`` rows each."""
+    out: list[tuple[int, int]] = []
+    lo = 0
+    for _, stop in _runs(chunk):
+        if stop - lo >= unit_pairs or stop == len(chunk):
+            out.append((lo, stop))
+            lo = stop
+    return out
+
+
+def _digest(table: pl.DataFrame) -> str:
+    h = hashlib.sha256()
+    for col in ("chunk", "a", "b", "stretch_first", "window_search"):
+        h.update(table[col].to_numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class VerifyStage(Stage):
+    """Units = runs of whole chunks of the plan; each writes its evidence part and a marker."""
+
+    name = "cluster-verify"
+    unit_name = "pair block"
+
+    def __init__(self, config: ClusterConfig, decision: str, force: bool = False) -> None:
+        self.config, self.decision, self.force = config, decision, force
+
+    def key(self, digest: str) -> dict[str, Any]:
+        c = self.config
+        return {
+            "pairs": digest,
+            "decision": self.decision,
+            "derived": c.derived,
+            "inliers": c.orb_min_inliers,
+        }
+
+    def inputs(self, work: WorkDir) -> list:
+        return [work.verify_plan]
+
+    def outputs(self, work: WorkDir) -> list:
+        return [work.verify_plan]
+
+    def resources(self) -> Resources:
+        return Resources(cpus=1.0)
+
+    def local_workers(self) -> int:
+        import os
+
+        return self.config.verify_workers or os.cpu_count() or 1
+
+    def plan(self, work: WorkDir) -> Plan:
+        table = pl.read_parquet(work.verify_plan)
+        units = []
+        for index, (lo, hi) in enumerate(
+            _unit_bounds(table["chunk"].to_numpy(), self.config.verify_unit_pairs)
+        ):
+            units.append(Unit(index, hi - lo, (lo, hi, _digest(table.slice(lo, hi - lo)))))
+        return Plan(units)
+
+    def done(self, work: WorkDir, unit: Unit) -> bool:
+        return (
+            not self.force
+            and work.verify_part(unit.index).exists()
+            and is_complete(work, self.name, unit.index, self.key(unit.payload[2]))
+        )
+
+    def setup(self, work: WorkDir) -> Any:
+        import cv2
+
+        cv2.setNumThreads(1)  # units, not OpenCV's threads, share the cores (and the results stay exact)
+        return None
+
+    def process(self, work: WorkDir, unit: Unit, state: Any, advance: Advance = None) -> dict[str, Any]:
+        lo, hi, digest = unit.payload
+        table = pl.read_parquet(work.verify_plan).slice(lo, hi - lo)
+        if _digest(table) != digest:
+            raise UserError(f"{work.verify_plan}: changed while verifying; rerun `dedup cluster`")
+        verifier = CopyVerifier(min_inliers=self.config.orb_min_inliers, cache=PREPARED_CACHE)
+        verifier.add_images(_images(work, table))
+        rows, tiers = examine_chunks(table, verifier, self.config.derived, advance)
+        part = pl.DataFrame(rows, schema={"a": pl.Int64, "b": pl.Int64, **EVIDENCE_FIELDS})
+        with atomic_path(work.verify_part(unit.index)) as tmp:
+            part.write_parquet(tmp)
+        write_marker(
+            work, self.name, unit.index, self.key(digest), pairs=hi - lo, examined=part.height, tiers=tiers
+        )
+        return tiers
+
+    def finish(self, work: WorkDir, plan: Plan, todo: list[Unit], results: list[Any], seconds: float) -> dict:
+        tiers: dict[str, list[float]] = {}
+        for unit in plan.units:
+            for tier, (count, secs) in (
+                (read_marker(work, self.name, unit.index) or {}).get("tiers", {})
+            ).items():
+                t = tiers.setdefault(tier, [0, 0.0])
+                t[0], t[1] = t[0] + count, t[1] + secs
+        _remove_stale_parts(work, len(plan.units))
+        return {
+            "units": len(plan.units),
+            "units_run": len(todo),
+            "pairs": sum(u.size for u in plan.units),
+            "tiers": {k: {"pairs": int(v[0]), "seconds": round(v[1], 2)} for k, v in sorted(tiers.items())},
+            "seconds": round(seconds, 2),
+        }
+
+
+def _images(work: WorkDir, table: pl.DataFrame) -> list[tuple[int, bytes]]:
+    """The bytes of every image the unit's pairs name, read by the offsets embed recorded."""
+    spans = {}
+    for side in ("a", "b"):
+        for row, shard, start, end in table.select(
+            side, f"{side}_shard", f"{side}_start", f"{side}_end"
+        ).iter_rows():
+            spans[row] = (shard, start, end)
+    out = []
+    for row, (shard, start, end) in sorted(spans.items(), key=lambda kv: kv[1]):
+        sample = read_sample(work.input_tar(shard), start, end)
+        if sample is not None and sample.image is not None:
+            out.append((row, sample.image))
+    return out
+
+
+def examine_chunks(
+    table: pl.DataFrame, verifier: CopyVerifier, derived: str, advance: Advance = None
+) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:
+    """Evidence for the table's pairs, chunk by chunk, skipping pairs already linked within their chunk;
+    (one row per examined pair, {tier: [pairs, seconds]})."""
+    rows: list[dict[str, Any]] = []
+    tiers: dict[str, list[float]] = {}
+    parent: dict[int, int] = {}
+
+    def find(x: int) -> int:
+        while parent.get(x, x) != x:
+            x = parent[x]
+        return x
+
+    previous = None
+    for chunk, a, b, stretch_first, window_search in table.select(
+        "chunk", "a", "b", "stretch_first", "window_search"
+    ).iter_rows():
+        if chunk != previous:
+            parent.clear()
+            previous = chunk
+        if advance is not None:
+            advance(1)
+        ra, rb = find(a), find(b)
+        if ra == rb:
+            tiers.setdefault("implied", [0, 0.0])[0] += 1
+            continue
+        started = time.perf_counter()
+        e = verifier.examine(a, b, stretch_first=stretch_first, window_search=window_search)
+        spent = tiers.setdefault(e.tier, [0, 0.0])
+        spent[0] += 1
+        spent[1] += time.perf_counter() - started
+        rows.append({"a": a, "b": b, **{f: getattr(e, f) for f in EVIDENCE_FIELDS}})
+        if e.verdict == "copy" or (e.verdict == "derived" and derived == "remove"):
+            parent[ra] = rb
+    return rows, tiers
+
+
+def read_evidence(work: WorkDir, units: int) -> dict[tuple[int, int], Evidence]:
+    """Every unit's evidence, keyed by (a, b)."""
+    out: dict[tuple[int, int], Evidence] = {}
+    for index in range(units):
+        part = pl.read_parquet(work.verify_part(index))
+        for r in part.iter_rows(named=True):
+            pair = (r.pop("a"), r.pop("b"))
+            out[pair] = Evidence(**r)
+    return out
+
+
+def _remove_stale_parts(work: WorkDir, units: int) -> None:
+    """Parts and markers of units a previous, larger plan had."""
+    for path in work.verify_dir.glob("part-*.parquet"):
+        if int(path.stem.split("-")[1]) >= units:
+            path.unlink(missing_ok=True)
+    folder = work.manifest_dir / VerifyStage.name
+    for path in folder.glob("*.json") if folder.is_dir() else []:
+        if path.stem.isdigit() and int(path.stem) >= units:
+            path.unlink(missing_ok=True)
+
+
+def load_images(work: WorkDir, meta: pl.DataFrame, rows: np.ndarray) -> list[tuple[int, bytes]]:
+    """Image bytes for the given metadata rows, read by the offsets embed recorded."""
+    wanted = meta[np.asarray(rows, dtype=np.int64).tolist()].select("shard", "tar_start", "tar_end")
+    out = []
+    for row, (shard, start, end) in zip(np.asarray(rows).tolist(), wanted.iter_rows(), strict=True):
+        sample = read_sample(work.input_tar(int(shard)), int(start), int(end))
+        if sample is not None and sample.image is not None:
+            out.append((int(row), sample.image))
+    return out
+
+
+def add_images(
+    work: WorkDir,
+    meta: pl.DataFrame,
+    unique: np.ndarray,
+    u_of_row: np.ndarray,
+    verifier: Any,
+    ids: np.ndarray,
+) -> None:
+    """Give the verifier the images of these unique-image indices."""
+    if len(ids):
+        loaded = load_images(work, meta, unique[ids])
+        verifier.add_images((int(u_of_row[row]), data) for row, data in loaded)
+
+
+def pair_oracle(config, embeddings, sha, phash, phash_m, mirror, t_emb, t_cand, plain=None):
+    """The one pair decision (``PairOracle``) with the config's signals, verifier, confirm and derived
+    policy; self-dedup and ``--against`` both build it here."""
+    use = set(config.signals)
+    verifier = CopyVerifier(min_inliers=config.orb_min_inliers) if config.verify == "orb" else None
+    oracle = PairOracle(
+        embeddings=embeddings,
+        sha=sha,
+        phash=phash,
+        phash_mirror=phash_m,
+        embedding_threshold=t_emb if "embedding" in use else None,
+        phash_threshold=config.phash_threshold if "phash" in use else None,
+        mirror_view=mirror,
+        candidate_threshold=t_cand if verifier is not None else None,
+        examine=verifier.examine if verifier is not None else None,
+        confirm=config.confirm,
+        derived=config.derived,
+        plain=plain,
+    )
+    return oracle, verifier
