@@ -60,7 +60,8 @@ def _outputs(work: WorkDir) -> dict[str, bytes]:
     return out
 
 
-CLUSTER = ClusterConfig(search="ivf", nlist=4, nprobe=2)
+# small verify units, so the copy verifier runs as several Ray tasks (#24)
+CLUSTER = ClusterConfig(search="ivf", nlist=4, nprobe=2, verify_unit_pairs=8)
 
 
 def _pipeline(work: WorkDir, executor) -> None:
@@ -79,6 +80,7 @@ def test_ray_and_local_executors_write_the_same_bytes(tmp_path, ray_executor):
     _pipeline(remote, ray_executor)
     a, b = _outputs(local), _outputs(remote)
     assert len([k for k in a if k.startswith("dedup/") and k.endswith(".tar")]) >= 8
+    assert len([k for k in a if k.startswith("cluster/verify/part-")]) >= 2  # verify units, on Ray's workers
     assert a.keys() == b.keys()
     assert [k for k in a if a[k] != b[k]] == []
     import polars as pl
@@ -176,7 +178,7 @@ def test_dedup_run_with_executor_ray_from_a_config(tmp_path, cli, ray_executor):
     config = tmp_path / "ray.yaml"
     config.write_text(
         f"workdir: {remote.root}\nexecutor: ray\nray: {{address: '{address}'}}\n"
-        "embed: {embedder: descriptor}\ncluster: {search: ivf, nlist: 4, nprobe: 2}\n"
+        "embed: {embedder: descriptor}\ncluster: {search: ivf, nlist: 4, nprobe: 2, verify_unit_pairs: 8}\n"
         "write: {samples_per_shard: 7}\nstages: [embed, cluster, write]\n"
     )
     result = cli("run", str(config))
