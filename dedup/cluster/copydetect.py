@@ -810,7 +810,7 @@ def examine(
         if stretch_first:
             e = _evidence(a, bb, stretch(a, bb), "stretch" + suffix, top_inliers, top_ratio)
             best = e if e.score > best.score else best
-            if best.verdict == "copy":
+            if _settled(best):
                 break
         if window_search:
             # a light crop of a smooth image: find the window by template matching, either way round
@@ -818,7 +818,7 @@ def examine(
                 if m_win is not None:
                     e = _evidence(a, bb, m_win, "window" + suffix, top_inliers, top_ratio)
                     best = e if e.score > best.score else best
-            if best.verdict == "copy":
+            if _settled(best):
                 break
         m, inliers, ratio = features.fit(a, bb)
         if inliers > top_inliers:
@@ -826,10 +826,10 @@ def examine(
         if m is not None and inliers >= min_inliers:
             e = _evidence(a, bb, m, "orb" + suffix, inliers, ratio)
             best = e if e.score > best.score else best
-            if best.verdict == "copy":
+            if _settled(best):
                 break
         worth = best.pixel_match >= DERIVED_MATCH or inliers >= STRETCH_FIT_INLIERS
-        if inliers >= min_inliers and best.verdict != "copy" and worth:
+        if inliers >= min_inliers and not _settled(best) and worth:
             # a stretched copy (another aspect ratio, perhaps also reframed) is no similarity, but
             # one nearly agrees or many keypoints match: fit each axis its own scale from the same
             # matches, and try the whole-frame stretch
@@ -840,12 +840,22 @@ def examine(
                 if m_s is not None:
                     e = _evidence(a, bb, m_s, name, n_s, r_s)
                     best = e if e.score > best.score else best
-            if best.verdict == "copy":
+            if _settled(best):
                 break
     if not best.alignment.startswith("orb"):
         # report the keypoint evidence that was gathered, even when the stretch aligned better
         best = Evidence(**{**best.__dict__, "inliers": top_inliers, "inlier_ratio": top_ratio})
     return best
+
+
+def _settled(best: Evidence) -> bool:
+    """No other alignment can change the verdict: a copy, or (with the cascade) a recolour: covered,
+    its pixels agree as a copy's do and only the colours disagree. The colours are the pair's, not
+    the alignment's, so the remaining alignments (each refined and compared at full size: what a
+    recoloured crop costs) are not tried."""
+    if best.verdict == "copy":
+        return True
+    return CASCADE and best.verdict == "derived" and best.pixel_match >= COPY_MATCH
 
 
 def _inverse_or_none(m: np.ndarray | None) -> np.ndarray | None:

@@ -10,7 +10,7 @@ depends only on its pairs and the settings, never on which worker ran it, how ma
 or how chunks were packed into units: the results are byte-identical for any executor, thread count
 or unit size.
 
-A **unit** is a run of whole chunks (about ``verify_unit_pairs`` pairs); each writes its evidence to
+A **unit** is a run of whole chunks (about ``verify_unit_pairs`` pairs, 256 by default, one chunk: enough units to keep every core busy on a small set); each writes its evidence to
 ``cluster/verify/part-NNNNNN.parquet`` and a marker keyed by its pairs and the deciding code's
 digest, so a killed run resumes from its finished units.
 """

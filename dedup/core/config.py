@@ -103,7 +103,7 @@ class ClusterConfig(Section):
         0, ge=0, description="threads verifying pairs; 0: one per CPU core (results do not depend on it)"
     )
     verify_unit_pairs: int = Field(
-        2048,
+        256,
         gt=0,
         description="candidate pairs per verify unit (what an executor schedules and a rerun resumes "
         "from); results do not depend on it",
