@@ -27,6 +27,7 @@ weights offline) 0.95 / 0.85; pick yours with ``dedup evaluate`` on labelled pai
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -314,7 +315,10 @@ def _run_verify(
     threads = cv2.getNumThreads()
     try:
         runner = executor if executor is not None and hasattr(executor, "run_units") else None
-        return run_stage(VerifyStage(config, key["decision"], force), work, runner, progress)
+        # locally a unit's batches use every core; on Ray each unit is a one-CPU task
+        local = runner is None or getattr(runner, "name", "local") == "local"
+        threads = min(4, config.verify_workers or os.cpu_count() or 1) if local else 1
+        return run_stage(VerifyStage(config, key["decision"], force, threads), work, runner, progress)
     finally:
         cv2.setNumThreads(threads)
 

@@ -2,15 +2,16 @@
 selected, as units of work that run on any executor (threads here, tasks on a Ray cluster).
 
 The pairs to verify are written once, in order, to ``cluster/verify/plan.parquet``: sorted by the
-connected component of the pairs they belong to, then most promising first, and cut into **chunks**
-of ``VERIFY_CHUNK`` pairs (a component is never split unless it is larger). Inside a chunk pairs are
-examined in order, and a pair whose images are already linked by accepted pairs of the same chunk
-is skipped (``implied``): it cannot change a group. Nothing crosses a chunk, so a chunk's evidence
-depends only on its pairs and the settings, never on which worker ran it, how many threads there were
-or how chunks were packed into units: the results are byte-identical for any executor, thread count
-or unit size.
+connected component of the pairs they belong to, then most promising first; each component is a
+**chunk** (one larger than ``VERIFY_CHUNK`` pairs is cut into runs of that many). Inside a chunk
+pairs are examined in order, and a pair whose images are already linked by accepted pairs of the same
+chunk is skipped (``implied``): it cannot change a group. Nothing crosses a chunk, so a chunk's
+evidence depends only on its pairs and the settings, never on which worker ran it, how many threads
+there were or how chunks were packed into units: the results are byte-identical for any executor,
+thread count or unit size.
 
-A **unit** is a run of whole chunks (about ``verify_unit_pairs`` pairs, 256 by default, one chunk: enough units to keep every core busy on a small set); each writes its evidence to
+A **unit** is a run of whole chunks (about ``verify_unit_pairs`` pairs, 256 by default: enough units
+to keep every core busy on a small set); each writes its evidence to
 ``cluster/verify/part-NNNNNN.parquet`` and a marker keyed by its pairs and the deciding code's
 digest, so a killed run resumes from its finished units.
 """
@@ -35,10 +36,14 @@ from dedup.core.markers import is_complete, read_marker, write_marker
 from dedup.core.shards import read_sample
 from dedup.core.stage import Advance, Plan, Resources, Stage, Unit
 
-# Pairs examined in sequence, each skipped when an earlier accepted pair of its chunk already links its
-# images. Results depend on it (which pairs are "implied"), so it is a setting of the decision, not a
-# knob: larger chunks skip more, smaller ones spread a giant component over more workers.
-VERIFY_CHUNK = 256
+# Pairs of one component examined in sequence, each skipped when an earlier accepted pair of its chunk
+# already links its images (a group of 148 copies needs ~150 verifications, not its ~2,400 candidate
+# pairs). A chunk is a whole component, or a run of this many pairs of a larger one: results depend
+# on it (which pairs are "implied"), so it is a setting of the decision, never of the run. Large: look-
+# alike images chain groups of copies into components of thousands of pairs (the demo corpus), and a
+# cut there re-verifies every group it crosses (4,096 cost the demo 2.4x the verifications).
+VERIFY_CHUNK = 65_536
+VERIFY_BATCH = 64  # pairs of a chunk examined at once (threads), then linked: results depend on it
 PREPARED_CACHE = 512  # decoded images one unit keeps (its chunks are components: images repeat)
 
 PLAN_SCHEMA = {
@@ -71,27 +76,22 @@ assert set(EVIDENCE_FIELDS) == {f.name for f in fields(Evidence)}  # one schema 
 def chunk_pairs(pi: np.ndarray, pj: np.ndarray, order: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """(pair indices in verification order, chunk of each): the pairs ``order`` lists, grouped by
     the connected component they belong to (in order of each component's first pair), each component
-    in ``order``, packed greedily into chunks of at most VERIFY_CHUNK pairs."""
+    in ``order``; a chunk is one component, or a run of VERIFY_CHUNK pairs of a larger one."""
     if not len(order):
         return order, np.zeros(0, dtype=np.int64)
     label = components(n, pi[order], pj[order])[pi[order]]
-    first = {}
+    first: dict[int, int] = {}
     for t, c in enumerate(label.tolist()):
         first.setdefault(c, t)
     rank = np.array([first[c] for c in label.tolist()], dtype=np.int64)
     perm = np.lexsort((np.arange(len(order)), rank))  # by component (first seen), then given order
     ordered, label = order[perm], label[perm]
     chunk = np.zeros(len(ordered), dtype=np.int64)
-    current, size = 0, 0
+    current = -1
     for start, stop in _runs(label):
-        length = stop - start
-        if size and size + length > VERIFY_CHUNK:
-            current, size = current + 1, 0
-        for t in range(start, stop):
-            if size == VERIFY_CHUNK:
-                current, size = current + 1, 0
-            chunk[t] = current
-            size += 1
+        pieces = np.arange(stop - start) // VERIFY_CHUNK
+        chunk[start:stop] = current + 1 + pieces
+        current += int(pieces[-1]) + 1
     return ordered, chunk
 
 
@@ -170,8 +170,9 @@ class VerifyStage(Stage):
     name = "cluster-verify"
     unit_name = "pair block"
 
-    def __init__(self, config: ClusterConfig, decision: str, force: bool = False) -> None:
+    def __init__(self, config: ClusterConfig, decision: str, force: bool = False, threads: int = 1) -> None:
         self.config, self.decision, self.force = config, decision, force
+        self.threads = threads  # inside a unit: a giant component is one chunk, verified in batches
 
     def key(self, digest: str) -> dict[str, Any]:
         c = self.config
@@ -192,6 +193,7 @@ class VerifyStage(Stage):
         return Resources(cpus=1.0)
 
     def local_workers(self) -> int:
+        # many small components: units side by side; one giant component: its batches over ``threads``
         import os
 
         return self.config.verify_workers or os.cpu_count() or 1
@@ -225,7 +227,7 @@ class VerifyStage(Stage):
             raise UserError(f"{work.verify_plan}: changed while verifying; rerun `dedup cluster`")
         verifier = CopyVerifier(min_inliers=self.config.orb_min_inliers, cache=PREPARED_CACHE)
         verifier.add_images(_images(work, table))
-        rows, tiers = examine_chunks(table, verifier, self.config.derived, advance)
+        rows, tiers = examine_chunks(table, verifier, self.config.derived, advance, self.threads)
         part = pl.DataFrame(rows, schema={"a": pl.Int64, "b": pl.Int64, **EVIDENCE_FIELDS})
         with atomic_path(work.verify_part(unit.index)) as tmp:
             part.write_parquet(tmp)
@@ -269,10 +271,17 @@ def _images(work: WorkDir, table: pl.DataFrame) -> list[tuple[int, bytes]]:
 
 
 def examine_chunks(
-    table: pl.DataFrame, verifier: CopyVerifier, derived: str, advance: Advance = None
+    table: pl.DataFrame,
+    verifier: CopyVerifier,
+    derived: str,
+    advance: Advance = None,
+    threads: int = 1,
 ) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:
-    """Evidence for the table's pairs, chunk by chunk, skipping pairs already linked within their chunk;
-    (one row per examined pair, {tier: [pairs, seconds]})."""
+    """Evidence for the table's pairs, chunk by chunk: VERIFY_BATCH pairs not yet linked within their
+    chunk are examined at once (on ``threads`` threads), then their accepted pairs link; the batches
+    do not depend on the thread count. Returns one row per examined pair and {tier: [pairs, seconds]}."""
+    from concurrent.futures import ThreadPoolExecutor
+
     rows: list[dict[str, Any]] = []
     tiers: dict[str, list[float]] = {}
     parent: dict[int, int] = {}
@@ -282,27 +291,35 @@ def examine_chunks(
             x = parent[x]
         return x
 
-    previous = None
-    for chunk, a, b, stretch_first, window_search in table.select(
-        "chunk", "a", "b", "stretch_first", "window_search"
-    ).iter_rows():
-        if chunk != previous:
-            parent.clear()
-            previous = chunk
-        if advance is not None:
-            advance(1)
-        ra, rb = find(a), find(b)
-        if ra == rb:
-            tiers.setdefault("implied", [0, 0.0])[0] += 1
-            continue
+    def one(pair: tuple[int, int, bool, bool]) -> tuple[Evidence, float]:
         started = time.perf_counter()
-        e = verifier.examine(a, b, stretch_first=stretch_first, window_search=window_search)
-        spent = tiers.setdefault(e.tier, [0, 0.0])
-        spent[0] += 1
-        spent[1] += time.perf_counter() - started
-        rows.append({"a": a, "b": b, **{f: getattr(e, f) for f in EVIDENCE_FIELDS}})
-        if e.verdict == "copy" or (e.verdict == "derived" and derived == "remove"):
-            parent[ra] = rb
+        e = verifier.examine(pair[0], pair[1], stretch_first=pair[2], window_search=pair[3])
+        return e, time.perf_counter() - started
+
+    listed = table.select("chunk", "a", "b", "stretch_first", "window_search").rows()
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        pos = 0
+        while pos < len(listed):
+            chunk, batch = listed[pos][0], []
+            if pos == 0 or listed[pos - 1][0] != chunk:
+                parent.clear()
+            while pos < len(listed) and listed[pos][0] == chunk and len(batch) < VERIFY_BATCH:
+                _, a, b, stretch_first, window_search = listed[pos]
+                pos += 1
+                if find(a) == find(b):
+                    tiers.setdefault("implied", [0, 0.0])[0] += 1
+                else:
+                    batch.append((a, b, stretch_first, window_search))
+            for pair, (e, seconds) in zip(batch, pool.map(one, batch), strict=True):
+                spent = tiers.setdefault(e.tier, [0, 0.0])
+                spent[0] += 1
+                spent[1] += seconds
+                rows.append({"a": pair[0], "b": pair[1], **{f: getattr(e, f) for f in EVIDENCE_FIELDS}})
+                ra, rb = find(pair[0]), find(pair[1])
+                if ra != rb and (e.verdict == "copy" or (e.verdict == "derived" and derived == "remove")):
+                    parent[ra] = rb
+            if advance is not None:
+                advance(len(batch))
     return rows, tiers
 
 

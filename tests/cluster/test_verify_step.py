@@ -14,12 +14,14 @@ import polars as pl
 import pytest
 
 from dedup.cluster.stage import run_cluster
-from dedup.cluster.verify import VERIFY_CHUNK, VerifyStage, chunk_pairs
+from dedup.cluster.verify import VerifyStage, chunk_pairs
 from dedup.core.config import ClusterConfig
 from dedup.core.layout import WorkDir
 
 RUN = """
 import sys
+import dedup.cluster.verify
+dedup.cluster.verify.VERIFY_CHUNK = 512  # several chunks on the small demo (one component), so units vary
 from dedup.cluster.stage import run_cluster
 from dedup.core.config import ClusterConfig
 from dedup.core.layout import WorkDir
@@ -62,6 +64,9 @@ class _Killed(Exception):
 def test_a_verify_step_killed_after_some_units_resumes_from_them_and_ends_byte_identical(
     small_demo, tmp_path, monkeypatch
 ):
+    import dedup.cluster.verify as verify
+
+    monkeypatch.setattr(verify, "VERIFY_CHUNK", 512)  # several chunks: the small demo is one component
     whole, resumed = _copy(small_demo, tmp_path / "whole"), _copy(small_demo, tmp_path / "resumed")
     config = ClusterConfig(verify_workers=1, verify_unit_pairs=40)
     run_cluster(config, whole, progress=False, force=True)
@@ -97,15 +102,18 @@ def test_a_verify_step_killed_after_some_units_resumes_from_them_and_ends_byte_i
         assert getattr(whole, name).read_bytes() == getattr(resumed, name).read_bytes(), name
 
 
-def test_chunks_keep_components_whole_and_cut_only_larger_ones():
-    # two components of 3 pairs, one of VERIFY_CHUNK + 5 pairs (a star around node 100)
-    pi = np.array([0, 1, 0, 10, 11, 10] + [100] * (VERIFY_CHUNK + 5))
-    pj = np.array([1, 2, 2, 11, 12, 12, *range(101, 101 + VERIFY_CHUNK + 5)])
+def test_chunks_keep_components_whole_and_cut_only_larger_ones(monkeypatch):
+    import dedup.cluster.verify as verify
+
+    monkeypatch.setattr(verify, "VERIFY_CHUNK", 256)
+    VERIFY_CHUNK = 256
+    # two components of 3 pairs, one of VERIFY_CHUNK + 5 pairs (a star around node 0)
+    big = VERIFY_CHUNK + 5
+    pi = np.array([big + 1, big + 2, big + 1, big + 10, big + 11, big + 10] + [0] * big)
+    pj = np.array([big + 2, big + 3, big + 3, big + 11, big + 12, big + 12, *range(1, big + 1)])
     order = np.arange(len(pi))[::-1]  # the star first
-    ordered, chunk = chunk_pairs(pi, pj, order, 101 + VERIFY_CHUNK + 5)
+    ordered, chunk = chunk_pairs(pi, pj, order, big + 13)
     assert sorted(ordered.tolist()) == list(range(len(pi)))
     star = np.isin(ordered, np.arange(6, len(pi)))
-    assert star[: VERIFY_CHUNK + 5].all()  # a component stays together, in the given order
-    assert chunk.max() == 1 and np.bincount(chunk).max() <= VERIFY_CHUNK
-    small = chunk[~star]
-    assert len(set(small.tolist())) == 1  # both small components fit in one chunk
+    assert star[:big].all()  # a component stays together, in the given order
+    assert np.bincount(chunk).tolist() == [VERIFY_CHUNK, 5, 3, 3]  # only the large one is cut

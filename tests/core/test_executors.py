@@ -80,7 +80,7 @@ def test_ray_and_local_executors_write_the_same_bytes(tmp_path, ray_executor):
     _pipeline(remote, ray_executor)
     a, b = _outputs(local), _outputs(remote)
     assert len([k for k in a if k.startswith("dedup/") and k.endswith(".tar")]) >= 8
-    assert len([k for k in a if k.startswith("cluster/verify/part-")]) >= 2  # verify units, on Ray's workers
+    assert [k for k in a if k.startswith("cluster/verify/part-")]  # the verify step ran, on Ray's workers
     assert a.keys() == b.keys()
     assert [k for k in a if a[k] != b[k]] == []
     import polars as pl
