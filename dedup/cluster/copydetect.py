@@ -318,8 +318,8 @@ def _coverage(m: np.ndarray, src: Prepared, dst: Prepared) -> float:
     return float((mask & own).sum() / max(1, own.sum()))
 
 
-# Set by bench/verify.py to measure the cascade's margins: every alignment's match before and after
-# refinement is recorded, and no tier but "same-pixels" is taken (the full verifier's answers).
+# Off (bench/verify.py, to measure the cascade's margins), no tier but "same-pixels" stops early:
+# every alignment is refined and compared at full size, the full verifier's answers.
 CASCADE = True
 
 

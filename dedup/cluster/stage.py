@@ -46,7 +46,7 @@ from dedup.cluster.candidates import (
     unique_images,
 )
 from dedup.cluster.fingerprint import decision_fingerprint
-from dedup.cluster.grouping import PairOracle, group
+from dedup.cluster.grouping import PLAIN_KEYPOINTS, PairOracle, group
 from dedup.cluster.reference import match_reference
 from dedup.cluster.representatives import RankContext
 from dedup.cluster.search import Mapper, pair_phash_distance
@@ -63,7 +63,7 @@ from dedup.cluster.verify import VerifyStage, add_images, pair_oracle, read_evid
 from dedup.core.config import ClusterConfig
 from dedup.core.errors import UserError
 from dedup.core.layout import WorkDir, atomic_path, locked, read_json, shard_name, write_json
-from dedup.core.markers import is_complete, read_marker, write_marker
+from dedup.core.markers import config_hash, is_complete, read_marker, write_marker
 from dedup.core.stage import Advance, Plan, Stage, Unit, run_stage
 from dedup.embed.stage import OK, check_embeddings, load_metadata
 
@@ -254,8 +254,6 @@ def _run_cluster(
 def _plain(meta: pl.DataFrame, u: UniqueImages) -> np.ndarray:
     """Per unique image: too plain for a hash or an embedding to say anything (a flat colour, a blank
     page): so few keypoints that nothing but its pixels can tell it from another plain image."""
-    from dedup.cluster.grouping import PLAIN_KEYPOINTS
-
     if "local_count" not in meta.columns or meta["local_count"].null_count() == meta.height:
         return np.zeros(u.count, dtype=bool)
     counts = meta["local_count"].fill_null(PLAIN_KEYPOINTS).to_numpy()[u.rows]
@@ -318,7 +316,9 @@ def _run_verify(
         # locally a unit's batches use every core; on Ray each unit is a one-CPU task
         local = runner is None or getattr(runner, "name", "local") == "local"
         threads = min(4, config.verify_workers or os.cpu_count() or 1) if local else 1
-        return run_stage(VerifyStage(config, key["decision"], force, threads), work, runner, progress)
+        embedded = config_hash(key["embedded"])
+        stage = VerifyStage(config, key["decision"], embedded, force, threads)
+        return run_stage(stage, work, runner, progress)
     finally:
         cv2.setNumThreads(threads)
 

@@ -158,8 +158,10 @@ def _unit_bounds(chunk: np.ndarray, unit_pairs: int) -> list[tuple[int, int]]:
 
 
 def _digest(table: pl.DataFrame) -> str:
+    """Every column of a unit's rows: which pairs, how to align them, and where their images sit (an
+    image index alone would name another image once new data shifts the indices)."""
     h = hashlib.sha256()
-    for col in ("chunk", "a", "b", "stretch_first", "window_search"):
+    for col in PLAN_SCHEMA:
         h.update(table[col].to_numpy().tobytes())
     return h.hexdigest()[:16]
 
@@ -170,14 +172,18 @@ class VerifyStage(Stage):
     name = "cluster-verify"
     unit_name = "pair block"
 
-    def __init__(self, config: ClusterConfig, decision: str, force: bool = False, threads: int = 1) -> None:
+    def __init__(
+        self, config: ClusterConfig, decision: str, embedded: str, force: bool = False, threads: int = 1
+    ) -> None:
         self.config, self.decision, self.force = config, decision, force
+        self.embedded = embedded  # the embed outputs (and their input tars) the plan was made from
         self.threads = threads  # inside a unit: a giant component is one chunk, verified in batches
 
     def key(self, digest: str) -> dict[str, Any]:
         c = self.config
         return {
             "pairs": digest,
+            "embedded": self.embedded,
             "decision": self.decision,
             "derived": c.derived,
             "inliers": c.orb_min_inliers,
@@ -222,7 +228,7 @@ class VerifyStage(Stage):
 
     def process(self, work: WorkDir, unit: Unit, state: Any, advance: Advance = None) -> dict[str, Any]:
         lo, hi, digest = unit.payload
-        table = pl.read_parquet(work.verify_plan).slice(lo, hi - lo)
+        table = pl.scan_parquet(work.verify_plan).slice(lo, hi - lo).collect()
         if _digest(table) != digest:
             raise UserError(f"{work.verify_plan}: changed while verifying; rerun `dedup cluster`")
         verifier = CopyVerifier(min_inliers=self.config.orb_min_inliers, cache=PREPARED_CACHE)
@@ -262,11 +268,16 @@ def _images(work: WorkDir, table: pl.DataFrame) -> list[tuple[int, bytes]]:
             side, f"{side}_shard", f"{side}_start", f"{side}_end"
         ).iter_rows():
             spans[row] = (shard, start, end)
+    return _read_spans(work, sorted(spans.items(), key=lambda kv: kv[1]))
+
+
+def _read_spans(work: WorkDir, spans: list[tuple[int, tuple[int, int, int]]]) -> list[tuple[int, bytes]]:
+    """(id, image bytes) for each (id, (shard, start, end)); a span holding no image is left out."""
     out = []
-    for row, (shard, start, end) in sorted(spans.items(), key=lambda kv: kv[1]):
-        sample = read_sample(work.input_tar(shard), start, end)
+    for row, (shard, start, end) in spans:
+        sample = read_sample(work.input_tar(int(shard)), int(start), int(end))
         if sample is not None and sample.image is not None:
-            out.append((row, sample.image))
+            out.append((int(row), sample.image))
     return out
 
 
@@ -348,12 +359,7 @@ def _remove_stale_parts(work: WorkDir, units: int) -> None:
 def load_images(work: WorkDir, meta: pl.DataFrame, rows: np.ndarray) -> list[tuple[int, bytes]]:
     """Image bytes for the given metadata rows, read by the offsets embed recorded."""
     wanted = meta[np.asarray(rows, dtype=np.int64).tolist()].select("shard", "tar_start", "tar_end")
-    out = []
-    for row, (shard, start, end) in zip(np.asarray(rows).tolist(), wanted.iter_rows(), strict=True):
-        sample = read_sample(work.input_tar(int(shard)), int(start), int(end))
-        if sample is not None and sample.image is not None:
-            out.append((int(row), sample.image))
-    return out
+    return _read_spans(work, list(zip(np.asarray(rows).tolist(), wanted.iter_rows(), strict=True)))
 
 
 def add_images(

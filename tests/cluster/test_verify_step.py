@@ -117,3 +117,16 @@ def test_chunks_keep_components_whole_and_cut_only_larger_ones(monkeypatch):
     star = np.isin(ordered, np.arange(6, len(pi)))
     assert star[:big].all()  # a component stays together, in the given order
     assert np.bincount(chunk).tolist() == [VERIFY_CHUNK, 5, 3, 3]  # only the large one is cut
+
+
+def test_a_verify_unit_is_not_reused_once_its_images_changed():
+    """A unit names its pairs by image index; new data can give the same indices to other images, so
+    its key holds where each image sits and the embed outputs the plan came from."""
+    from dedup.cluster.verify import PLAN_SCHEMA, _digest
+
+    row = {c: [0] for c in PLAN_SCHEMA} | {"b": [1], "stretch_first": [True], "window_search": [True]}
+    table = pl.DataFrame(row, schema=PLAN_SCHEMA)
+    moved = table.with_columns(pl.lit(512, dtype=pl.Int64).alias("b_start"))
+    assert _digest(table) != _digest(moved)
+    stage = VerifyStage(ClusterConfig(), decision="d", embedded="before")
+    assert stage.key("x") != VerifyStage(ClusterConfig(), decision="d", embedded="after").key("x")
