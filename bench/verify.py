@@ -34,14 +34,14 @@ def verified_pairs(work_root: Path) -> tuple[list[tuple[str, str, bool, bool]], 
     bytes of every image involved."""
     from dedup.cluster.grouping import STRETCH_COSINE, STRETCH_PHASH
     from dedup.core.layout import WorkDir
-    from dedup.core.shards import iter_samples
+    from dedup.core.shards import input_samples
 
     work = WorkDir(work_root)
     pairs = pl.read_parquet(work.pairs).filter(pl.col("verdict").is_not_null())
     keys = set(pairs["key_a"]) | set(pairs["key_b"])
     images: dict[str, bytes] = {}
     for shard in work.download_shards():
-        for sample in iter_samples(work.input_tar(shard)):
+        for sample in input_samples(work.input_tar(shard)):
             if sample.key in keys and sample.image is not None:
                 images[sample.key] = sample.image
     out = []

@@ -162,20 +162,29 @@ def import_cmd(
         str | None, typer.Option(help="Parquet caption column. [default: text, caption or TEXT]")
     ] = None,
     samples_per_shard: Annotated[int, typer.Option(help="Samples per WebDataset shard.")] = 10_000,
+    rekey: Annotated[
+        bool,
+        typer.Option(
+            help="Shards whose keys repeat across tars (each numbered from 000000): copy them into the "
+            "work dir keyed <tar name>/<key>, every member's bytes unchanged, instead of reading them in "
+            "place. Without it such shards are refused."
+        ),
+    ] = False,
 ) -> None:
     """Dedup the data you already have: import it as WORKDIR's download stage, without downloading.
 
     Local shards are referenced, not copied (a changed original is refused later, never reused).
     A folder's or parquet's images keep their original bytes (never re-encoded); a folder's key is the
-    relative path. Unreadable files get a ledger row (download_failed), never a silent drop. A killed
-    import resumes when rerun. Then run embed, cluster, write.
+    relative path. Unreadable files (and files that are not images) get a ledger row (download_failed),
+    never a silent drop. A killed import resumes when rerun; a source that changed since it was
+    imported is refused. Then run embed, cluster, write.
     """
     from dedup.core.layout import WorkDir
     from dedup.download.ingest import format_import_summary, run_import
 
     if samples_per_shard < 1:
         raise UserError("--samples-per-shard must be at least 1")
-    summary = run_import(source, WorkDir(workdir), samples_per_shard, caption_col)
+    summary = run_import(source, WorkDir(workdir), samples_per_shard, caption_col, rekey)
     typer.echo(format_import_summary(summary))
 
 
@@ -211,6 +220,14 @@ def embed(
             "layout) joined by key or URL, instead of running a model."
         ),
     ] = None,
+    embed_missing: Annotated[
+        bool | None,
+        typer.Option(
+            "--embed-missing/--refuse-missing",
+            help="With --from-precomputed: embed the images the released vectors lack with --model/"
+            "--pretrained (the model that made them), or refuse such a source. [default: refuse]",
+        ),
+    ] = None,
     executor: ExecutorOpt = None,
     ray_address: RayAddressOpt = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -236,6 +253,7 @@ def embed(
         device=device,
         precision=precision,
         from_precomputed=str(from_precomputed) if from_precomputed else None,
+        embed_missing=embed_missing,
     )
     with open_executor(pipeline, executor, ray_address) as ex:
         typer.echo(format_embed_summary(run_embed(cfg, WorkDir(workdir), progress=progress, executor=ex)))

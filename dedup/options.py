@@ -10,9 +10,23 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from dedup.core.errors import UserError
+from dedup.core.errors import IntegrityError, UserError
 
 _NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line for an environment failure (full disk, read-only or unwritable work dir, a file
+    that vanished). NumPy's short write on a full disk carries no errno: said as a full disk too."""
+    where = f" ({err.filename})" if err.filename else ""
+    if err.errno in _NO_SPACE or (err.errno is None and "bytes" in str(err) and "write" in str(err)):
+        what = os.strerror(err.errno) if err.errno else str(err).splitlines()[0]
+        return (
+            f"{what}{where}; nothing was left half-written under a final name: free space and rerun "
+            "the same command to resume"
+        )
+    what = err.strerror or str(err).splitlines()[0] or type(err).__name__
+    return f"{what}{where}"
 
 
 class Group(TyperGroup):
@@ -24,15 +38,11 @@ class Group(TyperGroup):
         except UserError as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(2) from None
+        except IntegrityError as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(1) from None
         except OSError as err:
-            if err.errno not in _NO_SPACE:
-                raise
-            where = f" writing {err.filename}" if err.filename else ""
-            typer.echo(
-                f"error: {os.strerror(err.errno)}{where}; nothing was left half-written under a final "
-                "name: free space and rerun the same command to resume",
-                err=True,
-            )
+            typer.echo(f"error: {describe_os_error(err)}", err=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             typer.echo("interrupted: rerun the same command to resume", err=True)
@@ -56,7 +66,8 @@ ExecutorOpt = Annotated[
 RayAddressOpt = Annotated[
     str | None,
     typer.Option(
-        help="Ray cluster to join with --executor ray ('auto', 'ray://head:10001'); none starts one."
+        help="Ray cluster to join with --executor ray: the head's host:6379 (as `ray start --head` "
+        "prints it) or 'auto'; none starts a local one. Refused in seconds when nothing answers."
     ),
 ]
 

@@ -102,12 +102,15 @@ def _import(cfg: PipelineConfig, work: WorkDir) -> None:
     """The download stage of a config with ``source:``: import once; a rerun with the same source
     is up to date, another source into the same work directory is refused by the import itself."""
     from dedup.core.layout import read_json
-    from dedup.download.ingest import format_import_summary, open_source, run_import, source_identity
+    from dedup.download.ingest import check_source, format_import_summary, run_import
+    from dedup.download.sources import open_source, source_identity
 
-    source = source_identity(open_source(cfg.source))  # type: ignore[arg-type]
+    src = open_source(cfg.source)  # type: ignore[arg-type]
+    source = source_identity(src)
     if work.download_summary.exists() and work.download_shards():
         previous = read_json(work.download_summary)
         if previous.get("source") == source and previous.get("complete"):
+            check_source(work, src)  # a changed source is never "up to date"
             typer.echo(f"   up to date: imported from {source} already ({previous.get('downloaded')} images)")
             return
     typer.echo(format_import_summary(run_import(cfg.source, work, cfg.download.samples_per_shard)))

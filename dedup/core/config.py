@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
 
 from dedup.core.errors import UserError
+from dedup.core.shards import MAX_IMAGE_AREA
 
 
 class Section(BaseModel):
@@ -41,7 +42,7 @@ class DownloadConfig(Section):
     timeout: int = Field(10, gt=0)
     retries: int = Field(0, ge=0)
     # Pillow's own decompression-bomb limit; checked from the header, before any pixel is decoded.
-    max_image_area: int = Field(89_478_485, gt=0)
+    max_image_area: int = Field(MAX_IMAGE_AREA, gt=0)
     min_image_size: int = Field(0, ge=0)
     max_aspect_ratio: float = Field(float("inf"), gt=0)
     respect_robots: bool = Field(True, description="skip images whose X-Robots-Tag opts out of AI use")
@@ -71,6 +72,9 @@ class EmbedConfig(Section):
         True, description="also keep ORB descriptors per image, so crops become candidates in cluster"
     )
     from_precomputed: str | None = None
+    embed_missing: bool = Field(
+        False, description="with from_precomputed: embed images the released vectors lack (same model)"
+    )
 
 
 class ClusterConfig(Section):

@@ -1,4 +1,4 @@
-"""The one exception type the CLI turns into a one-line message and exit code 2."""
+"""The exceptions the CLI turns into one line: bad input (exit 2), a broken result (exit 1)."""
 
 from __future__ import annotations
 
@@ -8,3 +8,8 @@ class UserError(Exception):
 
     Raised before anything is written, so a failed command leaves no half-made output behind.
     """
+
+
+class IntegrityError(Exception):
+    """A result that breaks the work dir's invariants (what ``dedup verify`` checks): exit 1, and the
+    result is not reported as a success."""

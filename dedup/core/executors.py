@@ -93,6 +93,39 @@ def _call_remote(fn: Callable[[Any, Any], Any], shared: Any, item: Any) -> Any:
     return fn(shared, item)
 
 
+RAY_CONNECT_SECONDS = 10.0  # a head that does not answer in this long is not there
+
+
+def check_reachable(address: str, seconds: float = RAY_CONNECT_SECONDS) -> None:
+    """Fail in seconds, in one line, where ``ray.init`` would wait for minutes on a head that is not
+    there. ``ray://`` needs Ray's client extra; ``auto`` is left to Ray (it reads the local session)."""
+    import socket
+
+    if address == "auto":
+        return
+    target = address
+    if address.startswith("ray://"):
+        import importlib.util
+
+        if importlib.util.find_spec("grpc") is None:
+            raise UserError(
+                f"--ray-address {address}: ray:// needs Ray's client (pip install 'ray[client]'); "
+                "or give the head's GCS address host:6379"
+            )
+        target = address[len("ray://") :]
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        raise UserError(f"--ray-address {address}: want host:port (the head's GCS), ray://host:port or auto")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=seconds):
+            pass
+    except OSError as err:
+        raise UserError(
+            f"--ray-address {address}: no Ray head answers there within {seconds:.0f} s "
+            f"({err.strerror or err}); start one with `ray start --head` or drop --ray-address"
+        ) from None
+
+
 class RayExecutor:
     """Units as Ray tasks with the stage's declared CPUs/GPUs; a dead worker's unit is retried."""
 
@@ -107,6 +140,7 @@ class RayExecutor:
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
             if address:
+                check_reachable(address)
                 kwargs["address"] = address
             else:
                 kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1

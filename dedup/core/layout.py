@@ -10,6 +10,7 @@ config. Layout (``NNNNN`` is a 5-digit shard id, as img2dataset names shards)::
       download/NNNNN.tar, NNNNN.parquet, NNNNN_stats.json   img2dataset's own layout
       download/NNNNN.tar.ref                               (import) an original tar read in place
       download_summary.json
+      source_listing.parquet                               (import) the source's files as read
       embed/img_emb/img_emb_NNNNN.npy                      clip-retrieval's layout
       embed/metadata/metadata_NNNNN.parquet
       embed/local/local_NNNNN.npy                          ORB descriptors (local-feature candidates)
@@ -116,6 +117,12 @@ class WorkDir:
     def download_summary(self) -> Path:
         # Outside download/: img2dataset treats every *.json there as a finished shard.
         return self.root / "download_summary.json"
+
+    @property
+    def source_listing(self) -> Path:
+        """An import's source as it was read: every file's name, size and mtime (parquet), so a
+        changed source is refused instead of called up to date."""
+        return self.root / "source_listing.parquet"
 
     def download_shards(self) -> list[int]:
         """Shards img2dataset finished (its ``_stats.json`` is written last)."""
@@ -413,7 +420,13 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
+    """A work dir's JSON file; a damaged one is named in one line (rerun its stage), not a traceback."""
+    from dedup.core.errors import UserError
+
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: damaged ({err}); delete it and rerun the stage that writes it") from None
 
 
 def remove_stale_temporaries(folder: Path) -> int:

@@ -10,12 +10,15 @@ from __future__ import annotations
 import io
 import os
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")
+# Largest image (width x height) any stage decodes: Pillow's own bomb limit. A 445 KB PNG can say
+# 12,000 x 12,000 in its header and take 4 GB to decode, so the header is read first, everywhere.
+MAX_IMAGE_AREA = 89_478_485
 
 
 @dataclass
@@ -69,6 +72,22 @@ def iter_samples(path: Path | BinaryIO) -> Iterator[Sample]:
             current.end = member.offset_data + ((member.size + 511) // 512) * 512
     if current is not None:
         yield current
+
+
+def first_occurrences(samples: Iterable[Sample]) -> Iterator[Sample]:
+    """The samples of one tar whose key was not seen earlier in it. A key a tar repeats is one
+    sample (the first); import gives each later occurrence its own ledger row, so no stage may
+    give that key a second outcome."""
+    seen: set[str] = set()
+    for sample in samples:
+        if sample.key not in seen:
+            seen.add(sample.key)
+            yield sample
+
+
+def input_samples(path: Path) -> Iterator[Sample]:
+    """The samples of an input tar as every stage reads them: first occurrences only."""
+    return first_occurrences(iter_samples(path))
 
 
 def read_sample(path: Path, start: int, end: int) -> Sample | None:

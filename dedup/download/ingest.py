@@ -22,19 +22,26 @@ resumes where it stopped.
 
 Keys of a folder are the relative path without its extension (``a/b/c.jpg`` -> ``a/b/c``; dots become
 ``_`` since WebDataset splits a member name at the first dot), so a removal in the ledger names the
-file. Keys of shards are the shards' own.
+file; keys of parquet rows are the file's relative path and the row. Keys of shards are the shards'
+own, and must be unique across them: shards whose keys repeat are refused, or with ``rekey`` copied
+in under ``<tar name>/<key>``. A key repeated inside one tar keeps its first sample; each later one
+gets a row of its own (``<key>~2``, ...), so no key has two outcomes.
+
+The files the import read are listed (name, size, mtime) in ``source_listing.parquet``: a rerun or
+``dedup run`` on a changed source is refused, never "up to date".
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import shutil
 import tarfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +50,23 @@ import polars as pl
 from dedup.core.errors import UserError
 from dedup.core.layout import WorkDir, atomic_path, locked, read_json, shards_in, write_json
 from dedup.core.markers import write_marker
-from dedup.core.shards import IMAGE_EXTENSIONS, iter_samples
-
-SOURCE_KINDS = ("shards", "folder", "parquet")
-SIDECARS = ("txt", "json")
-_GLOB_CHARS = "*?["
+from dedup.core.shards import IMAGE_EXTENSIONS, MAX_IMAGE_AREA, iter_samples
+from dedup.download.sources import (
+    SIDECARS,
+    SOURCE_KINDS,
+    Source,
+    changes,
+    describe_changes,
+    hidden_count,
+    key_of,
+    listing,
+    open_source,
+    parquet_files,
+    relative,
+    shard_files,
+    source_identity,
+    visible_files,
+)
 
 
 @dataclass
@@ -58,92 +77,7 @@ class SourceSample:
     ext: str
     caption: str | None = None
     error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Source:
-    """Where the data is: a filesystem and the paths on it the source names (one or many)."""
-
-    url: str
-    fs: Any
-    paths: tuple[str, ...]
-    kind: str
-
-    @property
-    def local(self) -> bool:
-        from fsspec.implementations.local import LocalFileSystem
-
-        return isinstance(self.fs, LocalFileSystem)
-
-
-def _expand(url: str) -> list[str]:
-    """Brace patterns first (``{00000..00099}``, as webdataset and img2dataset accept), then globs."""
-    from braceexpand import braceexpand
-
-    return list(braceexpand(url)) if "{" in url else [url]
-
-
-def open_source(url: str | Path) -> Source:
-    """Resolve ``url`` to a :class:`Source`; one-line errors for what cannot be a source."""
-    import fsspec
-
-    text = str(url)
-    try:
-        fs, _ = fsspec.core.url_to_fs(_expand(text)[0])
-    except (ImportError, ValueError) as err:
-        raise UserError(f"{text}: cannot open ({str(err).splitlines()[0]})") from None
-    paths: list[str] = []
-    for part in _expand(text):
-        _, path = fsspec.core.url_to_fs(part)
-        if any(c in path for c in _GLOB_CHARS):
-            paths.extend(sorted(fs.glob(path)))
-        elif fs.exists(path):
-            paths.append(path)
-        else:
-            raise UserError(f"{part}: no such file or folder")
-    if not paths:
-        raise UserError(f"{text}: the pattern matches no file")
-    return Source(text, fs, tuple(paths), source_kind(fs, paths, text))
-
-
-def source_kind(fs: Any, paths: list[str], text: str) -> str:
-    if len(paths) == 1 and fs.isdir(paths[0]):
-        names = [p for p in fs.ls(paths[0], detail=False)]
-        if any(p.endswith(".tar") for p in names):
-            return "shards"
-        has_parquet = any(p.endswith(".parquet") for p in names)
-        if has_parquet and not any(True for _ in _image_files(fs, paths[0])):
-            return "parquet"
-        return "folder"
-    suffixes = {p.rsplit(".", 1)[-1].lower() for p in paths}
-    if suffixes == {"tar"}:
-        return "shards"
-    if suffixes == {"parquet"}:
-        return "parquet"
-    raise UserError(
-        f"{text}: not WebDataset shards (.tar), a folder of images or .parquet file(s) "
-        f"(found {', '.join(sorted(suffixes))})"
-    )
-
-
-def _relative(path: str, root: str) -> str:
-    return path[len(root.rstrip("/")) + 1 :]
-
-
-def _image_files(fs: Any, root: str) -> Iterator[str]:
-    for p in sorted(fs.find(root)):
-        rel = _relative(p, root)
-        if p.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS and not any(
-            part.startswith(".") for part in rel.split("/")
-        ):
-            yield p
-
-
-def key_of(relative: str) -> str:
-    """WebDataset key of a relative path: extension dropped, dots inside names made underscores."""
-    stem = relative.rsplit(".", 1)[0] if "." in relative.rsplit("/", 1)[-1] else relative
-    return stem.replace(".", "_")
+    members: dict[str, bytes] | None = None  # a rekeyed shard's sample: every member, byte for byte
 
 
 def _sidecar_caption(fs: Any, image: str) -> str | None:
@@ -175,22 +109,33 @@ def _exif_orientation(data: bytes) -> int | None:
 
 
 def folder_samples(source: Source) -> Iterator[SourceSample]:
+    """Every visible file of a folder, one sample each (read when the shard is written, so a shard
+    is never held in memory twice); a caption sidecar belongs to its image, any other file that is
+    not an image gets a ledger row saying so."""
     fs, root = source.fs, source.paths[0]
-    files = list(_image_files(fs, root))
-    if not files:
+    files = list(visible_files(fs, root))
+    images = {p.rsplit(".", 1)[0] for p in files if p.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS}
+    if not images:
         raise UserError(
             f"{source.url}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)}, recursively)"
         )
     seen: dict[str, str] = {}
     for p in files:
-        rel = _relative(p, root)
-        key = key_of(rel)
+        rel = relative(p, root)
+        ext = p.rsplit(".", 1)[-1].lower() if "." in p.rsplit("/", 1)[-1] else ""
+        is_image = ext in IMAGE_EXTENSIONS
+        if not is_image and ext in SIDECARS and p.rsplit(".", 1)[0] in images:
+            continue  # a caption, read with its image
+        key = key_of(rel) if is_image else rel.replace(".", "_")
         if key in seen:
             raise UserError(f"{source.url}: {seen[key]} and {rel} map to the same key '{key}'; rename one")
         seen[key] = rel
+        if not is_image:
+            yield SourceSample(key, rel, None, "", error=f"not an image file ({ext or 'no extension'})")
+            continue
         try:
             data = fs.cat_file(p)
-            yield SourceSample(key, rel, data, p.rsplit(".", 1)[-1].lower(), _sidecar_caption(fs, p))
+            yield SourceSample(key, rel, data, ext, _sidecar_caption(fs, p))
         except OSError as err:
             yield SourceSample(key, rel, None, "", error=f"unreadable: {err.strerror or err}")
 
@@ -201,7 +146,16 @@ def _image_column(schema: Any, path: str) -> str:
     for name in ("image", "img", "jpg", "png"):
         if name in schema.names:
             t = schema.field(name).type
-            if pa.types.is_struct(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t):
+            if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+                return name
+            if pa.types.is_struct(t):
+                fields = {t.field(i).name: t.field(i).type for i in range(t.num_fields)}
+                kind = fields.get("bytes")
+                if kind is None or not (pa.types.is_binary(kind) or pa.types.is_large_binary(kind)):
+                    raise UserError(
+                        f"{path}: column '{name}' is a struct without binary 'bytes' "
+                        f"(fields: {', '.join(f'{k}: {v}' for k, v in fields.items())})"
+                    )
                 return name
     raise UserError(
         f"{path}: no image column (looked for a struct with bytes/path or a binary column named "
@@ -210,21 +164,17 @@ def _image_column(schema: Any, path: str) -> str:
 
 
 def parquet_samples(source: Source, caption_col: str | None) -> Iterator[SourceSample]:
-    """Rows of Hugging Face style parquet files (``image`` struct with ``bytes``/``path``), streamed."""
+    """Rows of Hugging Face style parquet files (``image`` struct with ``bytes``/``path``), streamed
+    a batch at a time. Keys are the file's path below the source's root and the row number, so two
+    splits' ``data-00000.parquet`` never share a key."""
     import pyarrow.parquet as pq
 
-    fs = source.fs
-    if len(source.paths) == 1 and fs.isdir(source.paths[0]):
-        files = sorted(p for p in fs.ls(source.paths[0], detail=False) if p.endswith(".parquet"))
-    else:
-        files = list(source.paths)
-    if not files:
-        raise UserError(f"{source.url}: no .parquet files")
-    for path in files:
-        name = path.rsplit("/", 1)[-1]
+    fs, root = source.fs, source.root
+    for path in parquet_files(source):
+        rel = relative(path, root)
         with fs.open(path, "rb") as handle:
             try:
-                pf = pq.ParquetFile(handle)
+                pf = pq.ParquetFile(handle, pre_buffer=False)
             except Exception as err:
                 raise UserError(f"{path}: cannot read as parquet ({str(err).splitlines()[0]})") from None
             column = _image_column(pf.schema_arrow, path)
@@ -236,15 +186,22 @@ def parquet_samples(source: Source, caption_col: str | None) -> Iterator[SourceS
                     f"{path}: no column '{text}' (columns: {', '.join(pf.schema_arrow.names[:12])})"
                 )
             row = 0
-            for batch in pf.iter_batches(batch_size=256, columns=[column] + ([text] if text else [])):
+            for batch in pf.iter_batches(batch_size=64, columns=[column] + ([text] if text else [])):
                 images = batch.column(column).to_pylist()
                 captions = batch.column(text).to_pylist() if text else [None] * len(images)
                 for value, caption in zip(images, captions, strict=True):
-                    origin = f"{name}:{row}"
-                    key = f"{key_of(name)}/{row:09d}"
+                    origin = f"{rel}:{row}"
+                    key = f"{key_of(rel)}/{row:09d}"
                     data, inner = (
                         (value.get("bytes"), value.get("path")) if isinstance(value, dict) else (value, None)
                     )
+                    if not isinstance(data, (bytes, bytearray, type(None))) or not isinstance(
+                        inner, (str, type(None))
+                    ):
+                        raise UserError(
+                            f"{path}: row {row}: column '{column}' does not hold image bytes (bytes is "
+                            f"{type(data).__name__}, path is {type(inner).__name__})"
+                        )
                     ext = inner.rsplit(".", 1)[-1].lower() if inner and "." in inner else ""
                     if data is None:
                         yield SourceSample(key, origin, None, "", error="no image bytes in this row")
@@ -279,9 +236,12 @@ def _sniff(data: bytes) -> str:
 
 def _image_size(data: bytes) -> tuple[int | None, int | None, str | None]:
     """(width, height, error) from the header only: a failure becomes a ledger row, not a crash."""
-    try:
-        from PIL import Image
+    import warnings
 
+    from PIL import Image
+
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # checked by area
+    try:
         with Image.open(io.BytesIO(data)) as im:
             return im.width, im.height, None
     except Exception as err:
@@ -299,6 +259,11 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info.mode = 0o644
     tar.addfile(info, io.BytesIO(data))
 
+
+TOO_LARGE = "image area too large"
+# A repeated key's later sample: a row of its own (this suffix and the occurrence), never a second
+# outcome for the key.
+REPEAT_MARK = "~"
 
 _PARQUET_SCHEMA = {
     "key": pl.String,
@@ -319,6 +284,8 @@ def _row(key: str, url: str, caption: str | None, image: bytes | None, error: st
     width = height = None
     if image is not None and error is None:
         width, height, error = _image_size(image)
+        if width is not None and height is not None and width * height > MAX_IMAGE_AREA:
+            error = f"{TOO_LARGE} ({width} x {height} pixels; the limit is {MAX_IMAGE_AREA:,})"
     ok = error is None and image is not None
     return {
         "key": key,
@@ -355,8 +322,9 @@ def _finish_shard(work: WorkDir, shard: int, rows: list[dict[str, Any]], **marke
     return stats
 
 
-def write_shard(work: WorkDir, shard: int, samples: list[SourceSample]) -> dict[str, Any]:
-    """One new shard: tar of the readable samples, parquet of all of them, then ``_stats.json``."""
+def write_shard(work: WorkDir, shard: int, samples: Iterable[SourceSample]) -> dict[str, Any]:
+    """One new shard, streamed: tar of the readable samples, parquet of all of them, then
+    ``_stats.json``. Only the rows are held, never the shard's images."""
     rows = []
     with (
         atomic_path(work.download_tar(shard)) as tmp,
@@ -367,20 +335,16 @@ def write_shard(work: WorkDir, shard: int, samples: list[SourceSample]) -> dict[
             rows.append(row)
             if row["status"] != "success":
                 continue
+            if s.members is not None:  # a rekeyed shard: every member as it was, under the new key
+                for ext, data in s.members.items():
+                    _add(tar, f"{s.key}.{ext}", data)
+                continue
             _add(tar, f"{s.key}.{s.ext}", s.image)  # type: ignore[arg-type]
             if s.caption is not None:
                 _add(tar, f"{s.key}.txt", s.caption.encode("utf-8"))
             meta = {k: row[k] for k in ("key", "url", "caption", "width", "height", "exif_orientation")}
             _add(tar, f"{s.key}.json", json.dumps(meta, sort_keys=True).encode())
     return _finish_shard(work, shard, rows)
-
-
-def shard_files(source: Source) -> list[str]:
-    """The source's tars in order: a folder's sorted, a pattern's in the order it names them."""
-    fs = source.fs
-    if len(source.paths) == 1 and fs.isdir(source.paths[0]):
-        return sorted(p for p in fs.ls(source.paths[0], detail=False) if p.endswith(".tar"))
-    return list(source.paths)
 
 
 def _failed_rows_beside(fs: Any, tar_path: str, present: set[str]) -> list[dict[str, Any]]:
@@ -426,8 +390,48 @@ def _sample_url(sample: Any, default: str) -> str:
     return default
 
 
+def _shard_prefix(tar_path: str) -> str:
+    return key_of(tar_path.rsplit("/", 1)[-1]) + "/"
+
+
+def _repeat_key(key: str, occurrence: int) -> str:
+    return f"{key}{REPEAT_MARK}{occurrence}"
+
+
+def _repeat_error(key: str, tar_path: str, sample: Any) -> str:
+    return (
+        f"repeated key: another sample named {key} in {tar_path} (bytes {sample.start}-{sample.end}); "
+        "only the first is imported"
+    )
+
+
+def rekeyed_samples(source: Source, tar_path: str) -> Iterator[SourceSample]:
+    """A tar's samples under keys prefixed with its name (``00000/000123``), every member kept."""
+    prefix = _shard_prefix(tar_path)
+    name = tar_path.rsplit("/", 1)[-1]
+    counts: dict[str, int] = {}
+    with source.fs.open(tar_path, "rb") as handle:
+        try:
+            for sample in iter_samples(handle):
+                n = counts[sample.key] = counts.get(sample.key, 0) + 1
+                key = prefix + sample.key
+                url = _sample_url(sample, f"{name}#{sample.key}")
+                if n > 1:
+                    error = _repeat_error(sample.key, tar_path, sample)
+                    yield SourceSample(_repeat_key(key, n), url, None, "", error=error)
+                elif sample.image is None:
+                    yield SourceSample(key, url, None, "", error="no image member")
+                else:
+                    yield SourceSample(
+                        key, url, sample.image, sample.image_ext or "", sample.caption, members=sample.members
+                    )
+        except (tarfile.TarError, OSError, EOFError) as err:
+            raise UserError(f"{tar_path}: not a readable tar ({str(err).splitlines()[0]})") from None
+
+
 def import_shard(source: Source, tar_path: str, work: WorkDir, shard: int) -> dict[str, Any]:
-    """Reference (local) or stream in (object store) one tar, then describe every sample of it."""
+    """Reference (local) or stream in (object store) one tar, then describe every sample of it:
+    one row per sample, a repeated key's later samples included (each under its own key)."""
     fs = source.fs
     if source.local:
         local = Path(tar_path).resolve()
@@ -444,40 +448,85 @@ def import_shard(source: Source, tar_path: str, work: WorkDir, shard: int) -> di
             shutil.copyfileobj(src, dst, 1 << 20)
     rows: list[dict[str, Any]] = []
     name = tar_path.rsplit("/", 1)[-1]
+    counts: dict[str, int] = {}
     try:
         for sample in iter_samples(work.input_tar(shard)):
-            error = None if sample.image is not None else "no image member"
-            rows.append(
-                _row(
-                    sample.key,
-                    _sample_url(sample, f"{name}#{sample.key}"),
-                    sample.caption,
-                    sample.image,
-                    error,
+            n = counts[sample.key] = counts.get(sample.key, 0) + 1
+            url = _sample_url(sample, f"{name}#{sample.key}")
+            if n > 1:
+                rows.append(
+                    _row(
+                        _repeat_key(sample.key, n),
+                        url,
+                        None,
+                        None,
+                        _repeat_error(sample.key, tar_path, sample),
+                    )
                 )
-            )
+                continue
+            error = None if sample.image is not None else "no image member"
+            rows.append(_row(sample.key, url, sample.caption, sample.image, error))
     except (tarfile.TarError, OSError, EOFError) as err:
         raise UserError(f"{tar_path}: not a readable tar ({str(err).splitlines()[0]})") from None
     if rows and all(r["error_message"] == "no image member" for r in rows):
         raise UserError(
             f"{tar_path}: not a WebDataset of images (no member ends in {', '.join(IMAGE_EXTENSIONS)})"
         )
-    # In a shard everything is "downloaded"; an image that does not decode is embed's decode_failed,
-    # as for a downloaded shard, so the row stays a success here.
+    # In a shard everything is "downloaded"; an image that does not decode (or is too large to) is
+    # embed's decode_failed, as for a downloaded shard, so the row stays a success here.
     for r in rows:
-        if r["error_message"] and r["error_message"].startswith("not an image"):
+        if r["error_message"] and r["error_message"].startswith(("not an image", TOO_LARGE)):
             r["status"], r["error_message"] = "success", None
     rows += _failed_rows_beside(fs, tar_path, {r["key"] for r in rows})
     return _finish_shard(work, shard, rows, source=f"{source.url if not source.local else tar_path}")
 
 
+def _check_unique(work: WorkDir, shard: int, tar_path: str, seen: dict[str, str]) -> None:
+    """Keys are the ledger's identity: a key two tars share would get two outcomes. Refused with
+    both places named (``--rekey`` imports such shards under keys prefixed with the tar's name)."""
+    keys = pl.read_parquet(work.download_parquet(shard), columns=["key"])["key"].to_list()
+    for key in keys:
+        if key in seen and seen[key] != tar_path:
+            raise UserError(
+                f"{tar_path}: key '{key}' is also in {seen[key]}; keys must be unique across shards "
+                "(shards made separately often all start at 000000): import with --rekey to key "
+                "each sample as <tar name>/<key>"
+            )
+        seen[key] = tar_path
+
+
+def _source_changed(work: WorkDir, src: Source) -> str | None:
+    """What changed in ``src`` since the listing an earlier import of it stored; None if nothing."""
+    if not work.source_listing.exists():
+        return None
+    diff = changes(pl.read_parquet(work.source_listing), listing(src))
+    return describe_changes(diff) or None
+
+
+def check_source(work: WorkDir, src: Source) -> None:
+    """Refuse a source that changed since this work directory imported it: its results describe
+    the old files, so the new ones would never get a ledger row."""
+    changed = _source_changed(work, src)
+    if changed:
+        raise UserError(
+            f"{src.url}: changed since it was imported into {work.root} ({changed}); import it into "
+            "a new work directory"
+        )
+
+
 @locked
 def run_import(
-    source: str | Path, work: WorkDir, samples_per_shard: int = 10_000, caption_col: str | None = None
+    source: str | Path,
+    work: WorkDir,
+    samples_per_shard: int = 10_000,
+    caption_col: str | None = None,
+    rekey: bool = False,
 ) -> dict[str, Any]:
     """Import ``source`` into ``work``'s download folder; returns (and saves) the summary.
 
-    A rerun of the same import resumes: finished shards (their ``_stats.json`` exists) are kept.
+    A rerun of the same import resumes: finished shards (their ``_stats.json`` exists) are kept. A
+    source that changed since is refused; an import refused for what the source holds leaves the
+    work directory as it found it, so another source can be imported there.
     """
     src = open_source(source)
     identity = source_identity(src)
@@ -488,44 +537,37 @@ def run_import(
                 f"{work.root}: already imported from {previous.get('source')}; "
                 "import another source into a new work directory"
             )
+        check_source(work, src)
     elif previous is not None or shards_in(work.download_dir):
         raise UserError(f"{work.download_dir}: already holds shards; import into a new work directory")
+    fresh = previous is None
     started = time.time()
     work.download_dir.mkdir(parents=True, exist_ok=True)
-    # Named before any shard is written, so a killed import resumes instead of being refused.
-    write_json(work.download_summary, {"source": identity, "kind": src.kind, "complete": False})
-    done = set(shards_in(work.download_dir))
-    totals = {"count": 0, "successes": 0}
-    shards = 0
-    if src.kind == "shards":
-        for shard, path in enumerate(shard_files(src)):
-            stats = (
-                read_json(work.download_stats(shard))
-                if shard in done
-                else import_shard(src, path, work, shard)
-            )
-            totals["count"] += stats["count"]
-            totals["successes"] += stats["successes"]
-            shards += 1
-    else:
-        samples = folder_samples(src) if src.kind == "folder" else parquet_samples(src, caption_col)
-        batch: list[SourceSample] = []
-        for sample in samples:
-            batch.append(sample)
-            if len(batch) == samples_per_shard:
-                _finish(work, shards, batch, totals, done)
-                shards, batch = shards + 1, []
-        if batch:
-            _finish(work, shards, batch, totals, done)
-            shards += 1
+    try:
+        files = listing(src)
+        if fresh:
+            with atomic_path(work.source_listing) as tmp:
+                files.write_parquet(tmp)
+        # Named before any shard is written, so a killed import resumes instead of being refused.
+        write_json(work.download_summary, {"source": identity, "kind": src.kind, "complete": False})
+        totals, shards = _import_all(src, work, samples_per_shard, caption_col, rekey)
+        if _source_changed(work, src):
+            raise UserError(f"{src.url}: changed while it was being imported; import it again")
+    except UserError:
+        if fresh:
+            _forget_import(work)
+        raise
     summary = {
         "source": identity,
         "kind": src.kind,
-        "in_place": src.kind == "shards" and src.local,
+        "in_place": src.kind == "shards" and src.local and not rekey,
+        "rekeyed": rekey,
         "input_rows": totals["count"],
         "downloaded": totals["successes"],
         "failed": totals["count"] - totals["successes"],
         "shards": shards,
+        "source_files": files.height,
+        "hidden_not_imported": hidden_count(src),
         "seconds": round(time.time() - started, 2),
         "complete": True,
     }
@@ -533,25 +575,64 @@ def run_import(
     return summary
 
 
-def source_identity(src: Source) -> str:
-    """How a source is named in the summary: an absolute path locally, the URL as given otherwise."""
-    if src.local and "{" not in src.url and not any(c in src.url for c in _GLOB_CHARS):
-        return str(Path(src.paths[0]).resolve())
-    return src.url
+def _forget_import(work: WorkDir) -> None:
+    """Undo a refused import: its shards, summary and listing (a refusal recurs on every rerun, so
+    what it wrote could only block the work directory)."""
+    shutil.rmtree(work.download_dir, ignore_errors=True)
+    shutil.rmtree(work.manifest_dir / "download", ignore_errors=True)
+    for path in (work.download_summary, work.source_listing):
+        path.unlink(missing_ok=True)
 
 
-def _finish(
-    work: WorkDir, shard: int, batch: list[SourceSample], totals: dict[str, int], done: set[int]
-) -> None:
-    stats = read_json(work.download_stats(shard)) if shard in done else write_shard(work, shard, batch)
+def _import_all(
+    src: Source, work: WorkDir, samples_per_shard: int, caption_col: str | None, rekey: bool
+) -> tuple[dict[str, int], int]:
+    done = set(shards_in(work.download_dir))
+    totals = {"count": 0, "successes": 0}
+    shards = 0
+    if src.kind == "shards":
+        seen: dict[str, str] = {}
+        for shard, path in enumerate(shard_files(src)):
+            if shard in done:
+                stats = read_json(work.download_stats(shard))
+            elif rekey:
+                stats = write_shard(work, shard, rekeyed_samples(src, path))
+            else:
+                stats = import_shard(src, path, work, shard)
+            if not rekey:
+                _check_unique(work, shard, path, seen)
+            _add_stats(totals, stats)
+            shards += 1
+        return totals, shards
+    samples = folder_samples(src) if src.kind == "folder" else parquet_samples(src, caption_col)
+    while True:
+        chunk = itertools.islice(samples, samples_per_shard)
+        first = next(chunk, None)
+        if first is None:
+            return totals, shards
+        part = itertools.chain([first], chunk)
+        if shards in done:
+            stats = read_json(work.download_stats(shards))
+            for _ in part:  # already imported: consumed, not kept
+                pass
+        else:
+            stats = write_shard(work, shards, part)
+        _add_stats(totals, stats)
+        shards += 1
+
+
+def _add_stats(totals: dict[str, int], stats: dict[str, Any]) -> None:
     totals["count"] += stats["count"]
     totals["successes"] += stats["successes"]
 
 
 def format_import_summary(s: dict[str, Any]) -> str:
     where = " (read in place: no image bytes copied)" if s.get("in_place") else ""
+    rekeyed = " (keys prefixed with their tar's name)" if s.get("rekeyed") else ""
+    hidden = s.get("hidden_not_imported", 0)
+    skipped = f"; {hidden} hidden files not imported" if hidden else ""
     return (
         f"imported {s['downloaded']} of {s['input_rows']} images from {s['kind']} {s['source']} "
-        f"into {s['shards']} shards{where} ({s['failed']} unreadable, each with a ledger row); "
-        f"{s['seconds']:.1f} s"
+        f"into {s['shards']} shards{where}{rekeyed} ({s['failed']} unreadable, each with a ledger row)"
+        f"{skipped}; {s['seconds']:.1f} s"
     )

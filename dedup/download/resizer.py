@@ -54,17 +54,3 @@ def _decode_failure(img_stream: io.BytesIO) -> str:
             return "truncated image"
         return f"image decoding error: {err}"
     return "image decoding error"
-
-
-def _decode_failure(img_stream: io.BytesIO) -> str:
-    img_stream.seek(0)
-    try:
-        with Image.open(img_stream) as im:
-            im.load()
-    except UnidentifiedImageError:
-        return "not an image (unrecognised format)"
-    except OSError as err:
-        if "truncated" in str(err):
-            return "truncated image"
-        return f"image decoding error: {err}"
-    return "image decoding error"

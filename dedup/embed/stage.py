@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import warnings
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -29,12 +30,15 @@ from dedup.core.config import EmbedConfig
 from dedup.core.errors import UserError
 from dedup.core.layout import WorkDir, atomic_path, locked, read_json, remove_stale_temporaries, write_json
 from dedup.core.markers import read_marker, write_marker
-from dedup.core.shards import Sample, iter_samples
+from dedup.core.shards import MAX_IMAGE_AREA, Sample, input_samples
 from dedup.core.stage import Advance, Plan, Resources, Stage, Unit, run_stage
 from dedup.embed.hashing import phash_pair, sha256, trim_border
 
 if TYPE_CHECKING:
     from dedup.core.executors import Executor
+
+# The header's size is checked against MAX_IMAGE_AREA before decoding; Pillow's warning is noise.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 METADATA_SCHEMA = {
     "key": pl.String,
@@ -122,6 +126,9 @@ def prepare_sample(
     facts["sha256"] = sha256(data)
     try:
         with Image.open(io.BytesIO(data)) as im:
+            if im.width * im.height > MAX_IMAGE_AREA:  # from the header, before decoding a bomb
+                facts["status"] = f"image_too_large: {im.width} x {im.height} pixels"
+                return facts, None
             im.load()
             # the image as every viewer shows it: a copy re-saved with rotated pixels and an EXIF
             # orientation tag looks like its original, so it must hash and embed like it
@@ -221,7 +228,7 @@ def embed_shard(
     lookup: PrecomputedIndex | None = None,
     advance: Callable[[int], Any] | None = None,
 ) -> int:
-    prepare = None if lookup is not None else embedder.prepare
+    prepare = embedder.prepare if embedder is not None else None
     rows: list[dict[str, Any]] = []
     chunks: list[np.ndarray] = []
     locals_: list[np.ndarray] = []
@@ -230,7 +237,7 @@ def embed_shard(
     for batch in _guarded(
         tar,
         prefetch_batches(
-            iter_samples(tar),
+            input_samples(tar),
             lambda s: prepare_sample(s, prepare, config.local_features),
             config.batch_size,
             config.workers,
@@ -240,10 +247,13 @@ def embed_shard(
         ok = [i for i, (facts, _) in enumerate(batch) if facts["status"] == OK]
         if lookup is not None:
             vecs, found = lookup.find([batch[i][0] for i in ok])
+            missing = [i for j, i in enumerate(ok) if not found[j]]
             for j, i in enumerate(ok):
-                if found[j]:
-                    out[i] = vecs[j]
-                else:
+                out[i] = vecs[j]
+            if missing and embedder is not None:  # --embed-missing: the same model embeds the rest
+                out[missing] = embedder.embed(np.stack([batch[i][1] for i in missing]))
+            else:  # the plan refused a source with uncovered images; this is the last guard
+                for i in missing:
                     batch[i][0]["status"] = "no_precomputed_embedding"
         elif ok:
             out[ok] = embedder.embed(np.stack([batch[i][1] for i in ok]))
@@ -332,8 +342,8 @@ class EmbedStage(Stage):
         if not shards:
             raise UserError(f"{work.download_dir}: no downloaded shards; run `dedup download` first")
         work.check_inputs()
-        if self.config.from_precomputed:
-            PrecomputedIndex(Path(self.config.from_precomputed))  # a bad folder fails here, not on a worker
+        if self.config.from_precomputed:  # a bad folder or missing vectors fail here, not on a worker
+            check_coverage(PrecomputedIndex(Path(self.config.from_precomputed)), work, self.config)
         remove_stale_temporaries(work.embed_dir)
         return Plan([Unit(s, size=read_json(work.download_stats(s)).get("successes", 0)) for s in shards])
 
@@ -341,10 +351,17 @@ class EmbedStage(Stage):
         return shard_done(work, unit.index, self.config)
 
     def setup(self, work: WorkDir) -> tuple[Any, PrecomputedIndex | None]:
-        if self.config.from_precomputed:
-            return None, PrecomputedIndex(Path(self.config.from_precomputed))
         from dedup.embed.embedders import make_embedder
 
+        if self.config.from_precomputed:
+            lookup = PrecomputedIndex(Path(self.config.from_precomputed))
+            embedder = make_embedder(self.config) if self.config.embed_missing else None
+            if embedder is not None and embedder.dim != lookup.dim:
+                raise UserError(
+                    f"{lookup.root}: vectors of width {lookup.dim}, but --embed-missing's model makes "
+                    f"{embedder.dim}; set --model/--pretrained to the model that made them"
+                )
+            return embedder, lookup
         return make_embedder(self.config), None
 
     def process(
@@ -502,6 +519,35 @@ def local_descriptors(work: WorkDir, rows: np.ndarray) -> tuple[np.ndarray, np.n
     return np.concatenate(out), np.concatenate(owner)
 
 
+def _load_vectors(path: Path) -> np.ndarray:
+    """One released .npy, memory-mapped; anything but a 2-D numeric array (no pickles) is refused."""
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise UserError(f"{path}: not a .npy array ({str(err).splitlines()[0][:120]})") from None
+    if not isinstance(arr, np.ndarray) or arr.ndim != 2 or arr.dtype.kind not in "fiu":
+        raise UserError(
+            f"{path}: want a 2-D numeric array (one row per image), got {getattr(arr, 'shape', '?')}"
+        )
+    return arr
+
+
+def check_coverage(lookup: PrecomputedIndex, work: WorkDir, config: EmbedConfig) -> None:
+    """Released vectors must cover every downloaded image, or the rest be embedded (--embed-missing):
+    an image without a vector would otherwise leave the dataset as if it did not decode."""
+    from dedup.download.stage import download_rows
+
+    rows = download_rows(work).filter(pl.col("status") == "success")
+    facts = rows.select("key", "url").to_dicts()
+    missing = [f["key"] for f, hit in zip(facts, lookup.covers(facts), strict=True) if not hit]
+    if missing and not config.embed_missing:
+        raise UserError(
+            f"{lookup.root}: no vector for {len(missing):,} of {len(facts):,} images (first: {missing[0]}); "
+            "add --embed-missing to embed them with the model that made these vectors "
+            "(--model/--pretrained), or supply their vectors"
+        )
+
+
 class PrecomputedIndex:
     """Released embeddings in clip-retrieval's layout, joined to our samples by key, else by URL."""
 
@@ -514,7 +560,7 @@ class PrecomputedIndex:
                 f"{root}: expected img_emb/*.npy and metadata/*.parquet in equal numbers "
                 f"(found {len(embs)} and {len(metas)})"
             )
-        self._arrays = [np.load(p, mmap_mode="r") for p in embs]
+        self._arrays = [_load_vectors(p) for p in embs]
         dims = {a.shape[1] for a in self._arrays}
         if len(dims) != 1:
             raise UserError(f"{root}/img_emb: arrays of different widths {sorted(dims)}")
@@ -531,6 +577,11 @@ class PrecomputedIndex:
             frames.append(df.with_columns(pl.lit(i).alias("_file"), pl.int_range(df.height).alias("_row")))
         self._meta = pl.concat(frames, how="diagonal")
         self._by = "key" if "key" in self._meta.columns and self._meta["key"].null_count() == 0 else "url"
+
+    def covers(self, facts: list[dict[str, Any]]) -> list[bool]:
+        """Which samples have a vector (by key, else by URL), without reading the vectors."""
+        wanted = pl.Series(self._by, [f.get(self._by) for f in facts], dtype=pl.String)
+        return wanted.is_in(self._meta[self._by].cast(pl.String).implode()).to_list()
 
     def find(self, facts: list[dict[str, Any]]) -> tuple[np.ndarray, list[bool]]:
         wanted = pl.DataFrame({self._by: [f.get(self._by) for f in facts]}, schema={self._by: pl.String})

@@ -178,14 +178,14 @@ def plot_sweep(sweep: pl.DataFrame, threshold: float | None, out: Path) -> str:
 
 def thumbnails(work: WorkDir, keys: set[str], folder: Path) -> dict[str, str]:
     """Small JPEG files for the given sample keys (one pass over the shards); key -> relative path."""
-    from dedup.core.shards import iter_samples
+    from dedup.core.shards import input_samples
 
     folder.mkdir(parents=True, exist_ok=True)
     out: dict[str, str] = {}
     if not keys:
         return out
     for shard in work.download_shards():
-        for sample in iter_samples(work.input_tar(shard)):
+        for sample in input_samples(work.input_tar(shard)):
             if sample.key not in keys or sample.image is None:
                 continue
             try:
@@ -336,15 +336,22 @@ def _write_report(config: ReportConfig, work: WorkDir) -> dict[str, Any]:
         page["duplicates"] = _duplicates(work, clusters, out, summary, cards, settings, present["evaluate"])
 
     if present["write"]:
-        ledger = pl.read_parquet(work.ledger)
+        from dedup.write.verify import read_ledger, staleness
+
+        ledger = read_ledger(work)
         ln = ledger_numbers(ledger)
+        stale = staleness(work, read_json(work.write_summary)) if work.write_summary.exists() else []
+        ln["stale"] = stale
         summary["write"] = ln
+        if stale:
+            cards.append(("STALE", "the ledger does not match the clusters shown: rerun write"))
         cards.append((f"{ln['kept']:,}", f"of {ln['input_samples']:,} samples kept"))
         page["ledger"] = {
             "kept": f"{ln['kept']:,}",
             "folder": str(work.dedup_dir),
             "path": str(work.ledger),
             "table": _table(["reason", "samples"], [[k, v] for k, v in ln["by_reason"].items()], {1}),
+            "stale": stale,
         }
 
     if clusters is not None and present["download"]:

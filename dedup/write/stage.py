@@ -24,6 +24,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from dedup.core.config import WriteConfig
+from dedup.core.errors import IntegrityError
 from dedup.core.layout import (
     WorkDir,
     atomic_path,
@@ -36,6 +37,7 @@ from dedup.core.layout import (
 from dedup.core.markers import config_hash, read_marker, write_marker
 from dedup.core.stage import Advance, Plan, Stage, Unit, run_stage
 from dedup.write.ledger import build_ledger
+from dedup.write.verify import made_from, verify
 
 if TYPE_CHECKING:
     from dedup.core.executors import Executor
@@ -83,6 +85,7 @@ def index_tar(path: Path, shard: int) -> list[Span]:
     first header starts), with the header checksum checked, several times faster than ``tarfile``.
     """
     spans: list[Span] = []
+    exts: set[str] = set()
     size_on_disk = path.stat().st_size
     if size_on_disk == 0:
         return spans
@@ -124,10 +127,13 @@ def index_tar(path: Path, shard: int) -> list[Span]:
             if kind in (b"0", b"\0", b"7"):
                 base = name.rsplit("/", 1)[-1]
                 key = name[: len(name) - len(base)] + base.split(".", 1)[0]
-                if spans and spans[-1].key == key and spans[-1].end == first_header:
+                ext = base.partition(".")[2]
+                if spans and spans[-1].key == key and spans[-1].end == first_header and ext not in exts:
                     spans[-1] = Span(key, shard, spans[-1].start, data_end)
-                else:
+                else:  # a member name seen again under one key starts another sample, as iter_samples
                     spans.append(Span(key, shard, first_header, data_end))
+                    exts = set()
+                exts.add(ext)
             pos, first_header, long_name, pax = data_end, None, None, {}
     return spans
 
@@ -143,7 +149,10 @@ def index_shards(work: WorkDir) -> dict[int, list[Span]]:
             df = pl.read_parquet(meta, columns=["key", "tar_start", "tar_end"])
             out[shard] = [Span(k, shard, a, b) for k, a, b in df.iter_rows()]
         else:
-            out[shard] = index_tar(work.input_tar(shard), shard)
+            seen: set[str] = set()  # first occurrences only, as every stage reads an input tar
+            out[shard] = [
+                s for s in index_tar(work.input_tar(shard), shard) if not (s.key in seen or seen.add(s.key))
+            ]
     return out
 
 
@@ -351,8 +360,17 @@ class WriteStage(Stage):
             "output_shards": n,
             "written_shards": len(todo),
             "output_bytes": sum(work.dedup_tar(i).stat().st_size for i in range(n)),
-            "seconds": round(time.time() - plan.context["started"], 3),
+            **made_from(work),
         }
+        # verify's invariants before success is reported: a result `dedup verify` would reject
+        # never gets a summary or a marker, so no step exits 0 on it.
+        problems = verify(work, check_bytes=True, summary=summary)
+        if problems:
+            shown = "; ".join(problems[:3]) + (f"; ... {len(problems) - 3} more" if len(problems) > 3 else "")
+            raise IntegrityError(
+                f"{work.root}: the written output breaks its invariants ({shown}); rerun write"
+            )
+        summary["seconds"] = round(time.time() - plan.context["started"], 3)
         write_json(work.write_summary, summary)
         write_marker(
             work,

@@ -1,0 +1,258 @@
+"""What an import reads: a source named by a path, pattern or fsspec URL, its kind, the files it
+holds, and a listing of them (names, sizes, mtimes) that says later whether the source changed.
+
+Every file an import could read is either read (and each of its samples gets a ledger row) or named
+in a refusal: a compressed tar beside the tars, a subfolder of tars, parquet files below a folder of
+tars. Hidden files and folders (``.git``, ``.DS_Store``) are the one exception, counted in the
+summary, because every tool that walks a folder skips them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from dedup.core.errors import UserError
+from dedup.core.shards import IMAGE_EXTENSIONS
+
+SOURCE_KINDS = ("shards", "folder", "parquet")
+SIDECARS = ("txt", "json")
+_GLOB_CHARS = "*?["
+# Tars that are not read in place: a shards folder that holds one is refused (decompress it first),
+# never skipped, because its samples would otherwise vanish without a ledger row.
+COMPRESSED_TARS = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
+LISTING_SCHEMA = {"path": pl.String, "size": pl.Int64, "mtime": pl.Float64}
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where the data is: a filesystem and the paths on it the source names (one or many)."""
+
+    url: str
+    fs: Any
+    paths: tuple[str, ...]
+    kind: str
+
+    @property
+    def local(self) -> bool:
+        from fsspec.implementations.local import LocalFileSystem
+
+        return isinstance(self.fs, LocalFileSystem)
+
+    @property
+    def root(self) -> str:
+        """The folder keys and listings are relative to: the named folder, or the deepest folder
+        holding every named file (so two splits' ``data-0.parquet`` keep their split in the key)."""
+        if len(self.paths) == 1 and self.fs.isdir(self.paths[0]):
+            return self.paths[0].rstrip("/")
+        parents = [p.rsplit("/", 1)[0] if "/" in p else "" for p in self.paths]
+        common = parents[0].split("/")
+        for parent in parents[1:]:
+            parts = parent.split("/")
+            n = 0
+            while n < min(len(common), len(parts)) and common[n] == parts[n]:
+                n += 1
+            common = common[:n]
+        return "/".join(common)
+
+
+def _expand(url: str) -> list[str]:
+    """Brace patterns first (``{00000..00099}``, as webdataset and img2dataset accept), then globs."""
+    from braceexpand import braceexpand
+
+    return list(braceexpand(url)) if "{" in url else [url]
+
+
+def open_source(url: str | Path) -> Source:
+    """Resolve ``url`` to a :class:`Source`; one-line errors for what cannot be a source."""
+    import fsspec
+
+    text = str(url)
+    try:
+        fs, _ = fsspec.core.url_to_fs(_expand(text)[0])
+    except (ImportError, ValueError) as err:
+        raise UserError(f"{text}: cannot open ({str(err).splitlines()[0]})") from None
+    paths: list[str] = []
+    for part in _expand(text):
+        _, path = fsspec.core.url_to_fs(part)
+        if any(c in path for c in _GLOB_CHARS):
+            paths.extend(sorted(fs.glob(path)))
+        elif fs.exists(path):
+            paths.append(path)
+        else:
+            raise UserError(f"{part}: no such file or folder")
+    if not paths:
+        raise UserError(f"{text}: the pattern matches no file")
+    return Source(text, fs, tuple(paths), source_kind(fs, paths, text))
+
+
+def source_kind(fs: Any, paths: list[str], text: str) -> str:
+    if len(paths) == 1 and fs.isdir(paths[0]):
+        names = fs.ls(paths[0], detail=False)
+        if any(p.endswith(".tar") for p in names):
+            return "shards"
+        if any(p.lower().endswith(COMPRESSED_TARS) for p in names):
+            raise UserError(_compressed(next(p for p in names if p.lower().endswith(COMPRESSED_TARS))))
+        if not any(True for _ in image_files(fs, paths[0])) and any(
+            p.endswith(".parquet") for p in visible_files(fs, paths[0])
+        ):
+            return "parquet"  # a Hugging Face repository's root (data/*.parquet) included
+        return "folder"
+    for p in paths:
+        if p.lower().endswith(COMPRESSED_TARS):
+            raise UserError(_compressed(p))
+    suffixes = {p.rsplit(".", 1)[-1].lower() for p in paths}
+    if suffixes == {"tar"}:
+        return "shards"
+    if suffixes == {"parquet"}:
+        return "parquet"
+    raise UserError(
+        f"{text}: not WebDataset shards (.tar), a folder of images or .parquet file(s) "
+        f"(found {', '.join(sorted(suffixes))})"
+    )
+
+
+def _compressed(path: str) -> str:
+    return (
+        f"{path}: a compressed tar; shards are read in place, uncompressed: decompress it "
+        "(gunzip / xz -d / zstd -d) and import again"
+    )
+
+
+def relative(path: str, root: str) -> str:
+    return path[len(root.rstrip("/")) + 1 :] if root else path
+
+
+def hidden(rel: str) -> bool:
+    return any(part.startswith(".") for part in rel.split("/"))
+
+
+def visible_files(fs: Any, root: str) -> Iterator[str]:
+    """Every file below ``root`` that is not hidden, sorted."""
+    for p in sorted(fs.find(root)):
+        if not hidden(relative(p, root)):
+            yield p
+
+
+def image_files(fs: Any, root: str) -> Iterator[str]:
+    for p in visible_files(fs, root):
+        if p.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS:
+            yield p
+
+
+def hidden_count(src: Source) -> int:
+    """Hidden files below a folder source: not imported, counted in the summary."""
+    if not (len(src.paths) == 1 and src.fs.isdir(src.paths[0])):
+        return 0
+    root = src.paths[0]
+    return sum(1 for p in src.fs.find(root) if hidden(relative(p, root)))
+
+
+def key_of(relative_path: str) -> str:
+    """WebDataset key of a relative path: extension dropped, dots inside names made underscores."""
+    stem = relative_path.rsplit(".", 1)[0] if "." in relative_path.rsplit("/", 1)[-1] else relative_path
+    return stem.replace(".", "_")
+
+
+def shard_files(source: Source) -> list[str]:
+    """The source's tars in order: a folder's sorted, a pattern's in the order it names them. A
+    folder's other contents are refused when they could hold samples (tars in subfolders, images)."""
+    fs = source.fs
+    if not (len(source.paths) == 1 and fs.isdir(source.paths[0])):
+        return list(source.paths)
+    root = source.paths[0]
+    tars = []
+    for p in visible_files(fs, root):
+        rel = relative(p, root)
+        low = rel.lower()
+        if "/" not in rel and low.endswith(".tar"):
+            tars.append(p)
+        elif low.endswith(COMPRESSED_TARS):
+            raise UserError(_compressed(p))
+        elif low.endswith(".tar") or low.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS:
+            raise UserError(
+                f"{p}: beside the shards of {root} but not one of them (only the folder's own .tar "
+                "files are read); move it out or import it separately"
+            )
+    return tars
+
+
+def parquet_files(source: Source) -> list[str]:
+    fs = source.fs
+    if len(source.paths) == 1 and fs.isdir(source.paths[0]):
+        files = [p for p in visible_files(fs, source.paths[0]) if p.endswith(".parquet")]
+    else:
+        files = list(source.paths)
+    if not files:
+        raise UserError(f"{source.url}: no .parquet files")
+    return files
+
+
+def read_files(src: Source) -> list[str]:
+    """Every file the import reads: the listing is made of these."""
+    fs = src.fs
+    if src.kind == "shards":
+        tars = shard_files(src)
+        beside = [t[: -len(".tar")] + ".parquet" for t in tars]
+        return tars + [b for b in beside if fs.isfile(b)]
+    if src.kind == "parquet":
+        return parquet_files(src)
+    return list(visible_files(fs, src.paths[0]))
+
+
+def _mtime(info: dict[str, Any]) -> float:
+    for name in ("mtime", "LastModified", "updated", "last_modified", "created"):
+        value = info.get(name)
+        if isinstance(value, (int, float)):
+            return float(value)
+        if value is not None and hasattr(value, "timestamp"):
+            return float(value.timestamp())
+        if isinstance(value, str):
+            from datetime import datetime
+
+            try:
+                return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                continue
+    return 0.0
+
+
+def listing(src: Source) -> pl.DataFrame:
+    """Name (relative to the source's root), size and mtime of every file the import reads."""
+    root = src.root
+    rows = []
+    for p in read_files(src):
+        info = src.fs.info(p)
+        rows.append({"path": relative(p, root), "size": int(info.get("size") or 0), "mtime": _mtime(info)})
+    return pl.DataFrame(rows, schema=LISTING_SCHEMA)
+
+
+def changes(before: pl.DataFrame, now: pl.DataFrame) -> dict[str, list[str]]:
+    """Files added, deleted and replaced (size or mtime differ) between two listings."""
+    old = {r[0]: (r[1], r[2]) for r in before.iter_rows()}
+    new = {r[0]: (r[1], r[2]) for r in now.iter_rows()}
+    return {
+        "added": sorted(set(new) - set(old)),
+        "deleted": sorted(set(old) - set(new)),
+        "replaced": sorted(p for p in set(old) & set(new) if old[p] != new[p]),
+    }
+
+
+def describe_changes(diff: dict[str, list[str]]) -> str:
+    parts = []
+    for what, names in diff.items():
+        if names:
+            shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+            parts.append(f"{len(names)} {what} ({shown})")
+    return "; ".join(parts)
+
+
+def source_identity(src: Source) -> str:
+    """How a source is named in the summary: an absolute path locally, the URL as given otherwise."""
+    if src.local and "{" not in src.url and not any(c in src.url for c in _GLOB_CHARS):
+        return str(Path(src.paths[0]).resolve())
+    return src.url
