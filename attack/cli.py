@@ -239,9 +239,11 @@ def experiment_cmd(
     """The memorization measurement as a controlled experiment, every arm over several replicates.
 
     Arms: before; after at equal steps (the paper's protocol); after at equal passes per image; and a
-    control that removes as many images at random. Per duplicate bucket: the paired difference
-    before - arm with a bootstrap 95 % interval over replicates, and loss-based membership inference
-    (AUC, TPR at 1 % FPR). Every finished run is kept: rerun the same command to resume.
+    control that removes as many images at random. The analysis attack.md §6 declares: the primary
+    endpoint (best calibrated l2 of images with 5+ copies, after vs before, exact one-sided sign-flip
+    test, its power for the paper's effect); every other comparison exploratory, Holm-corrected; each
+    criterion's false-positive rate on held-out images; dose-response against copies. Every
+    finished run is kept: rerun the same command to resume.
     """
     from attack.experiment import ARMS, format_experiment, run_experiment
     from dedup.core.layout import ExperimentDir, WorkDir

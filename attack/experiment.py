@@ -13,13 +13,13 @@ prompts and sampling seed:
 
 Replicates: seed s sets both the data seed (which singletons the budget trains on, which images are
 held out for membership inference, which images random removal drops) and the training seed (initial
-weights, batches, noise); the arms of one replicate share them, so differences are paired. Per duplicate
-bucket and criterion the report gives the mean paired difference ``before - arm`` with a bootstrap
-95 % interval over replicates; an interval that excludes 0 is called significant, nothing else is.
+weights, batches, noise); the arms of one replicate share them, so differences are paired. The
+analysis (attack/analysis.py) is the one attack.md §6 declares: one primary endpoint with an exact
+test, everything else exploratory and Holm-corrected, each criterion calibrated on held-out images.
 
-Each (replicate, arm) run is kept on disk with the key of everything it depends on
-(``ExperimentDir.result``); a rerun skips finished runs and resumes a killed training from its
-checkpoint.
+Each (replicate, arm) run is kept on disk with the key of everything it depends on, the code of the
+modules that make its numbers included (``ExperimentDir.result``); a rerun skips finished runs and
+resumes a killed training from its checkpoint.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import typer
 
+from attack.analysis import CRITERIA, format_experiment, summarize
 from attack.compare import prompts_for, train_config
 from attack.config import AttackConfig, resolve_attack
 from attack.data import AttackSets, ImageSet, attack_sets
@@ -48,8 +49,18 @@ QUESTIONS = {
     "after_equal_passes": "does it, when each image is seen as often as before (steps scaled to the set)?",
     "random_removal": "does removing as many images at random lower it as much (the control)?",
 }
-CRITERIA = ("calibrated<=1/3", "calibrated<=0.5", "calibrated<=1.0", "l2<=0.15")
-BOOTSTRAP = 10_000
+# Modules whose code decides a run's numbers (data, model, training, sampling, scoring).
+RESULT_MODULES = (
+    "data",
+    "model",
+    "schedule",
+    "train",
+    "sample",
+    "distance",
+    "extract",
+    "membership",
+    "compare",
+)
 HOLDOUT = 200  # singletons no arm trains on: membership inference's non-members (setting)
 
 
@@ -84,15 +95,43 @@ def members_of(training: ImageSet, sets: AttackSets) -> np.ndarray:
     return out
 
 
-def bootstrap_ci(values: list[float], rounds: int = BOOTSTRAP, seed: int = 0) -> tuple[float, float] | None:
-    """95 % percentile interval of the mean over replicates (None with fewer than two)."""
-    v = np.asarray(values, dtype=float)
-    if len(v) < 2:
-        return None
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, len(v), size=(rounds, len(v)))].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return float(lo), float(hi)
+def code_digest() -> str:
+    """sha256 of the modules whose code decides a run's numbers: a changed line reruns the runs."""
+    import hashlib
+
+    import attack
+
+    digest = hashlib.sha256()
+    root = Path(attack.__file__).parent
+    for name in RESULT_MODULES:
+        digest.update((root / f"{name}.py").read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def null_scores(images: np.ndarray, used: list[str], sets: AttackSets, cfg: AttackConfig) -> dict[str, Any]:
+    """attack.md §6's null calibration: held-out images (no arm trained on them) added to the search
+    set; how many of them each criterion calls extracted is its false-positive count."""
+    if sets.held_out is None or not len(sets.held_out):
+        return {}
+    n_ref = len(sets.reference)
+    union = np.concatenate([sets.reference.images, sets.held_out.images])
+    keys = sets.reference.keys + sets.held_out.keys
+    k = np.concatenate([sets.k, np.ones(len(sets.held_out), dtype=sets.k.dtype)])
+    ex = extract(images, used, union, keys, k, cfg.calibrated_threshold)
+    held = ex.images[n_ref:]
+    return {c: {"held_out": held.height, "extracted": int(held[f"extracted[{c}]"].sum())} for c in CRITERIA}
+
+
+def per_image(ex: Any, member: np.ndarray) -> dict[str, Any]:
+    """What the analysis needs of every reference image: key, copies, member, primary score, flags."""
+    img = ex.images
+    return {
+        "key": img["key"].to_list(),
+        "k": img["k"].to_list(),
+        "member": member.tolist(),
+        "primary_score": [round(float(v), 6) for v in img["primary_score"].to_list()],
+        "extracted": {c: img[f"extracted[{c}]"].to_list() for c in CRITERIA},
+    }
 
 
 def run_arm(
@@ -116,6 +155,7 @@ def run_arm(
             "data": data_digest(training.images, training.captions),
             "reference": sets.reference.keys,
             "held_out": sets.held_out.keys if sets.held_out is not None else [],
+            "code": code_digest(),
         }
     )
     result_path = paths.result(seed, arm)
@@ -144,6 +184,7 @@ def run_arm(
         ex.images.write_parquet(tmp)
     counts = ex.counts()
     member = members_of(training, sets)
+    null = null_scores(images, used, sets, cfg)
     scores = loss_scores(
         run.model(arm), sets.reference.images, sets.reference.captions, seed=seed, device=cfg.device
     )
@@ -179,6 +220,8 @@ def run_arm(
         "continuous": counts["continuous"],
         "membership": membership,
         "non_members": len(held),
+        "per_image": per_image(ex, member),
+        "null": null,
         "scores": {
             "members": scores[member].tolist(),
             "non_members": held.tolist(),
@@ -216,7 +259,7 @@ def run_experiment(
         if sets.note:
             notes.add(sets.note)
         results[seed] = {arm: run_arm(paths, seed, arm, sets, cfg, progress) for arm in arms}
-    summary = summarize(results, arms, cfg)
+    summary = summarize(results, arms, experiment_settings(cfg))
     summary["notes"] = sorted(notes)
     write_json(paths.summary, summary)
     with atomic_path(paths.table) as tmp:
@@ -224,58 +267,36 @@ def run_experiment(
     return summary
 
 
-def summarize(
-    results: dict[int, dict[str, dict[str, Any]]], arms: tuple[str, ...], cfg: AttackConfig
-) -> dict:
-    """Per arm: the mean paired difference before - arm per bucket and criterion with its interval,
-    and the membership AUC / TPR per bucket (mean and interval over replicates)."""
-    seeds = sorted(results)
-    buckets = [b[0] for b in BUCKETS] + ["total"]
-    out: dict[str, Any] = {
-        "replicates": seeds,
-        "arms": {a: {"question": QUESTIONS.get(a, "the reference: the data as downloaded")} for a in arms},
-        "settings": {
-            **cfg.model_dump(mode="json"),
-            "membership": f"loss at t={T} of 1000, mean of 8 noise draws; held-out singletons as non-members",
-            "interval": f"bootstrap 95 % over replicates ({BOOTSTRAP} resamples of the paired differences)",
-        },
+def stored_results(out: Path, arms: tuple[str, ...] = ARMS) -> dict[int, dict[str, dict[str, Any]]]:
+    """Every replicate whose arms all finished, read from disk (what ``bench.attack --tables`` and
+    the report analyse); only runs made by this code (their key's code digest) count."""
+    paths = ExperimentDir(out)
+    results: dict[int, dict[str, dict[str, Any]]] = {}
+    for folder in sorted(paths.root.glob("seed[0-9][0-9][0-9]")):
+        seed = int(folder.name[4:])
+        runs = {a: paths.result(seed, a) for a in arms}
+        if all(p.exists() for p in runs.values()):
+            loaded = {a: read_json(p) for a, p in runs.items()}
+            if all("per_image" in r for r in loaded.values()):
+                results[seed] = loaded
+    return results
+
+
+def analyse_stored(out: Path, cfg: AttackConfig, arms: tuple[str, ...] = ARMS) -> dict[str, Any] | None:
+    """The summary of the stored runs, without training anything (None when none has finished)."""
+    results = stored_results(out, arms)
+    if not results:
+        return None
+    return summarize(results, arms, experiment_settings(resolve_attack(cfg)))
+
+
+def experiment_settings(cfg: AttackConfig) -> dict[str, Any]:
+    return {
+        **cfg.model_dump(mode="json"),
+        "membership": f"loss at t={T} of 1000, mean of 8 noise draws; held-out singletons as non-members",
+        "analysis": "attack.md §6: exact sign-flip tests, Holm over the exploratory family, t-intervals",
+        "code": code_digest(),
     }
-    for arm in arms:
-        entry = out["arms"][arm]
-        entry["training_images"] = [results[s][arm]["training_images"] for s in seeds]
-        entry["steps"] = [results[s][arm]["steps"] for s in seeds]
-        entry["extracted_mean"] = {
-            c: {b: float(np.mean([results[s][arm]["extracted"][c][b] for s in seeds])) for b in buckets}
-            for c in CRITERIA
-        }
-        if arm != "before":
-            entry["difference"] = {}
-            for c in CRITERIA:
-                entry["difference"][c] = {}
-                for b in buckets:
-                    d = [
-                        results[s]["before"]["extracted"][c][b] - results[s][arm]["extracted"][c][b]
-                        for s in seeds
-                    ]
-                    ci = bootstrap_ci(d)
-                    entry["difference"][c][b] = {
-                        "mean": float(np.mean(d)),
-                        "ci95": ci,
-                        "significant": ci is not None and (ci[0] > 0 or ci[1] < 0),
-                    }
-        entry["membership"] = {}
-        for b in [*(x[0] for x in BUCKETS), "all"]:
-            aucs = [results[s][arm]["membership"][b]["auc"] for s in seeds]
-            tprs = [results[s][arm]["membership"][b][f"tpr_at_{FPR:g}_fpr"] for s in seeds]
-            aucs_ok = [a for a in aucs if a is not None]
-            tprs_ok = [t for t in tprs if t is not None]
-            entry["membership"][b] = {
-                "auc_mean": float(np.mean(aucs_ok)) if aucs_ok else None,
-                "auc_ci95": bootstrap_ci(aucs_ok),
-                "tpr_at_1pct_fpr_mean": float(np.mean(tprs_ok)) if tprs_ok else None,
-                "tpr_ci95": bootstrap_ci(tprs_ok),
-            }
-    return out
 
 
 def roc_curves(paths: ExperimentDir, seeds: list[int], arms: tuple[str, ...]) -> dict[str, tuple]:
@@ -291,63 +312,3 @@ def roc_curves(paths: ExperimentDir, seeds: list[int], arms: tuple[str, ...]) ->
         if m and n:
             curves[arm] = roc(np.array(m), np.array(n))
     return curves
-
-
-def _ci(ci: list[float] | tuple[float, float] | None) -> str:
-    return "n/a (one replicate)" if ci is None else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]"
-
-
-def format_experiment(s: dict[str, Any]) -> str:
-    buckets = [b[0] for b in BUCKETS] + ["total"]
-    lines = [
-        f"Replicates (seeds): {', '.join(map(str, s['replicates']))}. "
-        "Extraction: unique training images, by copies in the before set. "
-        "Differences are before - arm, paired by replicate; [95 % bootstrap interval]; "
-        "* = the interval excludes 0.",
-        "",
-    ]
-    for arm, entry in s["arms"].items():
-        lines.append(f"### {arm}: {entry['question']}")
-        lines.append(f"training images {entry['training_images']}, steps {entry['steps']}")
-        lines.append("")
-        if arm == "before":
-            lines.append("| criterion | " + " | ".join(buckets) + " |")
-            lines.append("|---|" + "---|" * len(buckets))
-            for c, row in entry["extracted_mean"].items():
-                lines.append(f"| {c} | " + " | ".join(f"{row[b]:.1f}" for b in buckets) + " |")
-        else:
-            lines.append("| criterion | " + " | ".join(buckets) + " |")
-            lines.append("|---|" + "---|" * len(buckets))
-            for c, row in entry["difference"].items():
-                cells = [
-                    f"{row[b]['mean']:+.1f} {_ci(row[b]['ci95'])}{' *' if row[b]['significant'] else ''}"
-                    for b in buckets
-                ]
-                lines.append(f"| {c} | " + " | ".join(cells) + " |")
-        lines.append("")
-        lines.append("| membership (t=100) | " + " | ".join([b[0] for b in BUCKETS] + ["all"]) + " |")
-        lines.append("|---|" + "---|" * (len(BUCKETS) + 1))
-        mem = entry["membership"]
-        keys = [b[0] for b in BUCKETS] + ["all"]
-        lines.append(
-            "| AUC | "
-            + " | ".join(
-                "-" if mem[b]["auc_mean"] is None else f"{mem[b]['auc_mean']:.3f} {_ci(mem[b]['auc_ci95'])}"
-                for b in keys
-            )
-            + " |"
-        )
-        lines.append(
-            "| TPR at 1 % FPR | "
-            + " | ".join(
-                "-"
-                if mem[b]["tpr_at_1pct_fpr_mean"] is None
-                else f"{mem[b]['tpr_at_1pct_fpr_mean']:.3f} {_ci(mem[b]['tpr_ci95'])}"
-                for b in keys
-            )
-            + " |"
-        )
-        lines.append("")
-    if s.get("notes"):
-        lines.append("Notes: " + "; ".join(s["notes"]))
-    return "\n".join(lines) + "\n"

@@ -80,6 +80,16 @@ def _round(v: Any) -> float | None:
     return None if v is None else round(float(v), 4)
 
 
+def closest_generation_l2(gen: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Per training image, the normalized l2 to its closest generation (flattened float32 rows)."""
+    import faiss
+
+    index = faiss.IndexFlatL2(gen.shape[1])
+    index.add(gen)
+    dist, _ = index.search(ref, 1)
+    return np.sqrt(np.maximum(dist[:, 0], 0) / gen.shape[1])
+
+
 def extract(
     generations: np.ndarray,
     prompts: list[str],
@@ -104,6 +114,7 @@ def extract(
     tiled = tiled_l2(generations, reference_images[nearest])
     neighbourhood, used = neighbourhood_l2(reference_images, NEIGHBOURS)
     calibrated = calibrated_l2(plain, neighbourhood[nearest], ALPHA)
+    closest = closest_generation_l2(gen, ref)
     gen_df = pl.DataFrame(
         {
             "generation": np.arange(len(generations)),
@@ -143,6 +154,10 @@ def extract(
                 "k": k.astype(np.int64),
                 "bucket": [bucket_of(int(v)) for v in k],
                 "neighbourhood_l2": neighbourhood,
+                # attack.md §6's primary score: the image's best calibrated l2 over every generation
+                # (not only those whose nearest training image it is)
+                "closest_l2": closest,
+                "primary_score": calibrated_l2(closest, neighbourhood, ALPHA),
             }
         )
         .join(best, left_on="index", right_on="nearest_index", how="left")

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from attack.analysis import cell_text, primary_text
 from attack.experiment import roc_curves
 from attack.extract import BUCKETS
 from attack.sample import load_generations
@@ -95,6 +96,36 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], out: Path) -> str
     return _save(fig, out / "membership_roc.png")
 
 
+def plot_dose(summary: dict[str, Any], out: Path) -> str | None:
+    """Extraction against copies in the before set, before and after (attack.md §6 dose-response):
+    the logistic fit with its 95 % band, and the observed share per bucket; None without a fit."""
+    arms = [a for a in ("before", "after") if (summary["arms"].get(a) or {}).get("dose")]
+    if not arms:
+        return None
+    from attack.analysis import DOSE_CRITERIA
+
+    plt = _plt()
+    colours = {"before": "#e76f51", "after": "#2a9d8f"}
+    mids = {"1": 1, "2-4": 3, "5-19": 10, "20+": 32}
+    fig, axes = plt.subplots(1, len(DOSE_CRITERIA), figsize=(3.0 * len(DOSE_CRITERIA), 3), squeeze=False)
+    for ax, crit in zip(axes[0], DOSE_CRITERIA, strict=True):
+        for arm in arms:
+            d = summary["arms"][arm]["dose"]
+            grid = d["grid"]
+            ax.plot(grid, d[crit]["curve"], color=colours[arm], label=arm)
+            ax.fill_between(grid, d[crit]["band95"][0], d[crit]["band95"][1], color=colours[arm], alpha=0.2)
+            obs = [(mids[b], hit / n) for b, (hit, n) in d[crit]["observed"].items() if n]
+            ax.scatter([o[0] for o in obs], [o[1] for o in obs], color=colours[arm], s=12)
+        ax.set_xscale("log", base=2)
+        ax.set_title(crit, fontsize=9)
+        ax.set_xlabel("copies in the before set")
+    axes[0][0].set_ylabel("share of trained images extracted")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Dose-response: extraction against duplicate count (95 % band over images)", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, out / "dose_response.png")
+
+
 def memorization_section(work: WorkDir, out: Path, summary: dict, settings: dict) -> dict[str, Any]:
     """The report's memorization section (dedup.report.stage, through the ``dedup.report_sections`` entry
     point): the before/after comparison, the controlled experiment, per-group risk and
@@ -166,19 +197,10 @@ def _experiment(work: WorkDir, out: Path) -> dict[str, Any] | None:
     s = read_json(paths.summary)
     names = [n for n, _, _ in BUCKETS]
     rows, mia = [], []
+    cells_of = s.get("exploratory", {}).get("cells", {})
     for arm, e in s["arms"].items():
-        if "difference" in e:
-            d = e["difference"]["calibrated<=1/3"]
-            cells = [
-                f"{d[b]['mean']:+.1f} "
-                + (
-                    "(one replicate)"
-                    if d[b]["ci95"] is None
-                    else f"[{d[b]['ci95'][0]:+.1f}, {d[b]['ci95'][1]:+.1f}]"
-                )
-                + (" significant" if d[b]["significant"] else "")
-                for b in [*names, "total"]
-            ]
+        if arm != "before":  # the same cell text as bench/RESULTS.md (attack/analysis.py)
+            cells = [cell_text(cells_of[f"{arm}|extracted calibrated<=1/3|{b}"]) for b in [*names, "total"]]
         else:
             cells = [f"{e['extracted_mean']['calibrated<=1/3'][b]:.1f} extracted" for b in [*names, "total"]]
         rows.append([arm, e["question"], *cells])
@@ -197,6 +219,8 @@ def _experiment(work: WorkDir, out: Path) -> dict[str, Any] | None:
     return {
         "replicates": len(seeds),
         "one_seed": len(seeds) < 2,
+        "primary": primary_text(s.get("primary")),
+        "dose": plot_dose(s, out),
         "table": _table(["arm", "question", *names, "total"], rows),
         "membership": _table(["arm", *names, "all"], mia),
         "roc": roc,

@@ -3,6 +3,7 @@ over several replicates, then generate-and-filter on replicate 0's before model 
 captions get flagged more than singletons the model trained on, and than singletons it never saw?).
 
 Usage: python -m bench.attack [--seeds N] [--corpus tiles|photos] [--arms a,b] [--no-flagging]
+       python -m bench.attack --tables [--corpus ...]   (no training: the tables of the stored runs)
 (default 5 seeds, the tiles corpus, every arm; about 25 minutes per replicate on 2 cores, four
 trainings of ~6 minutes each plus sampling). Work directory: bench/out/demo for the demo's tiles,
 bench/out/photos for whole photographs (#13 item 5: distinctive at 16 px, deduplication removes
@@ -14,6 +15,7 @@ WORKDIR/experiment/summary.md is rewritten after each replicate.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -22,12 +24,15 @@ import numpy as np
 import polars as pl
 
 from attack.config import AttackConfig
-from attack.experiment import ARMS, format_experiment, run_experiment
+from attack.experiment import ARMS, analyse_stored, format_experiment, run_experiment
 from attack.generate_filter import Settings, candidates, run_generate_filter
 from attack.generators import DDPMGenerator
 from dedup.core.layout import ExperimentDir, GenerateFilterDir, WorkDir
 
 ROOTS = {"tiles": Path("bench/out/demo"), "photos": Path("bench/out/photos")}
+# Every finished run's result.json (counts, per-image scores, null counts: no images, no weights),
+# kept in the repository as it comes, so the tables regenerate from a clone alone.
+RUNS = {"tiles": Path("bench/runs/attack/tiles"), "photos": Path("bench/runs/attack/photos")}
 # Non-members for membership inference: singletons no arm trains on. The photos corpus has ~75
 # singletons in all, so it sets fewer apart.
 HOLDOUTS = {"tiles": 200, "photos": 15}
@@ -96,10 +101,23 @@ def flagging(work: WorkDir, seed: int, k: int = 24, per_group: int = 40) -> dict
     return s
 
 
+def keep_results(out: Path, runs: Path) -> None:
+    """Copy every finished run's result.json beside the code (bench/runs/...), same layout."""
+    for path in sorted(out.glob("seed[0-9][0-9][0-9]/*/result.json")):
+        target = runs / path.relative_to(out)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+
+
 def experiment(
-    work: WorkDir, seeds: int, arms: tuple[str, ...] = ARMS, holdout: int = HOLDOUTS["tiles"]
+    work: WorkDir,
+    seeds: int,
+    arms: tuple[str, ...] = ARMS,
+    holdout: int = HOLDOUTS["tiles"],
+    runs: Path | None = None,
 ) -> dict:
-    """The arms over replicates 0..seeds-1, one replicate at a time: summary.md grows as they finish."""
+    """The arms over replicates 0..seeds-1, one replicate at a time: summary.md grows as they finish,
+    and each finished run's result.json is copied to ``runs``."""
     out = work.root / "experiment"
     summary: dict = {}
     for n in range(1, seeds + 1):
@@ -107,6 +125,8 @@ def experiment(
         summary = run_experiment(
             work.root, work.root, out, AttackConfig(), list(range(n)), arms, holdout=holdout, progress=False
         )
+        if runs is not None:
+            keep_results(out, runs)
         print(f"\n## after {n} replicate(s) ({time.time() - t:.0f} s this round)\n", flush=True)
         print(format_experiment(summary), flush=True)
     return summary
@@ -116,14 +136,26 @@ def _option(argv: list[str], name: str, default: str) -> str:
     return argv[argv.index(name) + 1] if name in argv else default
 
 
+def tables(runs: Path, arms: tuple[str, ...]) -> str:
+    """bench/RESULTS.md's attack tables, regenerated from the stored runs alone (byte-identical for
+    the same runs: every number comes from result.json files and seeded computations)."""
+    summary = analyse_stored(runs, AttackConfig(), arms)
+    if summary is None:
+        return f"no finished replicate under {runs}: run `python -m bench.attack` first\n"
+    return format_experiment(summary)
+
+
 def main(argv: list[str]) -> None:
     seeds = int(_option(argv, "--seeds", "5"))
     corpus = _option(argv, "--corpus", "tiles")
     arms = tuple(_option(argv, "--arms", ",".join(ARMS)).split(","))
     if corpus not in ROOTS:
         sys.exit(f"--corpus: one of {', '.join(ROOTS)} (got {corpus!r})")
+    if "--tables" in argv:
+        sys.stdout.write(tables(RUNS[corpus], arms))
+        return
     work = ensure_workdir(corpus)
-    summary = experiment(work, seeds, arms, HOLDOUTS[corpus])
+    summary = experiment(work, seeds, arms, HOLDOUTS[corpus], RUNS[corpus])
     flags = None if "--no-flagging" in argv else flagging(work, 0)
     (work.root / "attack_results.json").write_text(
         json.dumps({"experiment": summary, "generate_filter": flags}, indent=1)

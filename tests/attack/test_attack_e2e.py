@@ -169,12 +169,32 @@ def test_the_experiment_runs_every_arm_per_replicate_and_resumes(small_demo, tmp
         assert runs["before"]["non_members"] == 20 and runs["before"]["membership"]["all"]["members"] > 0
         # every arm of a replicate is judged on the same prompts: the same number of generations
         assert {r["continuous"]["generations"] for r in runs.values()} == {8}
-    diff = s["arms"]["after"]["difference"]["calibrated<=1/3"]["total"]
+    diff = s["exploratory"]["cells"]["after|extracted calibrated<=1/3|total"]
     before = [read_json(paths.result(x, "before"))["extracted"]["calibrated<=1/3"]["total"] for x in (0, 1)]
     after = [read_json(paths.result(x, "after"))["extracted"]["calibrated<=1/3"]["total"] for x in (0, 1)]
     assert diff["mean"] == pytest.approx(np.mean(np.array(before) - np.array(after)))
-    assert diff["ci95"] is not None and len(diff["ci95"]) == 2
+    assert diff["t95"] is not None and len(diff["t95"]) == 2 and diff["p_holm"] is not None
+    # the primary endpoint, from per-image scores of both arms: its estimate is their mean difference
+    primary = s["primary"]
+    per = []
+    for x in (0, 1):
+        b, a = (read_json(paths.result(x, arm))["per_image"] for arm in ("before", "after"))
+        pick = np.array(b["k"]) >= 5
+        per.append(float(np.mean(np.array(a["primary_score"])[pick] - np.array(b["primary_score"])[pick])))
+    assert primary["replicates"] == 2 and primary["estimate"] == pytest.approx(np.mean(per))
+    assert primary["smallest_possible_p"] == pytest.approx(0.25) and primary["p"] >= 0.25  # 2^-n
+    # null calibration: every held-out image scored under every criterion
+    null = s["arms"]["before"]["null"]["calibrated<=1.0"]
+    assert null["held_out"] == 40 and 0 <= null["false_positives"] <= 40
+    assert s["arms"]["before"]["dose"]["calibrated<=0.5"]["curve"]
+    text = paths.table.read_text()
+    assert "Primary endpoint (attack.md §6)" in text and "p_holm=" in text
     assert "### random_removal" in paths.table.read_text()
+    # the tables regenerate from the stored runs alone, identical (bench.attack --tables does this)
+    from attack.analysis import format_experiment
+    from attack.experiment import analyse_stored
+
+    assert format_experiment(analyse_stored(out, cfg)) == format_experiment({**s, "notes": []})
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("result.json")}
     again = run_experiment(small_demo.root, small_demo.root, out, cfg, [0, 1], holdout=20, progress=False)
     assert again["arms"] == s["arms"]
@@ -192,4 +212,9 @@ def test_the_experiment_runs_every_arm_per_replicate_and_resumes(small_demo, tmp
     run_report(ReportConfig(), work)
     page = (work.report_dir / "index.html").read_text()
     assert "Controlled experiment: 2 replicate(s)" in page and "random_removal" in page
+    from attack.analysis import cell_text
+
+    cell = s["exploratory"]["cells"]["after|extracted calibrated<=1/3|total"]
+    assert cell_text(cell) in page and cell_text(cell) in text  # report and RESULTS say the same
     assert (work.report_dir / "membership_roc.png").exists() and "membership inference ROC" in page
+    assert (work.report_dir / "dose_response.png").exists() and "Dose-response" in page

@@ -1,5 +1,5 @@
 """The controlled memorization experiment (#13): arms' step arithmetic and training sets, membership
-statistics against brute force, bootstrap intervals, and a tiny end-to-end run that resumes."""
+statistics against brute force, and a tiny end-to-end run that resumes (the tests: test_stats.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from attack.data import AttackSets, ImageSet
-from attack.experiment import ARMS, arm_steps, arm_training_set, bootstrap_ci, members_of
+from attack.experiment import ARMS, arm_steps, arm_training_set, members_of
 from attack.membership import auc, roc, tpr_at_fpr
 
 
@@ -77,12 +77,3 @@ def test_auc_and_tpr_against_brute_force():
     assert fpr[0] == tpr[0] == 0 and fpr[-1] == tpr[-1] == 1
     assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
     assert auc(np.array([]), n) is None and tpr_at_fpr(m, np.array([])) is None
-
-
-def test_bootstrap_interval():
-    assert bootstrap_ci([3.0]) is None  # one replicate: no interval, and the report says so
-    lo, hi = bootstrap_ci([2.0, 3.0, 4.0, 3.0, 5.0])
-    assert lo <= 3.4 <= hi and lo > 0  # consistently positive: excludes 0
-    lo, hi = bootstrap_ci([-2.0, 3.0, -1.0, 2.0, 0.0])
-    assert lo < 0 < hi
-    assert bootstrap_ci([1.0, 1.0]) == (1.0, 1.0)

@@ -1,0 +1,404 @@
+"""The experiment's analysis as declared in attack.md §6, from the stored runs alone.
+
+* **Primary endpoint**: for each reference image with 5+ copies in the before set, its best
+  calibrated l2 over every generation of a model (``primary_score``, extract.py). Per replicate, the
+  mean over those images of ``after - before`` (paired by image within the replicate); one-sided
+  exact sign-flip test over replicates (the §6 fallback: the mixed model needs statsmodels, which this
+  project does not depend on), its t-interval, and the power it had for the paper's effect (-23 %,
+  read as a 23 % relative rise of the before arm's mean score).
+* **Exploratory family**, Holm-corrected together: extraction counts per criterion and bucket
+  (before - arm), the primary score for the other arms and for singletons, and an image-level
+  sign-flip test of the primary difference. A cell is marked ``*`` only when its Holm-adjusted
+  two-sided p is below 0.05; with 5 replicates no such p exists (the smallest is 1/16), and the
+  tables say so rather than mark a bootstrap interval.
+* **Null calibration**: the share of held-out images (no arm trained on them, added to the search
+  set) that each criterion calls extracted, with a Clopper-Pearson interval, beside the rate for
+  singletons the arm did train on.
+* **Dose-response**: extraction against copies in the before set, a logistic fit in log2(copies)
+  per arm and criterion, its 95 % band from a bootstrap over images (all replicates of an image
+  move together).
+
+``format_experiment`` prints the tables of ``bench/RESULTS.md``; the HTML report takes its cells from
+``cell_text``, so both say the same thing about every cell.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from attack.extract import BUCKETS
+from attack.membership import FPR
+from attack.stats import (
+    ALPHA,
+    PAPER_EFFECT,
+    clopper_pearson,
+    holm,
+    replicates_for_power,
+    sign_flip_p,
+    sign_flip_power,
+    smallest_p,
+    t_interval,
+)
+
+CRITERIA = ("calibrated<=1/3", "calibrated<=0.5", "calibrated<=1.0", "l2<=0.15")
+PRIMARY_MIN_COPIES = 5  # attack.md §6
+DOSE_CRITERIA = ("calibrated<=1/3", "calibrated<=0.5", "calibrated<=1.0")
+DOSE_GRID = (1, 2, 4, 8, 16, 32, 64)
+DOSE_BOOTSTRAP = 400  # resamples of images (hundreds of them: the percentile band is sound there)
+BUCKET_NAMES = [b[0] for b in BUCKETS]
+
+
+def _per_image(result: dict[str, Any]) -> dict[str, Any] | None:
+    return result.get("per_image")
+
+
+def primary_differences(
+    results: dict[int, dict[str, dict[str, Any]]], arm: str, low: int = PRIMARY_MIN_COPIES, high: int = 10**12
+) -> tuple[list[float], list[float], dict[str, list[float]]]:
+    """Per replicate: mean(arm - before) of the primary score over images with low..high copies;
+    the before arm's mean score; and per image key, its differences over replicates."""
+    diffs, before_means = [], []
+    by_image: dict[str, list[float]] = {}
+    for seed in sorted(results):
+        b, a = _per_image(results[seed]["before"]), _per_image(results[seed].get(arm, {}))
+        if b is None or a is None:
+            continue
+        k = np.asarray(b["k"])
+        pick = (k >= low) & (k <= high)
+        if not pick.any():
+            continue
+        sb, sa = np.asarray(b["primary_score"])[pick], np.asarray(a["primary_score"])[pick]
+        diffs.append(float(np.mean(sa - sb)))
+        before_means.append(float(np.mean(sb)))
+        for key, d in zip(np.asarray(b["key"])[pick], sa - sb, strict=True):
+            by_image.setdefault(str(key), []).append(float(d))
+    return diffs, before_means, by_image
+
+
+def primary_endpoint(results: dict[int, dict[str, dict[str, Any]]]) -> dict[str, Any] | None:
+    """The one pre-declared test: after vs before at equal steps, images with 5+ copies."""
+    diffs, before_means, _ = primary_differences(results, "after")
+    if not diffs:
+        return None
+    n = len(diffs)
+    sd = float(np.std(diffs, ddof=1)) if n > 1 else None
+    effect = PAPER_EFFECT * float(np.mean(before_means))
+    p = sign_flip_p(diffs, "greater")
+    return {
+        "endpoint": f"best calibrated l2 over all generations, images with {PRIMARY_MIN_COPIES}+ copies, "
+        "after - before at equal steps, mean per replicate",
+        "test": "exact one-sided sign-flip permutation test over replicates (attack.md §6)",
+        "replicates": n,
+        "per_replicate": diffs,
+        "before_mean_score": float(np.mean(before_means)),
+        "estimate": float(np.mean(diffs)),
+        "t95": t_interval(diffs),
+        "p": p,
+        "smallest_possible_p": smallest_p(n, "greater"),
+        "significant": p is not None and p <= ALPHA,
+        "paper_effect": effect,
+        "power": None if sd is None else sign_flip_power(effect, sd, n),
+        "replicates_for_80pct_power": None if sd is None else replicates_for_power(effect, sd),
+    }
+
+
+def _cell(diffs: list[float]) -> dict[str, Any]:
+    return {
+        "mean": float(np.mean(diffs)),
+        "t95": t_interval(diffs),
+        "p": sign_flip_p(diffs),
+        "signs": [int(sum(d > 0 for d in diffs)), int(sum(d < 0 for d in diffs))],
+    }
+
+
+def exploratory(results: dict[int, dict[str, dict[str, Any]]], arms: tuple[str, ...]) -> dict[str, Any]:
+    """Every secondary comparison, with Holm-adjusted p-values over the whole family."""
+    seeds = sorted(results)
+    cells: dict[str, Any] = {}
+    for arm in arms:
+        if arm == "before":
+            continue
+        for c in CRITERIA:
+            for b in [*BUCKET_NAMES, "total"]:
+                d = [
+                    results[s]["before"]["extracted"][c][b] - results[s][arm]["extracted"][c][b]
+                    for s in seeds
+                ]
+                cells[f"{arm}|extracted {c}|{b}"] = _cell(d)
+        for name, low, high in (("5+ copies", PRIMARY_MIN_COPIES, 10**12), ("singletons", 1, 1)):
+            if arm == "after" and name == "5+ copies":
+                continue  # the primary endpoint, tested on its own
+            diffs, _, _ = primary_differences(results, arm, low, high)
+            if diffs:
+                cells[f"{arm}|primary score|{name}"] = _cell(diffs)
+    _, _, by_image = primary_differences(results, "after")
+    if by_image:
+        per_image = [float(np.mean(v)) for v in by_image.values()]
+        cells["after|primary score, images as units|5+ copies"] = {
+            **_cell(per_image),
+            "p": sign_flip_p(per_image),
+            "units": len(per_image),
+        }
+    adjusted = holm([c["p"] for c in cells.values()])
+    for cell, p in zip(cells.values(), adjusted, strict=True):
+        cell["p_holm"] = p
+        cell["significant"] = p is not None and p < ALPHA
+    return {"family_size": sum(p is not None for p in adjusted), "cells": cells}
+
+
+def null_calibration(results: dict[int, dict[str, dict[str, Any]]], arm: str) -> dict[str, Any] | None:
+    """Per criterion, pooled over replicates: held-out images called extracted (the false-positive
+    rate) against trained-on singletons called extracted."""
+    seeds = [s for s in sorted(results) if arm in results[s] and results[s][arm].get("null")]
+    if not seeds:
+        return None
+    out = {}
+    for c in CRITERIA:
+        fp = sum(results[s][arm]["null"][c]["extracted"] for s in seeds)
+        n = sum(results[s][arm]["null"][c]["held_out"] for s in seeds)
+        hit = trained = 0
+        for s in seeds:
+            img = _per_image(results[s][arm])
+            if img is None:
+                continue
+            single = (np.asarray(img["k"]) == 1) & np.asarray(img["member"], dtype=bool)
+            trained += int(single.sum())
+            hit += int((single & np.asarray(img["extracted"][c], dtype=bool)).sum())
+        out[c] = {
+            "held_out": n,
+            "false_positives": fp,
+            "rate": fp / n if n else None,
+            "cp95": clopper_pearson(fp, n),
+            "trained_singletons": trained,
+            "trained_singletons_extracted": hit,
+            "trained_rate": hit / trained if trained else None,
+        }
+    return out
+
+
+def logistic_fit(x: np.ndarray, y: np.ndarray, ridge: float = 1e-3, rounds: int = 50) -> np.ndarray:
+    """(intercept, slope) of P(y) = sigmoid(a + b x) by Newton's method, a small ridge keeping it
+    finite when the classes separate."""
+    X = np.column_stack([np.ones_like(x), x])
+    w = np.zeros(2)
+    for _ in range(rounds):
+        p = 1 / (1 + np.exp(-np.clip(X @ w, -30, 30)))
+        grad = X.T @ (y - p) - ridge * w
+        hess = X.T @ (X * (p * (1 - p))[:, None]) + ridge * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        w += step
+        if np.abs(step).max() < 1e-9:
+            break
+    return w
+
+
+def _curve(w: np.ndarray) -> np.ndarray:
+    x = np.log2(np.asarray(DOSE_GRID, dtype=float))
+    return 1 / (1 + np.exp(-(w[0] + w[1] * x)))
+
+
+def dose_response(
+    results: dict[int, dict[str, dict[str, Any]]], arm: str, seed: int = 0
+) -> dict[str, Any] | None:
+    """Extraction against copies in the before set (members of the arm only), pooled over
+    replicates: observed rate per bucket, the logistic curve on DOSE_GRID and its bootstrap band."""
+    rows = [_per_image(results[s][arm]) for s in sorted(results) if arm in results[s]]
+    rows = [r for r in rows if r is not None]
+    if not rows:
+        return None
+    keys = np.concatenate([np.asarray(r["key"]) for r in rows])
+    k = np.concatenate([np.asarray(r["k"], dtype=float) for r in rows])
+    member = np.concatenate([np.asarray(r["member"], dtype=bool) for r in rows])
+    unique, image_of = np.unique(keys, return_inverse=True)
+    out: dict[str, Any] = {"grid": list(DOSE_GRID)}
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero((image_of == i) & member) for i in range(len(unique))]
+    groups = [g for g in groups if g.size]
+    for c in DOSE_CRITERIA:
+        y = np.concatenate([np.asarray(r["extracted"][c], dtype=float) for r in rows])
+        x = np.log2(k)
+        fit = logistic_fit(x[member], y[member])
+        band = []
+        for _ in range(DOSE_BOOTSTRAP):
+            pick = np.concatenate([groups[i] for i in rng.integers(0, len(groups), len(groups))])
+            band.append(_curve(logistic_fit(x[pick], y[pick])))
+        lo, hi = np.percentile(np.array(band), [2.5, 97.5], axis=0)
+        observed = {}
+        for name, low, high in BUCKETS:
+            inside = member & (k >= low) & (k <= high)
+            observed[name] = [int(y[inside].sum()), int(inside.sum())]
+        out[c] = {
+            "intercept": float(fit[0]),
+            "slope_per_doubling": float(fit[1]),
+            "curve": _curve(fit).tolist(),
+            "band95": [lo.tolist(), hi.tolist()],
+            "observed": observed,
+        }
+    return out
+
+
+def summarize(results: dict[int, dict[str, dict[str, Any]]], arms: tuple[str, ...], settings: dict) -> dict:
+    """Everything the tables, the report and RESULTS show, from the per-(replicate, arm) results."""
+    from attack.experiment import QUESTIONS
+
+    seeds = sorted(results)
+    buckets = [*BUCKET_NAMES, "total"]
+    out: dict[str, Any] = {
+        "replicates": seeds,
+        "arms": {a: {"question": QUESTIONS.get(a, "the reference: the data as downloaded")} for a in arms},
+        "settings": settings,
+        "primary": primary_endpoint(results),
+        "exploratory": exploratory(results, arms),
+    }
+    for arm in arms:
+        entry = out["arms"][arm]
+        entry["training_images"] = [results[s][arm]["training_images"] for s in seeds]
+        entry["steps"] = [results[s][arm]["steps"] for s in seeds]
+        entry["passes_per_image"] = [results[s][arm].get("passes_per_image") for s in seeds]
+        entry["final_loss"] = [results[s][arm].get("final_loss") for s in seeds]
+        entry["extracted_mean"] = {
+            c: {b: float(np.mean([results[s][arm]["extracted"][c][b] for s in seeds])) for b in buckets}
+            for c in CRITERIA
+        }
+        entry["null"] = null_calibration(results, arm)
+        entry["dose"] = dose_response(results, arm) if arm in ("before", "after") else None
+        entry["membership"] = {}
+        for b in [*BUCKET_NAMES, "all"]:
+            aucs = [results[s][arm]["membership"][b]["auc"] for s in seeds]
+            tprs = [results[s][arm]["membership"][b][f"tpr_at_{FPR:g}_fpr"] for s in seeds]
+            aucs_ok = [a for a in aucs if a is not None]
+            tprs_ok = [t for t in tprs if t is not None]
+            entry["membership"][b] = {
+                "auc_mean": float(np.mean(aucs_ok)) if aucs_ok else None,
+                "auc_t95": t_interval(aucs_ok),
+                "tpr_at_1pct_fpr_mean": float(np.mean(tprs_ok)) if tprs_ok else None,
+                "tpr_t95": t_interval(tprs_ok),
+            }
+    return out
+
+
+# -- text -------------------------------------------------------------------------------------------
+
+
+def _interval(ci: Any) -> str:
+    return "n/a" if ci is None else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]"
+
+
+def cell_text(cell: dict[str, Any]) -> str:
+    """One comparison as RESULTS and the report print it: mean, t-interval, Holm p, signs, mark."""
+    p = "-" if cell.get("p_holm") is None else f"{cell['p_holm']:.2f}"
+    mark = " *" if cell.get("significant") else ""
+    plus, minus = cell["signs"]
+    return f"{cell['mean']:+.2f} {_interval(cell['t95'])} p_holm={p} ({plus}+/{minus}-){mark}"
+
+
+def primary_text(p: dict[str, Any] | None) -> list[str]:
+    if p is None:
+        return ["Primary endpoint: no stored run holds per-image scores yet."]
+    power = "n/a (one replicate)" if p["power"] is None else f"{p['power']:.2f}"
+    need = p["replicates_for_80pct_power"]
+    verdict = "significant" if p["significant"] else "not significant"
+    return [
+        f"Primary endpoint (attack.md §6): {p['endpoint']}.",
+        f"Test: {p['test']}; alpha = {ALPHA}.",
+        f"Estimate {p['estimate']:+.4f} (t-interval {_interval(p['t95'])}), one-sided p = {p['p']:.4f} "
+        f"(the smallest p {p['replicates']} replicates allow: {p['smallest_possible_p']:.4f}): {verdict}.",
+        f"Power for the paper's effect ({PAPER_EFFECT:.0%} of the before mean score "
+        f"{p['before_mean_score']:.3f}, i.e. {p['paper_effect']:+.4f}): {power}; replicates for 80 % power: "
+        f"{'more than 40' if need is None and p['power'] is not None else need}.",
+    ]
+
+
+def format_experiment(s: dict[str, Any]) -> str:
+    """The tables of bench/RESULTS.md, from a summary (``python -m bench.attack --tables``)."""
+    buckets = [*BUCKET_NAMES, "total"]
+    n = len(s["replicates"])
+    family = s["exploratory"]
+    lines = [
+        f"Replicates (seeds): {', '.join(map(str, s['replicates']))}.",
+        "",
+        *primary_text(s.get("primary")),
+        "",
+        f"Exploratory ({family['family_size']} comparisons, Holm-corrected together): before - arm, "
+        "paired by replicate; mean [95 % t-interval] p_holm (replicates +/-); * = Holm-adjusted "
+        f"two-sided sign-flip p < {ALPHA}. With {n} replicates the smallest two-sided p is "
+        f"{smallest_p(n):.4f}" + (", so no cell can be marked." if smallest_p(n) >= ALPHA else "."),
+        "",
+    ]
+    for arm, entry in s["arms"].items():
+        lines.append(f"### {arm}: {entry['question']}")
+        lines.append(
+            f"training images {entry['training_images']}, steps {entry['steps']}, "
+            f"passes per image {entry['passes_per_image']}, final loss {entry['final_loss']}"
+        )
+        lines.append("")
+        lines.append("| criterion | " + " | ".join(buckets) + " |")
+        lines.append("|---|" + "---|" * len(buckets))
+        for c, row in entry["extracted_mean"].items():
+            if arm == "before":
+                lines.append(
+                    f"| {c} (mean extracted) | " + " | ".join(f"{row[b]:.1f}" for b in buckets) + " |"
+                )
+            else:
+                cells = [cell_text(family["cells"][f"{arm}|extracted {c}|{b}"]) for b in buckets]
+                lines.append(f"| {c} (before - arm) | " + " | ".join(cells) + " |")
+        extra = [(k, v) for k, v in family["cells"].items() if k.startswith(f"{arm}|primary")]
+        for name, cell in extra:
+            lines.append(f"- {name.split('|', 1)[1]}: {cell_text(cell)}")
+        lines.append("")
+        if entry.get("null"):
+            lines.append(
+                "| criterion | held-out called extracted (false-positive rate, 95 % CP) "
+                "| trained singletons extracted |"
+            )
+            lines.append("|---|---|---|")
+            for c, v in entry["null"].items():
+                rate = (
+                    "-"
+                    if v["rate"] is None
+                    else f"{v['false_positives']}/{v['held_out']} = {v['rate']:.3f} {_interval(v['cp95'])}"
+                )
+                trained = (
+                    "-"
+                    if v["trained_rate"] is None
+                    else f"{v['trained_singletons_extracted']}/{v['trained_singletons']} "
+                    f"= {v['trained_rate']:.3f}"
+                )
+                lines.append(f"| {c} | {rate} | {trained} |")
+            lines.append("")
+        mem = entry["membership"]
+        keys = [*BUCKET_NAMES, "all"]
+        lines.append("| membership (t=100), descriptive | " + " | ".join(keys) + " |")
+        lines.append("|---|" + "---|" * len(keys))
+        lines.append(
+            "| AUC mean [t-interval] | "
+            + " | ".join(
+                "-"
+                if mem[b]["auc_mean"] is None
+                else f"{mem[b]['auc_mean']:.3f} {_interval(mem[b]['auc_t95'])}"
+                for b in keys
+            )
+            + " |"
+        )
+        lines.append("")
+        if entry.get("dose"):
+            dose = entry["dose"]
+            lines.append(f"dose-response ({arm}, members; logistic in log2 copies; 95 % band over images):")
+            lines.append("")
+            lines.append(
+                "| criterion | slope per doubling | " + " | ".join(f"P(k={g})" for g in dose["grid"]) + " |"
+            )
+            lines.append("|---|---|" + "---|" * len(dose["grid"]))
+            for c in DOSE_CRITERIA:
+                d = dose[c]
+                cells = [
+                    f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
+                    for v, lo, hi in zip(d["curve"], d["band95"][0], d["band95"][1], strict=True)
+                ]
+                lines.append(f"| {c} | {d['slope_per_doubling']:+.2f} | " + " | ".join(cells) + " |")
+            lines.append("")
+    if s.get("notes"):
+        lines.append("Notes: " + "; ".join(s["notes"]))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,57 @@
+"""The experiment's tests (attack.md §6) against values worked out by hand: significance only from
+tests exact at the replicate count used."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from attack.stats import (
+    clopper_pearson,
+    holm,
+    replicates_for_power,
+    sign_flip_p,
+    sign_flip_power,
+    smallest_p,
+    t_interval,
+)
+
+
+def test_the_issue_case_is_not_significant_by_any_valid_test():
+    d = [1, 1, 1, 0, 0]  # a 5-value percentile bootstrap gives [0.2, 1.0], "significant"
+    assert sign_flip_p(d) == pytest.approx(8 / 32)  # the three ones share a sign: 2 x 2^2 patterns
+    lo, hi = t_interval(d)
+    assert lo == pytest.approx(-0.08, abs=0.01) and hi == pytest.approx(1.28, abs=0.01)
+
+
+def test_five_replicates_cannot_reach_a_two_sided_005():
+    assert smallest_p(5) == pytest.approx(0.0625) and smallest_p(5, "greater") == pytest.approx(1 / 32)
+    assert sign_flip_p([3, 2, 4, 5, 1]) == pytest.approx(2 / 32)
+    assert sign_flip_p([3, 2, 4, 5, 1], "greater") == pytest.approx(1 / 32)
+    assert sign_flip_p([3, 2, 4, 5, 1], "less") == pytest.approx(1.0)
+
+
+def test_monte_carlo_beyond_the_exact_range_is_valid_and_seeded():
+    d = np.r_[np.ones(15), -np.ones(10)]
+    p = sign_flip_p(d, seed=3)
+    assert p == sign_flip_p(d, seed=3) and 0.3 < p < 0.8  # binomial: P(|S| >= 5) ~ 0.42
+    assert sign_flip_p(np.ones(25), "greater") == pytest.approx(1 / 100_001)
+
+
+def test_holm_adjusts_step_down_and_keeps_missing_cells():
+    assert holm([0.01, 0.04, None, 0.03]) == pytest.approx([0.03, 0.06, None, 0.06])
+    assert holm([0.5, 0.9]) == [1.0, 1.0]  # monotone: the larger p never falls below the smaller
+
+
+def test_clopper_pearson_is_the_exact_binomial_interval():
+    lo, hi = clopper_pearson(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(1 - 0.025 ** (1 / 10))
+    assert clopper_pearson(0, 0) is None
+
+
+def test_power_grows_with_replicates_and_is_zero_where_no_p_can_reach_alpha():
+    assert sign_flip_power(1.0, 1.0, 4) == 0.0  # 1/16 > 0.05 one-sided
+    low, high = sign_flip_power(1.0, 1.0, 6), sign_flip_power(1.0, 1.0, 12)
+    assert 0 < low < high <= 1
+    n = replicates_for_power(1.0, 1.0)
+    assert n is not None and sign_flip_power(1.0, 1.0, n, draws=500) >= 0.8 - 0.05
