@@ -14,7 +14,8 @@ from conftest import encode, photo, write_download_shard
 from dedup.cluster.stage import run_cluster
 from dedup.core.config import ClusterConfig, EmbedConfig, WriteConfig
 from dedup.core.layout import WorkDir
-from dedup.download.ingest import key_of, run_import
+from dedup.download.ingest import run_import
+from dedup.download.sources import key_of
 from dedup.embed.stage import run_embed
 from dedup.write.stage import run_write
 from dedup.write.verify import verify
