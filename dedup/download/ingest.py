@@ -47,8 +47,16 @@ from typing import Any
 
 import polars as pl
 
-from dedup.core.errors import UserError
-from dedup.core.layout import WorkDir, atomic_path, locked, read_json, shards_in, write_json
+from dedup.core.errors import UserError, describe
+from dedup.core.layout import (
+    WorkDir,
+    atomic_path,
+    locked,
+    read_json,
+    remove_stale_temporaries,
+    shards_in,
+    write_json,
+)
 from dedup.core.markers import write_marker
 from dedup.core.shards import IMAGE_EXTENSIONS, MAX_IMAGE_AREA, iter_samples
 from dedup.download.readers import (
@@ -100,7 +108,7 @@ def _image_size(data: bytes) -> tuple[int | None, int | None, str | None]:
         return (
             None,
             None,
-            f"not an image: {str(err).splitlines()[0][:120] if str(err) else type(err).__name__}",
+            f"not an image: {describe(err)}",
         )
 
 
@@ -176,7 +184,7 @@ def write_shard(work: WorkDir, shard: int, samples: Iterable[SourceSample]) -> d
     rows = []
     with (
         atomic_path(work.download_tar(shard)) as tmp,
-        tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar,
+        tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar,
     ):
         for s in samples:
             row = _row(s.key, s.origin, s.caption, s.image, s.error)
@@ -340,6 +348,7 @@ def run_import(
     fresh = previous is None
     started = time.time()
     work.download_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(work.download_dir)  # a killed import's half-written files
     try:
         files = listing(src)
         if fresh:

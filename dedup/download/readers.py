@@ -19,6 +19,7 @@ from dedup.download.sources import (
     Source,
     key_of,
     parquet_files,
+    readable_name,
     relative,
     visible_files,
 )
@@ -69,10 +70,18 @@ def folder_samples(source: Source) -> Iterator[SourceSample]:
         is_image = ext in IMAGE_EXTENSIONS
         if not is_image and ext in SIDECARS and p.rsplit(".", 1)[0] in images:
             continue  # a caption, read with its image
-        key = key_of(rel) if is_image else rel.replace(".", "_")
+        printable = readable_name(rel)
+        key = key_of(printable) if is_image else printable.replace(".", "_")
         if key in seen:
-            raise UserError(f"{source.url}: {seen[key]} and {rel} map to the same key '{key}'; rename one")
-        seen[key] = rel
+            raise UserError(
+                f"{source.url}: {seen[key]} and {printable} map to the same key '{key}'; rename one"
+            )
+        seen[key] = printable
+        if printable != rel:  # a key, a url and a tar member must be text: the file is named, not read
+            yield SourceSample(
+                key, printable, None, "", error="file name is not UTF-8; rename it to import it"
+            )
+            continue
         if not is_image:
             yield SourceSample(key, rel, None, "", error=f"not an image file ({ext or 'no extension'})")
             continue

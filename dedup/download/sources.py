@@ -127,6 +127,15 @@ def relative(path: str, root: str) -> str:
     return path[len(root.rstrip("/")) + 1 :] if root else path
 
 
+def readable_name(rel: str) -> str:
+    """A path as UTF-8 text: undecodable bytes (surrogate-escaped by the OS layer) shown as U+FFFD."""
+    try:
+        rel.encode("utf-8")
+        return rel
+    except UnicodeEncodeError:
+        return rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def hidden(rel: str) -> bool:
     return any(part.startswith(".") for part in rel.split("/"))
 
@@ -227,7 +236,13 @@ def listing(src: Source) -> pl.DataFrame:
     rows = []
     for p in read_files(src):
         info = src.fs.info(p)
-        rows.append({"path": relative(p, root), "size": int(info.get("size") or 0), "mtime": _mtime(info)})
+        rows.append(
+            {
+                "path": readable_name(relative(p, root)),
+                "size": int(info.get("size") or 0),
+                "mtime": _mtime(info),
+            }
+        )
     return pl.DataFrame(rows, schema=LISTING_SCHEMA)
 
 

@@ -28,6 +28,7 @@ from PIL import Image, ImageOps
 
 from dedup.core.config import EmbedConfig
 from dedup.core.errors import UserError
+from dedup.core.errors import describe as describe_error
 from dedup.core.layout import WorkDir, atomic_path, locked, read_json, remove_stale_temporaries, write_json
 from dedup.core.markers import read_marker, write_marker
 from dedup.core.shards import MAX_IMAGE_AREA, Sample, input_samples
@@ -134,7 +135,7 @@ def prepare_sample(
             # orientation tag looks like its original, so it must hash and embed like it
             rgb = ImageOps.exif_transpose(im).convert("RGB")
     except Exception as err:
-        facts["status"] = f"decode_error: {str(err).strip()[:120] or type(err).__name__}"
+        facts["status"] = f"decode_error: {describe_error(err)}"
         return facts, None
     facts["width"], facts["height"] = rgb.size
     rgb = trim_border(rgb)  # a letterboxed or padded copy hashes and embeds like its original

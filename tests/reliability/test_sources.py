@@ -308,3 +308,29 @@ def test_a_ray_address_with_nothing_there_fails_in_seconds_in_one_line(folder, t
     r = cli("embed", str(work.root), "--executor", "ray", "--ray-address", "127.0.0.1:9")
     assert r.returncode == 2 and "no Ray head answers there" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and time.time() - started < 60
+
+
+def test_long_and_non_utf8_file_names_are_imported_or_named_never_a_traceback(folder, tmp_path, cli):
+    long_dir = folder / ("d" * 120)
+    long_dir.mkdir()
+    (long_dir / ("b" * 150 + ".jpg")).write_bytes(encode(photo(7, (120, 90))))  # over ustar's 256 bytes
+    with open(os.fsencode(folder) + b"/caf\xe9.jpg", "wb") as f:  # a Latin-1 name on a UTF-8 system
+        f.write(encode(photo(8, (120, 90))))
+    (folder / "broken.jpg").write_bytes(b"not an image at all")
+    work = tmp_path / "w"
+    r = cli("import", str(folder), str(work))
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    ledger = _chain(WorkDir(work))
+    detail = dict(zip(ledger["key"], ledger["detail"], strict=True))
+    assert detail["caf\ufffd"].endswith("file name is not UTF-8; rename it to import it")
+    assert "0x" not in detail["broken"]  # no memory address: a rerun writes the same bytes
+    assert ledger.filter(pl.col("key") == f"{'d' * 120}/{'b' * 150}")["kept"].to_list() == [True]
+
+
+def test_a_killed_imports_temporary_files_are_gone_after_the_rerun(folder, tmp_path):
+    work = WorkDir(tmp_path / "w")
+    run_import(folder, work)
+    stray = work.download_dir / ".00000.tar.1234.tmp"
+    stray.write_bytes(b"half")
+    run_import(folder, work)
+    assert not stray.exists()
