@@ -122,7 +122,17 @@ def stage_status(work: WorkDir) -> list[tuple[str, str]]:
             if stale or missing:
                 stale_stage.add(stage)
                 text += f", {len(stale)} stale (input changed since), {missing} not embedded"
-        lines.append((stage, f"{text:<14} config {', '.join(hashes)}"))
+        text = f"{text:<14} config {', '.join(hashes)}"
+        if stage == "download":
+            problems = [p for p in (_input_problem(work, s) for s in sorted(inputs)) if p]
+            if problems:
+                stale_stage.add("embed")  # everything made from these inputs is suspect
+                text += f"  CHANGED: {len(problems)} input tar(s) changed or gone since ({problems[0]})"
+        if stage == "write":
+            gone = [s for s in sorted(shards) if not work.dedup_tar(int(s)).exists()]
+            if gone:
+                text += f"  MISSING: {len(gone)} output tar(s) ({', '.join(gone[:3])}); rerun write"
+        lines.append((stage, text))
     upstream = {"cluster": "embed", "write": "cluster", "report": "write"}
     order = [
         "download",
@@ -155,6 +165,17 @@ def _upstream_changed(work: WorkDir, info: dict[str, Any], stage: str, latest: d
         return record["upstream"] != upstream_fingerprint(work, name)
     up = {"cluster": "embed", "write": "cluster", "report": "write"}[stage]
     return latest.get(up, "") > latest.get(stage, "")
+
+
+def _input_problem(work: WorkDir, shard: int) -> str | None:
+    """Why an input tar cannot be read as it was (an imported original changed or gone), or None."""
+    from dedup.core.errors import UserError
+
+    try:
+        work.input_tar(shard)
+    except UserError as err:
+        return str(err)
+    return None
 
 
 def _identity(work: WorkDir, shard: int) -> list[int] | None:

@@ -334,3 +334,19 @@ def test_a_killed_imports_temporary_files_are_gone_after_the_rerun(folder, tmp_p
     stray.write_bytes(b"half")
     run_import(folder, work)
     assert not stray.exists()
+
+
+def test_status_names_a_changed_original_tar_and_a_missing_output_tar(tmp_path, cli):
+    src = tmp_path / "s"
+    src.mkdir()
+    _shard(src / "00000.tar", [1, 2, 3])
+    work = WorkDir(tmp_path / "w")
+    run_import(src, work)
+    _chain(work)
+    work.dedup_tar(0).unlink()
+    with open(src / "00000.tar", "ab") as f:
+        f.write(bytes(512))
+    r = cli("status", str(work.root))
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert "CHANGED: 1 input tar(s)" in r.stdout and "00000.tar: changed since it was imported" in r.stdout
+    assert "MISSING: 1 output tar(s) (00000)" in r.stdout
