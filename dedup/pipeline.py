@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -127,9 +128,24 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> WorkDi
     wanted = stages or list(cfg.stages)
     check_stages(wanted)
     runners = _stage_runners()
+    fresh = not work.root.exists()
+    if fresh and "download" in wanted and not (cfg.source or cfg.download.url_list):
+        raise UserError(
+            "the config names no data (neither source: nor download.url_list); nothing was created"
+        )
     work.root.mkdir(parents=True, exist_ok=True)
     with atomic_path(work.config_copy) as tmp:
         tmp.write_text(dump_config(cfg))
+    try:
+        _run_stages(cfg, work, wanted, runners)
+    except UserError:
+        if fresh and {p.name for p in work.root.iterdir()} <= {work.config_copy.name}:
+            shutil.rmtree(work.root)  # a refusal before any stage wrote: leave nothing behind
+        raise
+    return work
+
+
+def _run_stages(cfg: PipelineConfig, work: WorkDir, wanted: list[str], runners: dict[str, Runner]) -> None:
     with make_executor(cfg.executor, cfg.ray.address, cfg.ray.num_cpus) as executor:
         for stage in (s for s in STAGE_ORDER if s in wanted):
             if stage not in runners:
@@ -139,7 +155,6 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> WorkDi
             started = time.time()
             runners[stage](cfg, work, executor)
             typer.echo(f"   {stage} finished in {time.time() - started:.1f} s")
-    return work
 
 
 def run_demo(workdir: Path, cfg: PipelineConfig | None = None, stages: list[str] | None = None) -> WorkDir:

@@ -256,9 +256,38 @@ def load_config(path: str | Path) -> PipelineConfig:
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of stage sections at the top level")
     try:
-        return PipelineConfig.model_validate(data)
+        config = PipelineConfig.model_validate(data)
     except ValidationError as err:
         raise UserError(f"{path}: {_first_error(err)}") from None
+    return resolve_paths(config, path.parent, data)
+
+
+# Paths a config names, resolved against the config's own folder (as compose files and most build
+# tools do), so `dedup run sub/c.yaml` means the same from any directory. cluster.ground_truth is
+# relative to the work directory instead (the demo's ground truth lives there).
+CONFIG_PATHS = (
+    ("workdir",),
+    ("source",),
+    ("download", "url_list"),
+    ("embed", "from_precomputed"),
+    ("cluster", "against"),
+)
+
+
+def resolve_paths(config: PipelineConfig, folder: Path, given: dict[str, Any]) -> PipelineConfig:
+    """Relative local paths the YAML gave, made absolute against ``folder``; URLs and absolute
+    paths, and settings the YAML did not give, stay as they are."""
+    for where in CONFIG_PATHS:
+        raw: Any = given
+        for part in where:
+            raw = raw.get(part) if isinstance(raw, dict) else None
+        if not isinstance(raw, str) or "://" in raw or Path(raw).is_absolute():
+            continue
+        section: Any = config
+        for part in where[:-1]:
+            section = getattr(section, part)
+        setattr(section, where[-1], str((folder / raw).resolve()))
+    return config
 
 
 def override(section: S, **options: Any) -> S:

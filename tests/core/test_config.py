@@ -12,8 +12,23 @@ from dedup.pipeline import DEMO_SETTINGS, demo_config
 
 
 def test_demo_yaml_matches_builtin_demo_settings():
-    assert load_config(REPO / "configs" / "demo.yaml") == demo_config()
-    assert yaml.safe_load((REPO / "configs" / "demo.yaml").read_text()) == DEMO_SETTINGS
+    loaded = load_config(REPO / "configs" / "demo.yaml")
+    assert loaded.workdir == str(REPO / "demo-work")  # relative to the config's folder: ../demo-work
+    assert loaded.model_copy(update={"workdir": "demo-work"}) == demo_config()
+    raw = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    assert {**raw, "workdir": "demo-work"} == DEMO_SETTINGS
+
+
+def test_relative_paths_in_a_config_are_relative_to_its_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    cfg = folder / "c.yaml"
+    cfg.write_text("workdir: w\nsource: data/photos\ndownload: {url_list: s3://b/list.parquet}\n")
+    monkeypatch.chdir(tmp_path)  # run from elsewhere
+    loaded = load_config(cfg)
+    assert loaded.workdir == str(folder / "w") and loaded.source == str(folder / "data" / "photos")
+    assert loaded.download.url_list == "s3://b/list.parquet"  # a URL stays a URL
+    assert load_config(folder / ".." / "project" / "c.yaml").workdir == str(folder / "w")
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)

@@ -350,3 +350,20 @@ def test_status_names_a_changed_original_tar_and_a_missing_output_tar(tmp_path, 
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     assert "CHANGED: 1 input tar(s)" in r.stdout and "00000.tar: changed since it was imported" in r.stdout
     assert "MISSING: 1 output tar(s) (00000)" in r.stdout
+
+
+def test_an_empty_config_is_refused_and_leaves_no_work_dir(tmp_path, cli):
+    (tmp_path / "empty.yaml").write_text("")
+    r = cli("run", str(tmp_path / "empty.yaml"), cwd=tmp_path)
+    assert r.returncode == 2 and "names no data" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "work").exists()
+
+
+def test_a_config_run_from_elsewhere_finds_its_relative_source_and_workdir(folder, tmp_path, cli):
+    project = folder.parent
+    (project / "c.yaml").write_text(f"source: {folder.name}\nworkdir: w\nstages: [download]\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    r = cli("run", str(project / "c.yaml"), cwd=elsewhere)
+    assert r.returncode == 0, r.stderr
+    assert (project / "w" / "download_summary.json").exists() and not any(elsewhere.iterdir())
