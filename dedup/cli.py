@@ -21,7 +21,9 @@ from dedup.options import (
     WorkdirArg,
     load_pipeline_config,
     open_executor,
+    with_executor,
 )
+from dedup.stages import Options, run_stage
 
 app = typer.Typer(
     cls=Group,
@@ -116,7 +118,6 @@ def download(
     """
     from dedup.core.config import override
     from dedup.core.layout import WorkDir
-    from dedup.download.stage import format_summary, run_download
 
     cfg = override(
         load_pipeline_config(config).download,
@@ -142,8 +143,15 @@ def download(
         incremental=incremental,
         distributor=distributor,
     )
-    summary = run_download(cfg, WorkDir(workdir))
-    typer.echo(format_summary(summary))
+    pipeline = load_pipeline_config(config)
+    with open_executor(pipeline, None, None) as ex:
+        run_stage(
+            "download",
+            pipeline.model_copy(update={"download": cfg, "source": None}),
+            WorkDir(workdir),
+            ex,
+            Options(),
+        )
 
 
 @app.command("import", rich_help_panel="Stages")
@@ -240,7 +248,6 @@ def embed(
     """
     from dedup.core.config import override
     from dedup.core.layout import WorkDir
-    from dedup.embed.stage import format_embed_summary, run_embed
 
     pipeline = load_pipeline_config(config)
     cfg = override(
@@ -256,7 +263,9 @@ def embed(
         embed_missing=embed_missing,
     )
     with open_executor(pipeline, executor, ray_address) as ex:
-        typer.echo(format_embed_summary(run_embed(cfg, WorkDir(workdir), progress=progress, executor=ex)))
+        run_stage(
+            "embed", pipeline.model_copy(update={"embed": cfg}), WorkDir(workdir), ex, Options(progress)
+        )
 
 
 @app.command(rich_help_panel="Stages")
@@ -335,7 +344,6 @@ def cluster(
     WORKDIR/cluster/clusters.parquet (key, cluster_id, cluster_size, is_representative,
     representative_key, similarity_to_representative).
     """
-    from dedup.cluster.stage import format_cluster_summary, run_cluster
     from dedup.core.config import override
     from dedup.core.layout import WorkDir
 
@@ -355,8 +363,13 @@ def cluster(
         against=str(against) if against else None,
     )
     with open_executor(pipeline, executor, ray_address) as ex:
-        summary = run_cluster(cfg, WorkDir(workdir), progress=progress, force=force, executor=ex)
-    typer.echo(format_cluster_summary(summary))
+        run_stage(
+            "cluster",
+            pipeline.model_copy(update={"cluster": cfg}),
+            WorkDir(workdir),
+            ex,
+            Options(progress, force),
+        )
 
 
 @app.command(rich_help_panel="Inspect")
@@ -416,8 +429,12 @@ def write(
     pipeline = load_pipeline_config(config)
     cfg = override(pipeline.write, samples_per_shard=samples_per_shard, workers=workers)
     with open_executor(pipeline, executor, ray_address) as ex:
-        summary = run_write(cfg, WorkDir(workdir), dry_run=dry_run, progress=progress, executor=ex)
-    typer.echo(format_write_summary(summary))
+        if dry_run:  # a preview, not a stage run: nothing is written
+            typer.echo(format_write_summary(run_write(cfg, WorkDir(workdir), dry_run=True, executor=ex)))
+            return
+        run_stage(
+            "write", pipeline.model_copy(update={"write": cfg}), WorkDir(workdir), ex, Options(progress)
+        )
 
 
 @app.command("verify", rich_help_panel="Inspect")
@@ -454,12 +471,10 @@ def report(workdir: WorkdirArg, config: ConfigOpt = None) -> None:
     and after dedup, and the settings behind them. It shows what exists and says what did not run.
     """
     from dedup.core.layout import WorkDir
-    from dedup.report.stage import run_report
 
-    work = WorkDir(workdir)
-    summary = run_report(load_pipeline_config(config).report, work)
-    ran = [k for k, v in summary["stages"].items() if v]
-    typer.echo(f"report: {work.report_dir / 'index.html'} (stages shown: {', '.join(ran) or 'none'})")
+    pipeline = load_pipeline_config(config)
+    with open_executor(pipeline, None, None) as ex:
+        run_stage("report", pipeline, WorkDir(workdir), ex, Options())
 
 
 @app.command(rich_help_panel="Pipelines")
@@ -483,6 +498,27 @@ def demo(
     run_demo(workdir, load_pipeline_config(config) if config else None, stages.split(",") if stages else None)
 
 
+@app.command("stage", rich_help_panel="Pipelines")
+def stage_cmd(
+    name: Annotated[
+        str, typer.Argument(help="A stage of the registry: dedup run's stages, added ones included.")
+    ],
+    workdir: WorkdirArg,
+    config: ConfigOpt = None,
+    executor: ExecutorOpt = None,
+    ray_address: RayAddressOpt = None,
+) -> None:
+    """Run one stage of the registry (dedup/stages.py) on WORKDIR with a config's settings, exactly as
+    `dedup run --stages NAME` would: the way to run a stage another package adds."""
+    from dedup.core.layout import WorkDir
+    from dedup.stages import check_stages
+
+    check_stages([name])
+    pipeline = load_pipeline_config(config)
+    with open_executor(pipeline, executor, ray_address) as ex:
+        run_stage(name, pipeline, WorkDir(workdir), ex, Options())
+
+
 @app.command(rich_help_panel="Pipelines")
 def run(
     config: Annotated[Path, typer.Argument(help="YAML pipeline config (see configs/).")],
@@ -495,20 +531,11 @@ def run(
 ) -> None:
     """Run every stage of a YAML pipeline in order, skipping work already complete."""
     from dedup.core.config import load_config
-    from dedup.core.executors import EXECUTORS
     from dedup.pipeline import run_pipeline
 
-    cfg = load_config(config)
+    cfg = with_executor(load_config(config), executor, ray_address)  # as every stage command does
     if workdir is not None:
         cfg.workdir = str(workdir)
-    if executor is not None:
-        if executor not in EXECUTORS:
-            raise UserError(f"--executor {executor}: choose from {', '.join(EXECUTORS)}")
-        cfg.executor = executor
-    if ray_address is not None:
-        if cfg.executor != "ray":
-            raise UserError("--ray-address needs --executor ray")
-        cfg.ray.address = ray_address
     run_pipeline(cfg, stages.split(",") if stages else None)
 
 

@@ -72,15 +72,28 @@ RayAddressOpt = Annotated[
 ]
 
 
+def with_executor(config: Any, executor: str | None, ray_address: str | None) -> Any:
+    """The config with ``--executor`` / ``--ray-address`` applied (checked once, for every command)."""
+    from dedup.core.executors import EXECUTORS
+
+    name = executor or config.executor
+    if name not in EXECUTORS:
+        raise UserError(f"--executor {name}: choose from {', '.join(EXECUTORS)}")
+    if ray_address and name != "ray":
+        raise UserError("--ray-address needs --executor ray")
+    out = config.model_copy(deep=True)
+    out.executor = name
+    if ray_address:
+        out.ray.address = ray_address
+    return out
+
+
 def open_executor(config: Any, executor: str | None, ray_address: str | None) -> Any:
     """The executor a command runs on: the options, else the config's ``executor`` and ``ray``."""
     from dedup.core.executors import make_executor
 
-    name = executor or config.executor
-    address = ray_address or config.ray.address
-    if ray_address and name != "ray":
-        raise UserError("--ray-address needs --executor ray")
-    return make_executor(name, address, config.ray.num_cpus)
+    chosen = with_executor(config, executor, ray_address)
+    return make_executor(chosen.executor, chosen.ray.address, chosen.ray.num_cpus)
 
 
 def load_pipeline_config(path: Path | None) -> Any:

@@ -1,10 +1,10 @@
-"""Runs stages in order over one work directory; each stage skips what its markers say is done."""
+"""``dedup run`` and ``dedup demo``: the registry's stages (dedup/stages.py) in order over one work
+directory; each stage skips what its markers say is done."""
 
 from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +12,8 @@ import typer
 
 from dedup.core.config import DemoConfig, PipelineConfig, dump_config
 from dedup.core.errors import UserError
-from dedup.core.executors import Executor, make_executor
 from dedup.core.layout import WorkDir, atomic_path
-
-STAGE_ORDER = ("download", "embed", "cluster", "write", "attack", "report")
+from dedup.stages import Options, check_stages, registry, run_stage
 
 # The demo's settings; configs/demo.yaml holds the same values (a test keeps them in sync), so
 # `dedup demo` works from an installed package as well as from a checkout.
@@ -43,63 +41,7 @@ def demo_config() -> PipelineConfig:
     return PipelineConfig.model_validate(DEMO_SETTINGS)
 
 
-Runner = Callable[[PipelineConfig, WorkDir, Executor], None]
-
-
-def _stage_runners() -> dict[str, Runner]:
-    def download(cfg: PipelineConfig, work: WorkDir, executor: Executor) -> None:
-        if cfg.source:
-            return _import(cfg, work)
-        from dedup.download.stage import format_summary, run_download
-
-        settings = cfg.download
-        if executor.name == "ray" and settings.distributor == "multiprocessing":
-            settings = settings.model_copy(update={"distributor": "ray"})  # img2dataset's own, on the cluster
-        typer.echo(format_summary(run_download(settings, work)))
-
-    def embed(cfg: PipelineConfig, work: WorkDir, executor: Executor) -> None:
-        from dedup.embed.stage import format_embed_summary, run_embed
-
-        typer.echo(format_embed_summary(run_embed(cfg.embed, work, executor=executor)))
-
-    def cluster(cfg: PipelineConfig, work: WorkDir, executor: Executor) -> None:
-        from dedup.cluster.evaluate import format_evaluation, run_evaluate
-        from dedup.cluster.stage import format_cluster_summary, run_cluster
-
-        typer.echo(format_cluster_summary(run_cluster(cfg.cluster, work, executor=executor)))
-        if cfg.cluster.ground_truth:
-            typer.echo(format_evaluation(run_evaluate(work, Path(cfg.cluster.ground_truth))))
-
-    def write(cfg: PipelineConfig, work: WorkDir, executor: Executor) -> None:
-        from dedup.write.stage import format_write_summary, run_write
-
-        typer.echo(format_write_summary(run_write(cfg.write, work, executor=executor)))
-
-    def attack(cfg: PipelineConfig, work: WorkDir, executor: Executor) -> None:
-        from dedup.core.extensions import PIPELINE_STAGES, extension
-
-        stage = extension(PIPELINE_STAGES, "attack")
-        if stage is None:
-            raise UserError("the attack stage needs the attack package, which is not installed")
-        stage(cfg, work, executor)
-
-    def report(cfg: PipelineConfig, work: WorkDir, executor: Executor) -> None:
-        from dedup.report.stage import run_report
-
-        run_report(cfg.report, work)
-        typer.echo(f"   report: {work.report_dir / 'index.html'}")
-
-    return {
-        "download": download,
-        "embed": embed,
-        "cluster": cluster,
-        "write": write,
-        "attack": attack,
-        "report": report,
-    }
-
-
-def _import(cfg: PipelineConfig, work: WorkDir) -> None:
+def import_source(cfg: PipelineConfig, work: WorkDir) -> None:
     """The download stage of a config with ``source:``: import once; a rerun with the same source
     is up to date, another source into the same work directory is refused by the import itself."""
     from dedup.core.layout import read_json
@@ -117,17 +59,10 @@ def _import(cfg: PipelineConfig, work: WorkDir) -> None:
     typer.echo(format_import_summary(run_import(cfg.source, work, cfg.download.samples_per_shard)))
 
 
-def check_stages(stages: list[str]) -> None:
-    unknown = [s for s in stages if s not in STAGE_ORDER]
-    if unknown:
-        raise UserError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGE_ORDER)}")
-
-
 def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> WorkDir:
     work = WorkDir(cfg.workdir)
     wanted = stages or list(cfg.stages)
     check_stages(wanted)
-    runners = _stage_runners()
     fresh = not work.root.exists()
     if fresh and "download" in wanted and not (cfg.source or cfg.download.url_list):
         raise UserError(
@@ -137,7 +72,7 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> WorkDi
     with atomic_path(work.config_copy) as tmp:
         tmp.write_text(dump_config(cfg))
     try:
-        _run_stages(cfg, work, wanted, runners)
+        _run_stages(cfg, work, wanted)
     except UserError:
         if fresh and {p.name for p in work.root.iterdir()} <= {work.config_copy.name}:
             shutil.rmtree(work.root)  # a refusal before any stage wrote: leave nothing behind
@@ -145,15 +80,14 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> WorkDi
     return work
 
 
-def _run_stages(cfg: PipelineConfig, work: WorkDir, wanted: list[str], runners: dict[str, Runner]) -> None:
-    with make_executor(cfg.executor, cfg.ray.address, cfg.ray.num_cpus) as executor:
-        for stage in (s for s in STAGE_ORDER if s in wanted):
-            if stage not in runners:
-                typer.echo(f"== {stage}: not available in this version, skipped")
-                continue
+def _run_stages(cfg: PipelineConfig, work: WorkDir, wanted: list[str]) -> None:
+    from dedup.options import open_executor
+
+    with open_executor(cfg, None, None) as executor:
+        for stage in (s for s in registry() if s in wanted):
             typer.echo(f"== {stage}" + (f" (executor: {executor.name})" if executor.name != "local" else ""))
             started = time.time()
-            runners[stage](cfg, work, executor)
+            run_stage(stage, cfg, work, executor, Options())
             typer.echo(f"   {stage} finished in {time.time() - started:.1f} s")
 
 

@@ -202,9 +202,21 @@ class PipelineConfig(Section):
     )
     report: ReportConfig = Field(default_factory=ReportConfig)
     demo: DemoConfig | None = None
-    stages: list[Literal["download", "embed", "cluster", "write", "attack", "report"]] = Field(
-        default_factory=lambda: ["download", "embed", "cluster", "write", "report"]
+    stages: list[str] = Field(
+        default_factory=lambda: ["download", "embed", "cluster", "write", "report"],
+        description="names from the stage registry (dedup/stages.py), run in the registry's order",
     )
+
+    @field_validator("stages")
+    @classmethod
+    def _known_stages(cls, v: list[str]) -> list[str]:
+        from dedup.stages import stage_names
+
+        known = stage_names()
+        unknown = [s for s in v if s not in known]
+        if unknown:
+            raise ValueError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+        return v
 
     @field_validator("attack", mode="before")
     @classmethod
