@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from dedup.core.config import ClusterConfig, DownloadConfig, EmbedConfig, WriteConfig
 from dedup.core.errors import UserError
 from dedup.options import (
     ConfigOpt,
@@ -19,6 +20,7 @@ from dedup.options import (
     Group,
     RayAddressOpt,
     WorkdirArg,
+    default_of,
     load_pipeline_config,
     open_executor,
     with_executor,
@@ -50,65 +52,92 @@ def download(
     input_format: Annotated[
         str | None, typer.Option(help="Format of URL_LIST; inferred from its suffix.")
     ] = None,
-    url_col: Annotated[str | None, typer.Option(help="URL column. [default: URL, as in LAION]")] = None,
-    caption_col: Annotated[str | None, typer.Option(help="Caption column. [default: TEXT]")] = None,
+    url_col: Annotated[str | None, typer.Option(help="URL column. \\[default: URL, as in LAION]")] = None,
+    caption_col: Annotated[
+        str | None, typer.Option(help=f"Caption column. {default_of(DownloadConfig, 'caption_col')}")
+    ] = None,
     save_additional_columns: Annotated[
         list[str] | None, typer.Option(help="Extra input columns to keep in each sample's json (repeatable).")
     ] = None,
-    image_size: Annotated[int | None, typer.Option(help="Target size in pixels. [default: 512]")] = None,
+    image_size: Annotated[
+        int | None, typer.Option(help=f"Target size in pixels. {default_of(DownloadConfig, 'image_size')}")
+    ] = None,
     resize_mode: Annotated[
         str | None,
         typer.Option(
-            help="no | border | keep_ratio | keep_ratio_largest | center_crop. [default: keep_ratio]"
+            help="no | border | keep_ratio | keep_ratio_largest | center_crop. "
+            f"{default_of(DownloadConfig, 'resize_mode')}"
         ),
     ] = None,
-    resize_only_if_bigger: Annotated[bool | None, typer.Option(help="Never upscale. [default: on]")] = None,
+    resize_only_if_bigger: Annotated[
+        bool | None,
+        typer.Option(help=f"Never upscale. {default_of(DownloadConfig, 'resize_only_if_bigger')}"),
+    ] = None,
     encode_format: Annotated[
-        str | None, typer.Option(help="jpg | png | webp, for re-encoded images. [default: jpg]")
+        str | None,
+        typer.Option(
+            help=f"jpg | png | webp, for re-encoded images. {default_of(DownloadConfig, 'encode_format')}"
+        ),
     ] = None,
     skip_reencode: Annotated[
-        bool | None, typer.Option(help="Keep the original bytes when no resize is needed. [default: on]")
+        bool | None,
+        typer.Option(
+            help="Keep the original bytes when no resize is needed. "
+            f"{default_of(DownloadConfig, 'skip_reencode')}"
+        ),
     ] = None,
-    processes: Annotated[int | None, typer.Option(help="Download processes. [default: 1]")] = None,
-    threads: Annotated[int | None, typer.Option(help="Threads per process. [default: 64]")] = None,
+    processes: Annotated[
+        int | None, typer.Option(help=f"Download processes. {default_of(DownloadConfig, 'processes')}")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(help=f"Threads per process. {default_of(DownloadConfig, 'threads')}")
+    ] = None,
     samples_per_shard: Annotated[
-        int | None, typer.Option(help="Samples per output shard. [default: 10000]")
+        int | None,
+        typer.Option(help=f"Samples per output shard. {default_of(DownloadConfig, 'samples_per_shard')}"),
     ] = None,
-    timeout: Annotated[int | None, typer.Option(help="Seconds per request. [default: 10]")] = None,
-    retries: Annotated[int | None, typer.Option(help="Retries per URL. [default: 0]")] = None,
+    timeout: Annotated[
+        int | None, typer.Option(help=f"Seconds per request. {default_of(DownloadConfig, 'timeout')}")
+    ] = None,
+    retries: Annotated[
+        int | None, typer.Option(help=f"Retries per URL. {default_of(DownloadConfig, 'retries')}")
+    ] = None,
     max_image_area: Annotated[
         int | None,
         typer.Option(
             help="Refuse images with more pixels than this, from the header (decompression bombs). "
-            "[default: 89478485]"
+            f"{default_of(DownloadConfig, 'max_image_area')}"
         ),
     ] = None,
     min_image_size: Annotated[
-        int | None, typer.Option(help="Refuse images smaller than this. [default: 0]")
+        int | None,
+        typer.Option(help=f"Refuse images smaller than this. {default_of(DownloadConfig, 'min_image_size')}"),
     ] = None,
     respect_robots: Annotated[
         bool | None,
         typer.Option(
             "--respect-robots/--ignore-robots",
             help="Skip images whose X-Robots-Tag says noai, noimageai, noindex or noimageindex. "
-            "[default: respect]",
+            "\\[default: respect]",
         ),
     ] = None,
     allow_file_urls: Annotated[
         bool | None,
         typer.Option(
             help="Download file:// and other non-http(s) URLs too (refused by default: a URL list could "
-            "pull this machine's files into the dataset). [default: off]"
+            f"pull this machine's files into the dataset). {default_of(DownloadConfig, 'allow_file_urls')}"
         ),
     ] = None,
     incremental: Annotated[
         bool | None,
         typer.Option(
-            help="Resume: skip shards already in WORKDIR; --no-incremental redoes everything. [default: on]"
+            help="Resume: skip shards already in WORKDIR; --no-incremental redoes everything. "
+            f"{default_of(DownloadConfig, 'incremental')}"
         ),
     ] = None,
     distributor: Annotated[
-        str | None, typer.Option(help="multiprocessing | pyspark | ray. [default: multiprocessing]")
+        str | None,
+        typer.Option(help=f"multiprocessing | pyspark | ray. {default_of(DownloadConfig, 'distributor')}"),
     ] = None,
 ) -> None:
     """Download a URL list into WebDataset shards (img2dataset); print what succeeded and why rows failed.
@@ -167,7 +196,7 @@ def import_cmd(
     ],
     workdir: WorkdirArg,
     caption_col: Annotated[
-        str | None, typer.Option(help="Parquet caption column. [default: text, caption or TEXT]")
+        str | None, typer.Option(help="Parquet caption column. \\[default: text, caption or TEXT]")
     ] = None,
     samples_per_shard: Annotated[int, typer.Option(help="Samples per WebDataset shard.")] = 10_000,
     rekey: Annotated[
@@ -202,24 +231,37 @@ def embed(
     config: ConfigOpt = None,
     embedder: Annotated[
         str | None,
-        typer.Option(help="clip (open_clip) | descriptor (weight-free, offline). [default: clip]"),
+        typer.Option(
+            help="clip (open_clip) | descriptor (weight-free, offline). "
+            f"{default_of(EmbedConfig, 'embedder')}"
+        ),
     ] = None,
-    model: Annotated[str | None, typer.Option(help="open_clip model name. [default: ViT-B-32]")] = None,
+    model: Annotated[
+        str | None, typer.Option(help=f"open_clip model name. {default_of(EmbedConfig, 'model')}")
+    ] = None,
     pretrained: Annotated[
         str | None,
         typer.Option(
             help="open_clip pretrained tag, or a local checkpoint file for offline use. "
-            "[default: laion2b_s34b_b79k]"
+            f"{default_of(EmbedConfig, 'pretrained')}"
         ),
     ] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per model batch. [default: 64]")] = None,
-    workers: Annotated[
-        int | None, typer.Option(help="Decode threads running ahead of the model. [default: 2]")
+    batch_size: Annotated[
+        int | None, typer.Option(help=f"Images per model batch. {default_of(EmbedConfig, 'batch_size')}")
     ] = None,
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda. [default: auto]")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help=f"Decode threads running ahead of the model. {default_of(EmbedConfig, 'workers')}"),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help=f"auto | cpu | cuda. {default_of(EmbedConfig, 'device')}")
+    ] = None,
     precision: Annotated[
         str | None,
-        typer.Option(help="auto (fp16/bf16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16. [default: auto]"),
+        typer.Option(
+            help="auto (fp16/bf16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16. "
+            f"{default_of(EmbedConfig, 'precision')}"
+        ),
     ] = None,
     from_precomputed: Annotated[
         Path | None,
@@ -233,7 +275,7 @@ def embed(
         typer.Option(
             "--embed-missing/--refuse-missing",
             help="With --from-precomputed: embed the images the released vectors lack with --model/"
-            "--pretrained (the model that made them), or refuse such a source. [default: refuse]",
+            "--pretrained (the model that made them), or refuse such a source. \\[default: refuse]",
         ),
     ] = None,
     executor: ExecutorOpt = None,
@@ -273,56 +315,63 @@ def cluster(
     workdir: WorkdirArg,
     config: ConfigOpt = None,
     signals: Annotated[
-        str | None, typer.Option(help="Comma-separated: exact,phash,embedding. [default: all three]")
+        str | None, typer.Option(help="Comma-separated: exact,phash,embedding. \\[default: all three]")
     ] = None,
     embedding_threshold: Annotated[
         float | None,
-        typer.Option(help="Cosine at or above which two images are duplicates. [default: per embedder]"),
+        typer.Option(help="Cosine at or above which two images are duplicates. \\[default: per embedder]"),
     ] = None,
     candidate_threshold: Annotated[
         float | None,
         typer.Option(
             help="Lowest cosine for which a pair gets a local-feature check (--verify orb). "
-            "[default: per embedder]"
+            "\\[default: per embedder]"
         ),
     ] = None,
     phash_threshold: Annotated[
         int | None,
-        typer.Option(help="Perceptual-hash Hamming distance (of 64 bits) for duplicates. [default: 10]"),
+        typer.Option(
+            help="Perceptual-hash Hamming distance (of 64 bits) for duplicates. "
+            f"{default_of(ClusterConfig, 'phash_threshold')}"
+        ),
     ] = None,
     verify: Annotated[
         str | None,
         typer.Option(
             help="orb: align each proposed pair (ORB keypoints or a stretch) and compare the aligned "
-            "pixels: only a copy agrees everywhere; none: trust pHash/cosine alone. [default: orb]"
+            "pixels: only a copy agrees everywhere; none: trust pHash/cosine alone. "
+            f"{default_of(ClusterConfig, 'verify')}"
         ),
     ] = None,
     derived: Annotated[
         str | None,
         typer.Option(
             help="Images derived from another (recoloured, an element added or removed, a large "
-            "overlay): keep (as distinct) | remove (as duplicates). [default: keep]"
+            f"overlay): keep (as distinct) | remove (as duplicates). {default_of(ClusterConfig, 'derived')}"
         ),
     ] = None,
-    k: Annotated[int | None, typer.Option(help="Neighbours searched per image. [default: 32]")] = None,
+    k: Annotated[
+        int | None, typer.Option(help=f"Neighbours searched per image. {default_of(ClusterConfig, 'k')}")
+    ] = None,
     search: Annotated[
         str | None,
         typer.Option(
-            help="auto | exact (FAISS flat) | ivf (k-means partitions, exact inside). [default: auto]"
+            help="auto | exact (FAISS flat) | ivf (k-means partitions, exact inside). "
+            f"{default_of(ClusterConfig, 'search')}"
         ),
     ] = None,
     grouping: Annotated[
         str | None,
         typer.Option(
             help="components | representative (members must match the kept image directly) | "
-            "semdedup. [default: representative]"
+            f"semdedup. {default_of(ClusterConfig, 'grouping')}"
         ),
     ] = None,
     representative: Annotated[
         str | None,
         typer.Option(
             help="Which image a group keeps: resolution | first | centroid | farthest | caption. "
-            "[default: resolution]"
+            f"{default_of(ClusterConfig, 'representative')}"
         ),
     ] = None,
     against: Annotated[
@@ -402,11 +451,15 @@ def write(
     workdir: WorkdirArg,
     config: ConfigOpt = None,
     samples_per_shard: Annotated[
-        int | None, typer.Option(help="Samples per output shard. [default: 10000]")
+        int | None,
+        typer.Option(help=f"Samples per output shard. {default_of(WriteConfig, 'samples_per_shard')}"),
     ] = None,
     workers: Annotated[
         int | None,
-        typer.Option(help="Shards written at once; the output does not depend on it. [default: 4]"),
+        typer.Option(
+            help="Shards written at once; the output does not depend on it. "
+            f"{default_of(WriteConfig, 'workers')}"
+        ),
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Only say what would be removed (samples, bytes, by reason).")

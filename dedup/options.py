@@ -15,6 +15,19 @@ from dedup.core.errors import IntegrityError, UserError
 _NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
+def default_of(section: Any, name: str) -> str:
+    """``[default: X]`` for a help text, read from the typed config (dedup/core/config.py), so the CLI
+    never holds a second copy of a default that could drift from the one that applies."""
+    value = section.model_fields[name].get_default(call_default_factory=True)
+    if isinstance(value, bool) or value is None:
+        text = {True: "on", False: "off", None: "none"}[value]
+    elif isinstance(value, list):
+        text = ",".join(map(str, value))
+    else:
+        text = str(value)
+    return f"\\[default: {text}]"  # escaped: rich markup would swallow a bare [default: ...] as a tag
+
+
 def describe_os_error(err: OSError) -> str:
     """One line for an environment failure (full disk, read-only or unwritable work dir, a file
     that vanished). NumPy's short write on a full disk carries no errno: said as a full disk too."""
@@ -60,7 +73,7 @@ ExecutorOpt = Annotated[
     str | None,
     typer.Option(
         help="local (this machine) | ray (Ray tasks; pip install 'dedup[ray]'); the files are the same. "
-        "[default: the config's, else local]"
+        "\\[default: the config's, else local]"
     ),
 ]
 RayAddressOpt = Annotated[
