@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 CONFIG ?= configs/demo.yaml
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install test lint format demo bench bench-quality bench-scaling bench-device mutation download embed cluster write attack report run clean
+.PHONY: install test lint format demo bench bench-quality bench-scaling bench-device bench-memory mutation download embed cluster write attack report run clean
 
 install: $(STAMP)
 
@@ -51,6 +51,12 @@ bench-quality: install
 	$(BIN)/python -m pip install --quiet --target bench/out/peers --no-deps imagededup cleanvision \
 		perception pdqhash scikit-learn joblib threadpoolctl validators cloudpickle narwhals tabulate
 	$(BIN)/python -m bench.peers
+
+# Peak resident memory of `dedup import`: 100,000 small files, then a 2 GB parquet of 10-row row
+# groups (one case per process, so each peak is its own).
+bench-memory: install
+	$(BIN)/python -m bench.memory folder
+	$(BIN)/python -m bench.memory parquet
 
 # Time against N (1k, 10k, 100k synthetic variants of real photos) for this project and the peers
 # (install them as for bench-quality); each (method, N) capped at CAP seconds, results kept and resumed.

@@ -32,7 +32,8 @@ def describe_os_error(err: OSError) -> str:
     """One line for an environment failure (full disk, read-only or unwritable work dir, a file
     that vanished). NumPy's short write on a full disk carries no errno: said as a full disk too."""
     where = f" ({err.filename})" if err.filename else ""
-    if err.errno in _NO_SPACE or (err.errno is None and "bytes" in str(err) and "write" in str(err)):
+    short_write = err.errno is None and "requested and" in str(err) and "written" in str(err)  # NumPy's
+    if err.errno in _NO_SPACE or short_write:
         what = os.strerror(err.errno) if err.errno else str(err).splitlines()[0]
         return (
             f"{what}{where}; nothing was left half-written under a final name: free space and rerun "

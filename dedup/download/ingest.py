@@ -82,20 +82,9 @@ from dedup.download.sources import (
 )
 
 
-def _exif_orientation(data: bytes) -> int | None:
-    """EXIF orientation tag (1-8) when present; recorded, never applied to the bytes."""
-    try:
-        from PIL import Image
-
-        with Image.open(io.BytesIO(data)) as im:
-            value = im.getexif().get(0x0112)
-        return int(value) if value else None
-    except Exception:
-        return None
-
-
-def _image_size(data: bytes) -> tuple[int | None, int | None, str | None]:
-    """(width, height, error) from the header only: a failure becomes a ledger row, not a crash."""
+def _image_header(data: bytes) -> tuple[int | None, int | None, int | None, str | None]:
+    """(width, height, EXIF orientation, error) from one look at the header (nothing is decoded): a
+    failure becomes a ledger row, not a crash; the orientation is recorded, never applied."""
     import warnings
 
     from PIL import Image
@@ -103,16 +92,20 @@ def _image_size(data: bytes) -> tuple[int | None, int | None, str | None]:
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # checked by area
     try:
         with Image.open(io.BytesIO(data)) as im:
-            return im.width, im.height, None
+            width, height = im.width, im.height
+            try:
+                value = im.getexif().get(0x0112)
+                orientation = int(value) if value else None
+            except Exception:
+                orientation = None
+            return width, height, orientation, None
     except Exception as err:
-        return (
-            None,
-            None,
-            f"not an image: {describe(err)}",
-        )
+        return None, None, None, f"not an image: {describe(err)}"
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    # ustar where the name fits (its plain headers cost a third of pax's), pax for longer names
+    tar.format = tarfile.USTAR_FORMAT if len(name.encode("utf-8")) < 100 else tarfile.PAX_FORMAT
     info = tarfile.TarInfo(name)
     info.size = len(data)
     info.mtime = 0  # byte-identical shards for identical inputs
@@ -137,9 +130,9 @@ _PARQUET_SCHEMA = {
 
 
 def _row(key: str, url: str, caption: str | None, image: bytes | None, error: str | None) -> dict[str, Any]:
-    width = height = None
+    width = height = orientation = None
     if image is not None and error is None:
-        width, height, error = _image_size(image)
+        width, height, orientation, error = _image_header(image)
         if width is not None and height is not None and width * height > MAX_IMAGE_AREA:
             error = f"{TOO_LARGE} ({width} x {height} pixels; the limit is {MAX_IMAGE_AREA:,})"
     ok = error is None and image is not None
@@ -153,7 +146,7 @@ def _row(key: str, url: str, caption: str | None, image: bytes | None, error: st
         "height": height,
         "original_width": width,
         "original_height": height,
-        "exif_orientation": _exif_orientation(image) if ok else None,
+        "exif_orientation": orientation if ok else None,
         "sha256": hashlib.sha256(image).hexdigest() if ok else None,  # type: ignore[arg-type]
     }
 
@@ -304,7 +297,7 @@ def _source_changed(work: WorkDir, src: Source) -> str | None:
     """What changed in ``src`` since the listing an earlier import of it stored; None if nothing."""
     if not work.source_listing.exists():
         return None
-    diff = changes(pl.read_parquet(work.source_listing), listing(src))
+    diff = changes(pl.read_parquet(work.source_listing), listing(src, fresh=True))
     return describe_changes(diff) or None
 
 

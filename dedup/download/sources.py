@@ -10,7 +10,7 @@ summary, because every tool that walks a folder skips them.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,9 @@ class Source:
     fs: Any
     paths: tuple[str, ...]
     kind: str
+    # every file below a folder source with its info, found once when the source is opened (a walk
+    # of 100,000 files takes seconds; kind, readers, listing and counts all use this one)
+    found: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def local(self) -> bool:
@@ -87,19 +90,26 @@ def open_source(url: str | Path) -> Source:
             raise UserError(f"{part}: no such file or folder")
     if not paths:
         raise UserError(f"{text}: the pattern matches no file")
-    return Source(text, fs, tuple(paths), source_kind(fs, paths, text))
+    found = _find(fs, paths[0]) if len(paths) == 1 and fs.isdir(paths[0]) else {}
+    return Source(text, fs, tuple(paths), source_kind(fs, paths, text, found), found)
 
 
-def source_kind(fs: Any, paths: list[str], text: str) -> str:
+def _find(fs: Any, root: str) -> dict[str, Any]:
+    """Every file below ``root``, sorted, with only what a listing needs (size, mtime): a 100,000-file
+    folder's full fsspec infos would hold ~100 MB."""
+    found = fs.find(root, detail=True)
+    return {p: {"size": found[p].get("size"), "mtime": _mtime(found[p])} for p in sorted(found)}
+
+
+def source_kind(fs: Any, paths: list[str], text: str, found: dict[str, Any]) -> str:
     if len(paths) == 1 and fs.isdir(paths[0]):
         names = fs.ls(paths[0], detail=False)
         if any(p.endswith(".tar") for p in names):
             return "shards"
         if any(p.lower().endswith(COMPRESSED_TARS) for p in names):
             raise UserError(_compressed(next(p for p in names if p.lower().endswith(COMPRESSED_TARS))))
-        if not any(True for _ in image_files(fs, paths[0])) and any(
-            p.endswith(".parquet") for p in visible_files(fs, paths[0])
-        ):
+        visible = list(_visible(found, paths[0]))
+        if not any(_is_image(p) for p in visible) and any(p.endswith(".parquet") for p in visible):
             return "parquet"  # a Hugging Face repository's root (data/*.parquet) included
         return "folder"
     for p in paths:
@@ -140,25 +150,26 @@ def hidden(rel: str) -> bool:
     return any(part.startswith(".") for part in rel.split("/"))
 
 
-def visible_files(fs: Any, root: str) -> Iterator[str]:
-    """Every file below ``root`` that is not hidden, sorted."""
-    for p in sorted(fs.find(root)):
+def _visible(found: dict[str, Any], root: str) -> Iterator[str]:
+    for p in found:
         if not hidden(relative(p, root)):
             yield p
 
 
-def image_files(fs: Any, root: str) -> Iterator[str]:
-    for p in visible_files(fs, root):
-        if p.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS:
-            yield p
+def _is_image(path: str) -> bool:
+    return path.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS
+
+
+def visible_files(src: Source) -> list[str]:
+    """Every file below a folder source that is not hidden, sorted."""
+    return list(_visible(src.found, src.paths[0]))
 
 
 def hidden_count(src: Source) -> int:
     """Hidden files below a folder source: not imported, counted in the summary."""
-    if not (len(src.paths) == 1 and src.fs.isdir(src.paths[0])):
+    if not src.found:
         return 0
-    root = src.paths[0]
-    return sum(1 for p in src.fs.find(root) if hidden(relative(p, root)))
+    return sum(1 for p in src.found if hidden(relative(p, src.paths[0])))
 
 
 def key_of(relative_path: str) -> str:
@@ -175,7 +186,7 @@ def shard_files(source: Source) -> list[str]:
         return list(source.paths)
     root = source.paths[0]
     tars = []
-    for p in visible_files(fs, root):
+    for p in visible_files(source):
         rel = relative(p, root)
         low = rel.lower()
         if "/" not in rel and low.endswith(".tar"):
@@ -193,7 +204,7 @@ def shard_files(source: Source) -> list[str]:
 def parquet_files(source: Source) -> list[str]:
     fs = source.fs
     if len(source.paths) == 1 and fs.isdir(source.paths[0]):
-        files = [p for p in visible_files(fs, source.paths[0]) if p.endswith(".parquet")]
+        files = [p for p in visible_files(source) if p.endswith(".parquet")]
     else:
         files = list(source.paths)
     if not files:
@@ -210,7 +221,7 @@ def read_files(src: Source) -> list[str]:
         return tars + [b for b in beside if fs.isfile(b)]
     if src.kind == "parquet":
         return parquet_files(src)
-    return list(visible_files(fs, src.paths[0]))
+    return visible_files(src)
 
 
 def _mtime(info: dict[str, Any]) -> float:
@@ -230,12 +241,17 @@ def _mtime(info: dict[str, Any]) -> float:
     return 0.0
 
 
-def listing(src: Source) -> pl.DataFrame:
-    """Name (relative to the source's root), size and mtime of every file the import reads."""
+def listing(src: Source, fresh: bool = False) -> pl.DataFrame:
+    """Name (relative to the source's root), size and mtime of every file the import reads;
+    ``fresh``: walked again now (did the source change meanwhile?), not as it was opened."""
     root = src.root
+    if src.kind == "folder":  # one walk with sizes and mtimes, not a stat per file
+        found = _find(src.fs, src.paths[0]) if fresh else src.found
+        items = [(p, found[p]) for p in _visible(found, src.paths[0])]
+    else:
+        items = [(p, src.fs.info(p)) for p in read_files(src)]
     rows = []
-    for p in read_files(src):
-        info = src.fs.info(p)
+    for p, info in items:
         rows.append(
             {
                 "path": readable_name(relative(p, root)),

@@ -367,3 +367,17 @@ def test_a_config_run_from_elsewhere_finds_its_relative_source_and_workdir(folde
     r = cli("run", str(project / "c.yaml"), cwd=elsewhere)
     assert r.returncode == 0, r.stderr
     assert (project / "w" / "download_summary.json").exists() and not any(elsewhere.iterdir())
+
+
+def test_environment_failures_are_one_line_including_numpys_short_write():
+    import errno
+
+    from dedup.options import describe_os_error
+
+    full = describe_os_error(OSError("4096 requested and 512 written"))  # NumPy: no errno on a full disk
+    assert "free space and rerun" in full
+    assert describe_os_error(OSError(errno.ENOSPC, "No space left on device", "/w/x.npy")).startswith(
+        "No space left on device (/w/x.npy)"
+    )
+    read_only = describe_os_error(OSError(errno.EROFS, "Read-only file system", "/w"))
+    assert read_only == "Read-only file system (/w)"
