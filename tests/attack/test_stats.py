@@ -55,3 +55,26 @@ def test_power_grows_with_replicates_and_is_zero_where_no_p_can_reach_alpha():
     assert 0 < low < high <= 1
     n = replicates_for_power(1.0, 1.0)
     assert n is not None and sign_flip_power(1.0, 1.0, n, draws=500) >= 0.8 - 0.05
+
+
+def test_membership_pools_replicates_with_exact_tpr_intervals():
+    from attack.analysis import membership_table
+
+    non = list(np.linspace(0, 1, 100))  # 100 non-members: at 5 % FPR the threshold is the 6th highest
+    results = {
+        s: {
+            "before": {
+                "scores": {"members": [2.0, 2.0, 0.5, 0.0], "k": [20, 20, 1, 1], "non_members": non},
+            }
+        }
+        for s in (0, 1)
+    }
+    table = membership_table(results, "before")
+    assert table["non_members_per_replicate"] == 100
+    top = table["20+"]
+    assert top["auc"] == pytest.approx(1.0) and top["tpr@0.05"]["hits"] == 4 and top["tpr@0.05"]["of"] == 4
+    single = table["1"]["tpr@0.05"]
+    assert single["hits"] == 0 and single["of"] == 4
+    assert single["cp95"][1] == pytest.approx(1 - 0.025 ** (1 / 4))
+    assert table["2-4"] is None  # no member in the bucket
+    assert table["all"]["members"] == 8
