@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from attack.analysis import cell_text, primary_text
 from attack.experiment import roc_curves
 from attack.extract import BUCKETS
 from attack.sample import load_generations
+from attack.tables import cell_text, primary_text
 from dedup.core.errors import UserError
 from dedup.core.layout import AttackDir, ExperimentDir, WorkDir, read_json
 from dedup.report.stage import _missing, _plt, _save, _table, array_thumb

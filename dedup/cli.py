@@ -20,9 +20,9 @@ from dedup.options import (
     Group,
     RayAddressOpt,
     WorkdirArg,
-    default_of,
     load_pipeline_config,
     open_executor,
+    option,
     with_executor,
 )
 from dedup.stages import Options, run_stage
@@ -53,65 +53,46 @@ def download(
         str | None, typer.Option(help="Format of URL_LIST; inferred from its suffix.")
     ] = None,
     url_col: Annotated[str | None, typer.Option(help="URL column. \\[default: URL, as in LAION]")] = None,
-    caption_col: Annotated[
-        str | None, typer.Option(help=f"Caption column. {default_of(DownloadConfig, 'caption_col')}")
-    ] = None,
+    caption_col: Annotated[str | None, option(DownloadConfig, "caption_col", "Caption column.")] = None,
     save_additional_columns: Annotated[
         list[str] | None, typer.Option(help="Extra input columns to keep in each sample's json (repeatable).")
     ] = None,
-    image_size: Annotated[
-        int | None, typer.Option(help=f"Target size in pixels. {default_of(DownloadConfig, 'image_size')}")
-    ] = None,
+    image_size: Annotated[int | None, option(DownloadConfig, "image_size", "Target size in pixels.")] = None,
     resize_mode: Annotated[
         str | None,
-        typer.Option(
-            help="no | border | keep_ratio | keep_ratio_largest | center_crop. "
-            f"{default_of(DownloadConfig, 'resize_mode')}"
-        ),
+        option(DownloadConfig, "resize_mode", "no | border | keep_ratio | keep_ratio_largest | center_crop."),
     ] = None,
     resize_only_if_bigger: Annotated[
         bool | None,
-        typer.Option(help=f"Never upscale. {default_of(DownloadConfig, 'resize_only_if_bigger')}"),
+        option(DownloadConfig, "resize_only_if_bigger", "Never upscale."),
     ] = None,
     encode_format: Annotated[
         str | None,
-        typer.Option(
-            help=f"jpg | png | webp, for re-encoded images. {default_of(DownloadConfig, 'encode_format')}"
-        ),
+        option(DownloadConfig, "encode_format", "jpg | png | webp, for re-encoded images."),
     ] = None,
     skip_reencode: Annotated[
         bool | None,
-        typer.Option(
-            help="Keep the original bytes when no resize is needed. "
-            f"{default_of(DownloadConfig, 'skip_reencode')}"
-        ),
+        option(DownloadConfig, "skip_reencode", "Keep the original bytes when no resize is needed."),
     ] = None,
-    processes: Annotated[
-        int | None, typer.Option(help=f"Download processes. {default_of(DownloadConfig, 'processes')}")
-    ] = None,
-    threads: Annotated[
-        int | None, typer.Option(help=f"Threads per process. {default_of(DownloadConfig, 'threads')}")
-    ] = None,
+    processes: Annotated[int | None, option(DownloadConfig, "processes", "Download processes.")] = None,
+    threads: Annotated[int | None, option(DownloadConfig, "threads", "Threads per process.")] = None,
     samples_per_shard: Annotated[
         int | None,
-        typer.Option(help=f"Samples per output shard. {default_of(DownloadConfig, 'samples_per_shard')}"),
+        option(DownloadConfig, "samples_per_shard", "Samples per output shard."),
     ] = None,
-    timeout: Annotated[
-        int | None, typer.Option(help=f"Seconds per request. {default_of(DownloadConfig, 'timeout')}")
-    ] = None,
-    retries: Annotated[
-        int | None, typer.Option(help=f"Retries per URL. {default_of(DownloadConfig, 'retries')}")
-    ] = None,
+    timeout: Annotated[int | None, option(DownloadConfig, "timeout", "Seconds per request.")] = None,
+    retries: Annotated[int | None, option(DownloadConfig, "retries", "Retries per URL.")] = None,
     max_image_area: Annotated[
         int | None,
-        typer.Option(
-            help="Refuse images with more pixels than this, from the header (decompression bombs). "
-            f"{default_of(DownloadConfig, 'max_image_area')}"
+        option(
+            DownloadConfig,
+            "max_image_area",
+            "Refuse images with more pixels than this, from the header (decompression bombs).",
         ),
     ] = None,
     min_image_size: Annotated[
         int | None,
-        typer.Option(help=f"Refuse images smaller than this. {default_of(DownloadConfig, 'min_image_size')}"),
+        option(DownloadConfig, "min_image_size", "Refuse images smaller than this."),
     ] = None,
     respect_robots: Annotated[
         bool | None,
@@ -123,21 +104,24 @@ def download(
     ] = None,
     allow_file_urls: Annotated[
         bool | None,
-        typer.Option(
-            help="Download file:// and other non-http(s) URLs too (refused by default: a URL list could "
-            f"pull this machine's files into the dataset). {default_of(DownloadConfig, 'allow_file_urls')}"
+        option(
+            DownloadConfig,
+            "allow_file_urls",
+            "Download file:// and other non-http(s) URLs too (refused by default: a URL list could "
+            "pull this machine's files into the dataset).",
         ),
     ] = None,
     incremental: Annotated[
         bool | None,
-        typer.Option(
-            help="Resume: skip shards already in WORKDIR; --no-incremental redoes everything. "
-            f"{default_of(DownloadConfig, 'incremental')}"
+        option(
+            DownloadConfig,
+            "incremental",
+            "Resume: skip shards already in WORKDIR; --no-incremental redoes everything.",
         ),
     ] = None,
     distributor: Annotated[
         str | None,
-        typer.Option(help=f"multiprocessing | pyspark | ray. {default_of(DownloadConfig, 'distributor')}"),
+        option(DownloadConfig, "distributor", "multiprocessing | pyspark | ray."),
     ] = None,
 ) -> None:
     """Download a URL list into WebDataset shards (img2dataset); print what succeeded and why rows failed.
@@ -148,30 +132,9 @@ def download(
     from dedup.core.config import override
     from dedup.core.layout import WorkDir
 
-    cfg = override(
-        load_pipeline_config(config).download,
-        url_list=str(url_list),
-        input_format=input_format,
-        url_col=url_col,
-        caption_col=caption_col,
-        save_additional_columns=save_additional_columns or None,
-        image_size=image_size,
-        resize_mode=resize_mode,
-        resize_only_if_bigger=resize_only_if_bigger,
-        encode_format=encode_format,
-        skip_reencode=skip_reencode,
-        processes=processes,
-        threads=threads,
-        samples_per_shard=samples_per_shard,
-        timeout=timeout,
-        retries=retries,
-        max_image_area=max_image_area,
-        min_image_size=min_image_size,
-        respect_robots=respect_robots,
-        allow_file_urls=allow_file_urls,
-        incremental=incremental,
-        distributor=distributor,
-    )
+    given = {k: v for k, v in locals().items() if k in DownloadConfig.model_fields}  # options = fields
+    extra = {"url_list": str(url_list), "save_additional_columns": save_additional_columns or None}
+    cfg = override(load_pipeline_config(config).download, **{**given, **extra})
     pipeline = load_pipeline_config(config)
     with open_executor(pipeline, None, None) as ex:
         run_stage(
@@ -231,37 +194,24 @@ def embed(
     config: ConfigOpt = None,
     embedder: Annotated[
         str | None,
-        typer.Option(
-            help="clip (open_clip) | descriptor (weight-free, offline). "
-            f"{default_of(EmbedConfig, 'embedder')}"
-        ),
+        option(EmbedConfig, "embedder", "clip (open_clip) | descriptor (weight-free, offline)."),
     ] = None,
-    model: Annotated[
-        str | None, typer.Option(help=f"open_clip model name. {default_of(EmbedConfig, 'model')}")
-    ] = None,
+    model: Annotated[str | None, option(EmbedConfig, "model", "open_clip model name.")] = None,
     pretrained: Annotated[
         str | None,
-        typer.Option(
-            help="open_clip pretrained tag, or a local checkpoint file for offline use. "
-            f"{default_of(EmbedConfig, 'pretrained')}"
+        option(
+            EmbedConfig, "pretrained", "open_clip pretrained tag, or a local checkpoint file for offline use."
         ),
     ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(help=f"Images per model batch. {default_of(EmbedConfig, 'batch_size')}")
-    ] = None,
+    batch_size: Annotated[int | None, option(EmbedConfig, "batch_size", "Images per model batch.")] = None,
     workers: Annotated[
         int | None,
-        typer.Option(help=f"Decode threads running ahead of the model. {default_of(EmbedConfig, 'workers')}"),
+        option(EmbedConfig, "workers", "Decode threads running ahead of the model."),
     ] = None,
-    device: Annotated[
-        str | None, typer.Option(help=f"auto | cpu | cuda. {default_of(EmbedConfig, 'device')}")
-    ] = None,
+    device: Annotated[str | None, option(EmbedConfig, "device", "auto | cpu | cuda.")] = None,
     precision: Annotated[
         str | None,
-        typer.Option(
-            help="auto (fp16/bf16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16. "
-            f"{default_of(EmbedConfig, 'precision')}"
-        ),
+        option(EmbedConfig, "precision", "auto (fp16/bf16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16."),
     ] = None,
     from_precomputed: Annotated[
         Path | None,
@@ -330,48 +280,49 @@ def cluster(
     ] = None,
     phash_threshold: Annotated[
         int | None,
-        typer.Option(
-            help="Perceptual-hash Hamming distance (of 64 bits) for duplicates. "
-            f"{default_of(ClusterConfig, 'phash_threshold')}"
+        option(
+            ClusterConfig, "phash_threshold", "Perceptual-hash Hamming distance (of 64 bits) for duplicates."
         ),
     ] = None,
     verify: Annotated[
         str | None,
-        typer.Option(
-            help="orb: align each proposed pair (ORB keypoints or a stretch) and compare the aligned "
-            "pixels: only a copy agrees everywhere; none: trust pHash/cosine alone. "
-            f"{default_of(ClusterConfig, 'verify')}"
+        option(
+            ClusterConfig,
+            "verify",
+            "orb: align each proposed pair (ORB keypoints or a stretch) and compare the aligned "
+            "pixels: only a copy agrees everywhere; none: trust pHash/cosine alone.",
         ),
     ] = None,
     derived: Annotated[
         str | None,
-        typer.Option(
-            help="Images derived from another (recoloured, an element added or removed, a large "
-            f"overlay): keep (as distinct) | remove (as duplicates). {default_of(ClusterConfig, 'derived')}"
+        option(
+            ClusterConfig,
+            "derived",
+            "Images derived from another (recoloured, an element added or removed, a large "
+            "overlay): keep (as distinct) | remove (as duplicates).",
         ),
     ] = None,
-    k: Annotated[
-        int | None, typer.Option(help=f"Neighbours searched per image. {default_of(ClusterConfig, 'k')}")
-    ] = None,
+    k: Annotated[int | None, option(ClusterConfig, "k", "Neighbours searched per image.")] = None,
     search: Annotated[
         str | None,
-        typer.Option(
-            help="auto | exact (FAISS flat) | ivf (k-means partitions, exact inside). "
-            f"{default_of(ClusterConfig, 'search')}"
+        option(
+            ClusterConfig, "search", "auto | exact (FAISS flat) | ivf (k-means partitions, exact inside)."
         ),
     ] = None,
     grouping: Annotated[
         str | None,
-        typer.Option(
-            help="components | representative (members must match the kept image directly) | "
-            f"semdedup. {default_of(ClusterConfig, 'grouping')}"
+        option(
+            ClusterConfig,
+            "grouping",
+            "components | representative (members must match the kept image directly) | semdedup.",
         ),
     ] = None,
     representative: Annotated[
         str | None,
-        typer.Option(
-            help="Which image a group keeps: resolution | first | centroid | farthest | caption. "
-            f"{default_of(ClusterConfig, 'representative')}"
+        option(
+            ClusterConfig,
+            "representative",
+            "Which image a group keeps: resolution | first | centroid | farthest | caption.",
         ),
     ] = None,
     against: Annotated[
@@ -397,20 +348,9 @@ def cluster(
     from dedup.core.layout import WorkDir
 
     pipeline = load_pipeline_config(config)
-    cfg = override(
-        pipeline.cluster,
-        signals=signals.split(",") if signals else None,
-        embedding_threshold=embedding_threshold,
-        candidate_threshold=candidate_threshold,
-        phash_threshold=phash_threshold,
-        verify=verify,
-        derived=derived,
-        k=k,
-        search=search,
-        grouping=grouping,
-        representative=representative,
-        against=str(against) if against else None,
-    )
+    given = {k: v for k, v in locals().items() if k in ClusterConfig.model_fields}  # options = fields
+    extra = {"signals": signals.split(",") if signals else None, "against": str(against) if against else None}
+    cfg = override(pipeline.cluster, **{**given, **extra})
     with open_executor(pipeline, executor, ray_address) as ex:
         run_stage(
             "cluster",
@@ -421,45 +361,17 @@ def cluster(
         )
 
 
-@app.command(rich_help_panel="Inspect")
-def evaluate(
-    workdir: WorkdirArg,
-    ground_truth: Annotated[
-        Path | None,
-        typer.Option(
-            help="Ground truth: rows (key or url, group[, transform, copy]) or labelled pairs "
-            "(key_a, key_b, duplicate). The demo's is WORKDIR/demo/ground_truth.parquet."
-        ),
-    ] = None,
-) -> None:
-    """Score the groups against ground truth and sweep the threshold.
-
-    Prints precision, recall and F1 (pairwise and of the removals, per transformation where known) and a
-    threshold sweep (threshold -> pairs, samples removed, precision, recall) to choose a threshold from data.
-    """
-    from dedup.cluster.evaluate import format_evaluation, run_evaluate
-    from dedup.core.layout import WorkDir
-
-    work = WorkDir(workdir)
-    if ground_truth is None and work.demo_ground_truth.exists():
-        ground_truth = work.demo_ground_truth
-    typer.echo(format_evaluation(run_evaluate(work, ground_truth)))
-
-
 @app.command(rich_help_panel="Stages")
 def write(
     workdir: WorkdirArg,
     config: ConfigOpt = None,
     samples_per_shard: Annotated[
         int | None,
-        typer.Option(help=f"Samples per output shard. {default_of(WriteConfig, 'samples_per_shard')}"),
+        option(WriteConfig, "samples_per_shard", "Samples per output shard."),
     ] = None,
     workers: Annotated[
         int | None,
-        typer.Option(
-            help="Shards written at once; the output does not depend on it. "
-            f"{default_of(WriteConfig, 'workers')}"
-        ),
+        option(WriteConfig, "workers", "Shards written at once; the output does not depend on it."),
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Only say what would be removed (samples, bytes, by reason).")
@@ -488,31 +400,6 @@ def write(
         run_stage(
             "write", pipeline.model_copy(update={"write": cfg}), WorkDir(workdir), ex, Options(progress)
         )
-
-
-@app.command("verify", rich_help_panel="Inspect")
-def verify_cmd(
-    workdir: WorkdirArg,
-    skip_bytes: Annotated[
-        bool, typer.Option("--skip-bytes", help="Skip the byte-for-byte member check.")
-    ] = False,
-) -> None:
-    """Check the write stage's invariants; exit 1 on any violation.
-
-    Every input key is in the ledger exactly once; every kept key is in the output shards exactly
-    once; every output member has the input's bytes (sha256); the counts add up.
-    """
-    from dedup.core.layout import WorkDir
-    from dedup.write.verify import verify
-
-    problems = verify(WorkDir(workdir), check_bytes=not skip_bytes)
-    if problems:
-        for p in problems[:50]:
-            typer.echo(f"violation: {p}", err=True)
-        if len(problems) > 50:
-            typer.echo(f"... and {len(problems) - 50} more", err=True)
-        raise typer.Exit(1)
-    typer.echo("ok: ledger, output shards and bytes are consistent")
 
 
 @app.command(rich_help_panel="Stages")
@@ -592,24 +479,9 @@ def run(
     run_pipeline(cfg, stages.split(",") if stages else None)
 
 
-@app.command(rich_help_panel="Inspect")
-def status(workdir: WorkdirArg) -> None:
-    """Show which stages and shards are complete in WORKDIR, and with which config."""
-    from dedup.core.layout import WorkDir
-    from dedup.core.markers import stage_status
-
-    work = WorkDir(workdir)
-    if not work.root.is_dir():
-        raise UserError(f"{workdir}: no such work directory")
-    lines = stage_status(work)
-    if not lines:
-        typer.echo(f"{workdir}: nothing complete yet")
-        return
-    for stage, text in lines:
-        typer.echo(f"{stage:<10} {text}")
-
-
 def _register_commands() -> None:
+    import dedup.inspect_commands  # noqa: F401  (its commands register on app)
+
     """Sub-apps other packages add (dedup.core.extensions, ``dedup.commands``): ``dedup attack ...``."""
     from dedup.core.extensions import COMMANDS, extensions
 

@@ -28,6 +28,11 @@ def default_of(section: Any, name: str) -> str:
     return f"\\[default: {text}]"  # escaped: rich markup would swallow a bare [default: ...] as a tag
 
 
+def option(section: Any, name: str, text: str, *flags: str) -> Any:
+    """A typer option whose help ends with the config's default for ``section.name`` (said once)."""
+    return typer.Option(*flags, help=f"{text.rstrip()} {default_of(section, name)}")
+
+
 def describe_os_error(err: OSError) -> str:
     """One line for an environment failure (full disk, read-only or unwritable work dir, a file
     that vanished). NumPy's short write on a full disk carries no errno: said as a full disk too."""

@@ -191,8 +191,8 @@ def test_the_experiment_runs_every_arm_per_replicate_and_resumes(small_demo, tmp
     assert "Primary endpoint (attack.md §6)" in text and "p_holm=" in text
     assert "### random_removal" in paths.table.read_text()
     # the tables regenerate from the stored runs alone, identical (bench.attack --tables does this)
-    from attack.analysis import format_experiment
     from attack.experiment import analyse_stored
+    from attack.tables import format_experiment
 
     assert format_experiment(analyse_stored(out, cfg)) == format_experiment({**s, "notes": []})
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("result.json")}
@@ -212,7 +212,7 @@ def test_the_experiment_runs_every_arm_per_replicate_and_resumes(small_demo, tmp
     run_report(ReportConfig(), work)
     page = (work.report_dir / "index.html").read_text()
     assert "Controlled experiment: 2 replicate(s)" in page and "random_removal" in page
-    from attack.analysis import cell_text
+    from attack.tables import cell_text
 
     cell = s["exploratory"]["cells"]["after|extracted calibrated<=1/3|total"]
     assert cell_text(cell) in page and cell_text(cell) in text  # report and RESULTS say the same
