@@ -132,11 +132,11 @@ def exploratory(results: dict[int, dict[str, dict[str, Any]]], arms: tuple[str, 
                 continue  # the primary endpoint, tested on its own
             diffs, _, _ = primary_differences(results, arm, low, high)
             if diffs:
-                cells[f"{arm}|primary score|{name}"] = _cell(diffs)
+                cells[f"{arm}|primary score (arm - before: a rise is less memorized)|{name}"] = _cell(diffs)
     _, _, by_image = primary_differences(results, "after")
     if by_image:
         per_image = [float(np.mean(v)) for v in by_image.values()]
-        cells["after|primary score, images as units|5+ copies"] = {
+        cells["after|primary score (after - before), images as units|5+ copies"] = {
             **_cell(per_image),
             "p": sign_flip_p(per_image),
             "units": len(per_image),
@@ -282,16 +282,20 @@ def dose_response(
     for c in DOSE_CRITERIA:
         y = np.concatenate([np.asarray(r["extracted"][c], dtype=float) for r in rows])
         x = np.log2(k)
+        observed = {}
+        for name, low, high in BUCKETS:
+            inside = member & (k >= low) & (k <= high)
+            observed[name] = [int(y[inside].sum()), int(inside.sum())]
+        if not y[member].any():  # nothing extracted: no curve to fit (a ridge fit would invent a slope)
+            out[c] = {"intercept": None, "slope_per_doubling": None, "curve": [0.0] * len(DOSE_GRID),
+                      "band95": [[0.0] * len(DOSE_GRID)] * 2, "observed": observed}  # fmt: skip
+            continue
         fit = logistic_fit(x[member], y[member])
         band = []
         for _ in range(DOSE_BOOTSTRAP):
             pick = np.concatenate([groups[i] for i in rng.integers(0, len(groups), len(groups))])
             band.append(_curve(logistic_fit(x[pick], y[pick])))
         lo, hi = np.percentile(np.array(band), [2.5, 97.5], axis=0)
-        observed = {}
-        for name, low, high in BUCKETS:
-            inside = member & (k >= low) & (k <= high)
-            observed[name] = [int(y[inside].sum()), int(inside.sum())]
         out[c] = {
             "intercept": float(fit[0]),
             "slope_per_doubling": float(fit[1]),

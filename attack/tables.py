@@ -35,7 +35,7 @@ def primary_text(p: dict[str, Any] | None) -> list[str]:
         f"(the smallest p {p['replicates']} replicates allow: {p['smallest_possible_p']:.4f}): {verdict}.",
         f"Power for the paper's effect ({PAPER_EFFECT:.0%} of the before mean score "
         f"{p['before_mean_score']:.3f}, i.e. {p['paper_effect']:+.4f}): {power}; replicates for 80 % power: "
-        f"{'more than 40' if need is None and p['power'] is not None else need}.",
+        f"{'n/a' if p['power'] is None else ('more than 40' if need is None else need)}.",
     ]
 
 
@@ -111,6 +111,9 @@ def _dose(arm: str, entry: dict[str, Any]) -> list[str]:
     ]
     for c in DOSE_CRITERIA:
         d = dose[c]
+        if d["slope_per_doubling"] is None:
+            lines.append(f"| {c} | - | " + " | ".join("no member extracted" for _ in dose["grid"]) + " |")
+            continue
         cells = [
             f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
             for v, lo, hi in zip(d["curve"], d["band95"][0], d["band95"][1], strict=True)
@@ -131,7 +134,12 @@ def format_experiment(s: dict[str, Any]) -> str:
         f"Exploratory ({family['family_size']} comparisons, Holm-corrected together): before - arm, "
         "paired by replicate; mean [95 % t-interval] p_holm (replicates +/-); * = Holm-adjusted "
         f"two-sided sign-flip p < {ALPHA}. With {n} replicates the smallest two-sided p is "
-        f"{smallest_p(n):.4f}" + (", so no cell can be marked." if smallest_p(n) >= ALPHA else "."),
+        f"{smallest_p(n):.4f}"
+        + (
+            ", so no replicate-level cell can be marked (the image-level test's units are images)."
+            if smallest_p(n) >= ALPHA
+            else "."
+        ),
         "",
     ]
     for arm, entry in s["arms"].items():

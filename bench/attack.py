@@ -32,6 +32,7 @@ from dedup.core.layout import ExperimentDir, GenerateFilterDir, WorkDir
 ROOTS = {"tiles": Path("bench/out/demo"), "photos": Path("bench/out/photos")}
 # Every finished run's result.json (counts, per-image scores, null counts: no images, no weights),
 # kept in the repository as it comes, so the tables regenerate from a clone alone.
+FIGURES = Path("bench/figures")
 RUNS = {"tiles": Path("bench/runs/attack/tiles"), "photos": Path("bench/runs/attack/photos")}
 # Non-members for membership inference: singletons no arm trains on. The photos corpus has ~75
 # singletons in all, so it sets fewer apart.
@@ -142,6 +143,10 @@ def tables(runs: Path, arms: tuple[str, ...]) -> str:
     summary = analyse_stored(runs, AttackConfig(), arms)
     if summary is None:
         return f"no finished replicate under {runs}: run `python -m bench.attack` first\n"
+    from attack.report import plot_dose
+
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    plot_dose(summary, FIGURES)  # bench/figures/dose_response.png, the report's figure of the same runs
     return format_experiment(summary)
 
 
