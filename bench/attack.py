@@ -110,6 +110,17 @@ def keep_results(out: Path, runs: Path) -> None:
         shutil.copyfile(path, target)
 
 
+def restore_results(runs: Path, out: Path) -> None:
+    """Put the committed runs back where the experiment looks for them, so a new machine resumes
+    after the last finished replicate instead of retraining it (a run is reused only when its stored
+    key, which holds the data, settings and code digest, matches what this code would compute)."""
+    for path in sorted(runs.glob("seed[0-9][0-9][0-9]/*/result.json")):
+        target = out / path.relative_to(runs)
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+
+
 def experiment(
     work: WorkDir,
     seeds: int,
@@ -120,6 +131,8 @@ def experiment(
     """The arms over replicates 0..seeds-1, one replicate at a time: summary.md grows as they finish,
     and each finished run's result.json is copied to ``runs``."""
     out = work.root / "experiment"
+    if runs is not None:
+        restore_results(runs, out)
     summary: dict = {}
     for n in range(1, seeds + 1):
         t = time.time()
