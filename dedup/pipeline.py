@@ -109,8 +109,6 @@ def run_demo(workdir: Path, cfg: PipelineConfig | None = None, stages: list[str]
         f"{meta['duplicated_groups']} of them copied (up to {_largest_group(work)} copies each)"
     )
     cfg.download.url_list = str(work.demo_url_list)
-    if cfg.cluster.ground_truth and not Path(cfg.cluster.ground_truth).is_absolute():
-        cfg.cluster.ground_truth = str(work.root / cfg.cluster.ground_truth)
     port = ensure_port(work)
     with serve_directory(work.demo_dir / "site", port=port):
         run_pipeline(cfg, stages)

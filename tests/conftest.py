@@ -165,11 +165,20 @@ def write_download_shard(work, shard: int, items: list[tuple[str, bytes | None, 
 
 @pytest.fixture(scope="session")
 def small_demo(tmp_path_factory):
-    """The demo pipeline on a small corpus (200 distinct tiles, real photos, real img2dataset)."""
+    """The demo pipeline on a small corpus (200 distinct tiles, real photos, real img2dataset), run
+    as `make demo` runs it: from the folder above, with a relative work directory (a path joined
+    twice once broke only this form)."""
+    from dedup.core.layout import WorkDir
     from dedup.pipeline import demo_config, run_demo
 
     cfg = demo_config()
     cfg.demo.distinct = 200
     cfg.download.processes = 1
-    work = run_demo(tmp_path_factory.mktemp("demo") / "w", cfg, ["download", "embed", "cluster", "write"])
-    return work
+    parent = tmp_path_factory.mktemp("demo")
+    here = os.getcwd()
+    os.chdir(parent)
+    try:
+        run_demo(Path("w"), cfg, ["download", "embed", "cluster", "write"])
+    finally:
+        os.chdir(here)
+    return WorkDir(parent / "w")
