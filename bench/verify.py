@@ -8,6 +8,9 @@ decided, the verdicts that differ (the goal: none), the lowest small-size match 
 full verifier found copy or derived (the margin above ``COARSE_FLOOR``), how many other alignments
 that floor stops, and the time per pair of each.
 
+``python -m bench.verify plan [N] [K]``: the verify step's plan on the scaling set of N images
+(10,000 by default), and K of its pairs (400) examined one by one: pairs and ms a pair per tier.
+
 ``python -m bench.verify profile [N]``: cProfile of ``copydetect.examine`` on 150 pairs of the scaling
 set of N images (bench/scaling.py, 1,000 by default) whose verdict was ``distinct``, with and without
 the cascade: the profile bench/RESULTS.md quoted before the cascade (96 ms a pair).
@@ -173,12 +176,78 @@ def profile(n: int) -> None:
         print("\n".join(line for line in text.getvalue().splitlines() if line.strip())[:4000])
 
 
+class _PlanWritten(Exception):
+    """Raised in place of the verify step: the plan is on disk, nothing verified."""
+
+
+def plan_sample(n: int, k: int = 400) -> None:
+    """Where the verify step's time would go on the scaling set of ``n`` images, without running it:
+    the cluster stage up to the plan (cluster/verify/plan.parquet), then ``k`` of its pairs drawn
+    uniformly, examined one at a time on one thread. Per tier: pairs and ms a pair; decoding and
+    keypoints (per image, once) timed apart. The plan's pair count times the mean is the verify
+    step's thread time before the implied-pair skip (an upper bound)."""
+    from bench.scaling import OUT, build
+    from dedup.cluster import stage as cluster_stage
+    from dedup.cluster.verify import _images
+    from dedup.core.config import ClusterConfig, EmbedConfig
+    from dedup.core.layout import WorkDir
+    from dedup.download.ingest import run_import
+    from dedup.embed.stage import run_embed
+
+    work = WorkDir(OUT / "profile" / str(n))
+    if not work.embed_summary.exists():
+        run_import(build(n), work)
+        run_embed(EmbedConfig(embedder="descriptor"), work, progress=False)
+    if not work.verify_plan.exists():
+
+        def stop(*_: Any, **__: Any) -> None:
+            raise _PlanWritten
+
+        real, cluster_stage._run_verify = cluster_stage._run_verify, stop
+        try:
+            cluster_stage.run_cluster(ClusterConfig(), work, progress=False, force=True)
+        except _PlanWritten:
+            pass
+        finally:
+            cluster_stage._run_verify = real
+    table = pl.read_parquet(work.verify_plan)
+    pick = np.sort(np.random.default_rng(0).permutation(table.height)[:k])
+    sample = table[pick]
+    verifier = copydetect.CopyVerifier()
+    verifier.add_images(_images(work, sample))
+    started = time.perf_counter()
+    for row in sorted(set(sample["a"].to_list()) | set(sample["b"].to_list())):
+        p = verifier.prepared(row)
+        if p is not None:
+            verifier._features.compute(p)
+            verifier._features.compute(copydetect._mirror(p))
+    prep = time.perf_counter() - started
+    tiers: dict[str, list[float]] = {}
+    for a, b, s, w in sample.select("a", "b", "stretch_first", "window_search").iter_rows():
+        t = time.perf_counter()
+        e = verifier.examine(a, b, s, w)
+        spent = tiers.setdefault(e.tier, [0, 0.0])
+        spent[0] += 1
+        spent[1] += time.perf_counter() - t
+    total = sum(v[1] for v in tiers.values())
+    images = len(set(sample["a"].to_list()) | set(sample["b"].to_list()))
+    chunks = table["chunk"].n_unique()
+    print(f"plan: {table.height} pairs, {chunks} chunks; sample {len(sample)} pairs, {images} images")
+    print(f"prepare (decode, keypoints both ways): {1000 * prep / images:.1f} ms an image")
+    mean = total / len(sample)
+    print(f"examine: {1000 * mean:.1f} ms a pair; plan x mean = {table.height * mean:.0f} s of thread time")
+    for tier, (count, secs) in sorted(tiers.items()):
+        print(f"  {tier:12s} {int(count):5d} pairs  {1000 * secs / count:7.1f} ms a pair  {secs:7.1f} s")
+
+
 def main(argv: list[str]) -> None:
     what = argv[0] if argv else "margins"
     if what == "margins":
         margins(Path(argv[1]) if len(argv) > 1 else Path("bench/out/copydetect"))
     elif what == "profile":
         profile(int(argv[1]) if len(argv) > 1 else 1000)
+    elif what == "plan":
+        plan_sample(int(argv[1]) if len(argv) > 1 else 10_000, int(argv[2]) if len(argv) > 2 else 400)
     else:
         raise SystemExit(f"python -m bench.verify [margins|profile N]: unknown {what!r}")
 

@@ -102,13 +102,22 @@ SAME_PIXELS_TAIL = 16.0  # ... and 99.9 % of pixels within this: the same pictur
 # predictor: refinement lifts a rotated copy from 0.05 to 1.0.
 COARSE_SIDE = 64
 COARSE_FLOOR = 0.25
+# A keypoint fit this confident (inliers and inlier ratio, for the similarity fit and the affine one
+# alike) pins the geometry of one orientation: when both fits say the contained image is not covered
+# (overlapping views, a strip of a wider shot), no other alignment of that orientation is tried. Set
+# on the benchmark and the 10k scaling set (bench/RESULTS.md, "Pinned overlaps"): no copy or derived
+# pair of the hard-negative benchmark has both fits uncovered at any confidence, and on the scaling set
+# the only copies with a confident straight fit that is uncovered are mirrored copies of symmetric
+# content, which is why the rule is per orientation (the mirrored one is still tried).
+PIN_INLIERS = 30
+PIN_RATIO = 0.6
 
 VERDICTS = ("copy", "derived", "distinct")
 # How a pair was decided, cheapest first: the same decoded pixels; no plausible alignment at all (no
 # keypoint fit, frames unlike); no alignment covers the contained image (geometry alone); the best
 # alignment's pixels disagree already when compared small; the full comparison; an image that does not
-# decode.
-TIERS = ("same-pixels", "unaligned", "uncovered", "coarse", "aligned", "undecodable")
+# decode. "overlap": both orientations' confident keypoint fits pin a partial overlap (PIN_INLIERS).
+TIERS = ("same-pixels", "overlap", "unaligned", "uncovered", "coarse", "aligned", "undecodable")
 
 
 @dataclass(frozen=True)
@@ -144,6 +153,7 @@ class Prepared:
     data: bytes | None = None  # the encoded image, for a full-resolution look when needed
     flipped: bool = False
     quality: int | None = None  # estimated JPEG quality (None: not a JPEG)
+    smaller: dict[int, Prepared] | None = None  # downscaled by 2**k for the small comparison, lazily
 
 
 def prepare(data: bytes) -> Prepared | None:
@@ -204,30 +214,42 @@ class Features:
             p.keypoints = (np.float32([k.pt for k in kp]).reshape(-1, 2), des)
         return p.keypoints
 
-    def fit(self, a: Prepared, b: Prepared, stretch: bool = False) -> tuple[np.ndarray | None, int, float]:
-        """Similarity transform mapping b's pixels onto a's, its inlier count and inlier ratio; with
-        ``stretch``, an affine one whose two axes may scale differently (a stretched copy)."""
+    def matches(self, a: Prepared, b: Prepared) -> tuple[np.ndarray, np.ndarray] | None:
+        """b's and a's points of the matches that pass the ratio test (None: fewer than 4)."""
         pa, da = self.compute(a)
         pb, db = self.compute(b)
         if da is None or db is None or len(pa) < 4 or len(pb) < 4:
-            return None, 0, 0.0
-        matches = self._matcher.knnMatch(db, da, k=2)
-        good = [m[0] for m in matches if len(m) == 2 and m[0].distance < RATIO * m[1].distance]
+            return None
+        knn = self._matcher.knnMatch(db, da, k=2)
+        good = [m[0] for m in knn if len(m) == 2 and m[0].distance < RATIO * m[1].distance]
         if len(good) < 4:
-            return None, 0, 0.0
-        src = pb[[m.queryIdx for m in good]]
-        dst = pa[[m.trainIdx for m in good]]
-        # RANSAC draws from OpenCV's per-thread RNG; reseeding per pair makes a pair's verdict
-        # independent of how many pairs were checked before it (input order, resumed runs).
-        cv2.setRNGSeed(RANSAC_SEED)
-        estimate = cv2.estimateAffine2D if stretch else cv2.estimateAffinePartial2D
-        m, mask = estimate(src, dst, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PX)
-        if m is None or mask is None:
-            return None, 0, 0.0
-        inliers = int(mask.sum())
-        if not _plausible(m):
-            return None, inliers, inliers / len(good)
-        return m, inliers, inliers / len(good)
+            return None
+        return pb[[m.queryIdx for m in good]], pa[[m.trainIdx for m in good]]
+
+    def fit(self, a: Prepared, b: Prepared, stretch: bool = False) -> tuple[np.ndarray | None, int, float]:
+        """Similarity transform mapping b's pixels onto a's, its inlier count and inlier ratio; with
+        ``stretch``, an affine one whose two axes may scale differently (a stretched copy)."""
+        return fit_matches(self.matches(a, b), stretch)
+
+
+def fit_matches(
+    matched: tuple[np.ndarray, np.ndarray] | None, stretch: bool = False
+) -> tuple[np.ndarray | None, int, float]:
+    """Features.fit on matches already found (one matching serves the similarity and affine fits)."""
+    if matched is None:
+        return None, 0, 0.0
+    src, dst = matched
+    # RANSAC draws from OpenCV's per-thread RNG; reseeding per pair makes a pair's verdict
+    # independent of how many pairs were checked before it (input order, resumed runs).
+    cv2.setRNGSeed(RANSAC_SEED)
+    estimate = cv2.estimateAffine2D if stretch else cv2.estimateAffinePartial2D
+    m, mask = estimate(src, dst, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PX)
+    if m is None or mask is None:
+        return None, 0, 0.0
+    inliers = int(mask.sum())
+    if not _plausible(m):
+        return None, inliers, inliers / len(src)
+    return m, inliers, inliers / len(src)
 
 
 def _plausible(m: np.ndarray) -> bool:
@@ -356,17 +378,26 @@ def compare(a: Prepared, b: Prepared, m: np.ndarray) -> Match:
     if coverage < MIN_COVERAGE and CASCADE:
         return Match(coverage, tier="uncovered")
     if CASCADE:
-        small = _aligned(a, b, m, coverage, other, COARSE_SIDE, detail=False)
+        small, start = _aligned(a, b, m, coverage, other, COARSE_SIDE, detail=False)
         if small.pixel_match < COARSE_FLOOR:
             return Match(small.coverage, small.pixel_match, small.color_match, 1.0, "coarse")
-    return _aligned(a, b, m, coverage, other, COMPARE_SIDE, detail=True)
+        return _aligned(a, b, m, coverage, other, COMPARE_SIDE, detail=True, start=start)[0]
+    return _aligned(a, b, m, coverage, other, COMPARE_SIDE, detail=True)[0]
 
 
 def _aligned(
-    a: Prepared, b: Prepared, m: np.ndarray, coverage: float, other: float, side: float, detail: bool
-) -> Match:
+    a: Prepared,
+    b: Prepared,
+    m: np.ndarray,
+    coverage: float,
+    other: float,
+    side: float,
+    detail: bool,
+    start: np.ndarray | None = None,
+) -> tuple[Match, np.ndarray]:
     """The contained image ``a`` and b's pixels pulled onto it through the refinement of ``m``,
-    compared at (at most) ``side`` pixels."""
+    compared at (at most) ``side`` pixels; also the refined alignment as a's pixels -> b's (``start``
+    for a larger comparison: refined from there once, at full size, instead of from ``m``)."""
     h, w = a.gray.shape
     s = min(1.0, _common_side(a, b, m, side) / max(h, w))
     size = (max(PATCH, round(w * s)), max(PATCH, round(h * s)))
@@ -374,8 +405,47 @@ def _aligned(
     m_small = scale @ np.vstack([m, [0, 0, 1]])
     la = cv2.resize(a.lab, size, interpolation=cv2.INTER_AREA).astype(np.float32)
     content = cv2.resize(_content(a), size, interpolation=cv2.INTER_NEAREST).astype(bool)
-    back = _refine(la[..., 0], b.lab[..., 0].astype(np.float32), _invert(m_small), content)
-    return _match_at(a, b, la, content, back, size, coverage, other, detail)
+    warp = _invert(m_small)  # compared pixels -> b's
+    from_compared = np.diag([1 / s, 1 / s, 1.0])  # compared pixels -> a's
+    begin = None if start is None else start @ from_compared
+    k = 0
+    if not detail:
+        # ECC's cost follows the image it searches, not the template: b at no more than twice the
+        # compared resolution costs a fraction and loses nothing a small comparison can see
+        k = _halvings(math.sqrt(abs(np.linalg.det(warp[:, :2]))))
+        if k:
+            b, warp = _smaller(b, k), warp / 2**k
+    back = _refine(la[..., 0], b.lab[..., 0].astype(np.float32), warp, content, begin)
+    refined = (back * 2**k) @ np.linalg.inv(from_compared)  # a's pixels -> b's (full size)
+    return _match_at(a, b, la, content, back, size, coverage, other, detail), refined
+
+
+def _halvings(b_per_compared: float) -> int:
+    """How many times b can be halved (at most 2) and still hold at least 2 of its pixels per
+    compared pixel."""
+    k = 0
+    while k < 2 and b_per_compared / 2 ** (k + 1) >= 2.0:
+        k += 1
+    return k
+
+
+def _smaller(p: Prepared, k: int) -> Prepared:
+    """``p`` halved ``k`` times (area-averaged), its content mask with it; cached on ``p``."""
+    if p.smaller is None:
+        p.smaller = {}
+    if k not in p.smaller:
+        h, w = p.gray.shape
+        size = (max(8, round(w / 2**k)), max(8, round(h / 2**k)))
+        p.smaller[k] = Prepared(
+            cv2.resize(p.gray, size, interpolation=cv2.INTER_AREA),
+            cv2.resize(p.lab, size, interpolation=cv2.INTER_AREA),
+            content=cv2.resize(_content(p), size, interpolation=cv2.INTER_NEAREST),
+            real_side=p.real_side,
+            data=p.data,
+            flipped=p.flipped,
+            quality=p.quality,
+        )
+    return p.smaller[k]
 
 
 def _match_at(
@@ -586,7 +656,11 @@ def _extra_detail(a: Prepared, b: Prepared, back: np.ndarray, compare_side: int)
 
 
 def _refine(
-    template: np.ndarray, image: np.ndarray, warp: np.ndarray, content: np.ndarray | None = None
+    template: np.ndarray,
+    image: np.ndarray,
+    warp: np.ndarray,
+    content: np.ndarray | None = None,
+    start: np.ndarray | None = None,
 ) -> np.ndarray:
     """Sub-pixel refinement of an alignment (ECC, affine): a keypoint fit is off by a pixel or two,
     enough to decorrelate fine texture, and a whole-frame stretch is off by the crop of a lightly
@@ -599,9 +673,11 @@ def _refine(
     limit = ECC_MAX_SHIFT * side * scale_b
     corners = np.array([[0, 0, 1], [template.shape[1], 0, 1], [0, template.shape[0], 1],
                         [template.shape[1], template.shape[0], 1]], np.float64).T  # fmt: skip
-    best, best_cc = warp, -1.0
-    for levels in ((1.0,), ECC_LEVELS):
-        w, cc = _ecc(template, image, warp, levels, content)
+    best, best_cc = (warp if start is None else start), -1.0
+    # from a smaller comparison's refinement (``start``), one pass at full size; else two from ``warp``
+    tries = [(start, (1.0,))] if start is not None else [(warp, (1.0,)), (warp, ECC_LEVELS)]
+    for initial, levels in tries:
+        w, cc = _ecc(template, image, initial, levels, content)
         if cc > best_cc and np.abs((w - warp) @ corners).max() <= limit:
             best, best_cc = w, cc
     return best
@@ -792,9 +868,10 @@ def examine(
 ) -> Evidence:
     """The best alignment of b onto a and its verdict.
 
-    Cheapest first, stopping at the first copy: the straight stretch (most copies are re-encodes and
-    rescales of the whole frame), the straight ORB fit (crops, borders, rotations), then both
-    mirrored. ``inliers`` stays 0 when a stretch sufficed and keypoints were never matched. Without
+    Per orientation (straight, then mirrored), cheapest first, stopping at the first copy: the
+    keypoint matches are found first (a millisecond or two); when they pin a partial overlap
+    (_pinned_apart) nothing else of that orientation is tried. Otherwise the stretch (most copies are
+    re-encodes and rescales of the whole frame), then the ORB fit (crops, borders, rotations). Without
     ``stretch_first`` (a pair whose global descriptors differ: at best a crop), the stretch is tried
     only after a failed fit, and a pair with no keypoint fit costs no pixel comparison at all.
     ``window_search`` (the frames look alike) tries a template-matched window (a light crop).
@@ -807,6 +884,14 @@ def examine(
     for mirrored in (False, True):
         bb = _mirror(b) if mirrored else b
         suffix = "-mirrored" if mirrored else ""
+        matched = features.matches(a, bb)
+        m, inliers, ratio = fit_matches(matched)
+        if CASCADE:
+            pinned = _pinned_apart(a, bb, (m, inliers, ratio), matched, suffix)
+            if pinned is not None:
+                best = pinned if pinned.score > best.score else best
+                top_inliers, top_ratio = max((top_inliers, top_ratio), (inliers, ratio))
+                continue
         if stretch_first:
             e = _evidence(a, bb, stretch(a, bb), "stretch" + suffix, top_inliers, top_ratio)
             best = e if e.score > best.score else best
@@ -820,7 +905,6 @@ def examine(
                     best = e if e.score > best.score else best
             if _settled(best):
                 break
-        m, inliers, ratio = features.fit(a, bb)
         if inliers > top_inliers:
             top_inliers, top_ratio = inliers, ratio
         if m is not None and inliers >= min_inliers:
@@ -833,7 +917,7 @@ def examine(
             # a stretched copy (another aspect ratio, perhaps also reframed) is no similarity, but
             # one nearly agrees or many keypoints match: fit each axis its own scale from the same
             # matches, and try the whole-frame stretch
-            tries = [(features.fit(a, bb, stretch=True), "orb-stretch" + suffix)]
+            tries = [(fit_matches(matched, stretch=True), "orb-stretch" + suffix)]
             if not stretch_first:
                 tries.append(((stretch(a, bb), inliers, ratio), "stretch" + suffix))
             for (m_s, n_s, r_s), name in tries:
@@ -846,6 +930,35 @@ def examine(
         # report the keypoint evidence that was gathered, even when the stretch aligned better
         best = Evidence(**{**best.__dict__, "inliers": top_inliers, "inlier_ratio": top_ratio})
     return best
+
+
+def _pinned_apart(
+    a: Prepared,
+    b: Prepared,
+    fit: tuple[np.ndarray | None, int, float],
+    matched: tuple[np.ndarray, np.ndarray] | None,
+    suffix: str,
+) -> Evidence | None:
+    """The cascade's geometric reject: the keypoints agree on one placement of b in a, confidently
+    (PIN_INLIERS and PIN_RATIO, for the similarity fit and again for the affine fit, which is what a
+    stretched copy needs), and under both the contained image is not covered: another view of the
+    scene or an overlapping crop, whatever the pixels say. None when the fits do not pin it."""
+    m, inliers, ratio = fit
+    if m is None or inliers < PIN_INLIERS or ratio < PIN_RATIO:
+        return None
+    coverage = _contained_coverage(m, a, b)
+    if coverage >= MIN_COVERAGE:
+        return None
+    m_s, n_s, r_s = fit_matches(matched, stretch=True)
+    if m_s is None or n_s < PIN_INLIERS or r_s < PIN_RATIO or _contained_coverage(m_s, a, b) >= MIN_COVERAGE:
+        return None
+    return Evidence(inliers=inliers, inlier_ratio=ratio, coverage=coverage, alignment="orb" + suffix,
+                    tier="overlap")  # fmt: skip
+
+
+def _contained_coverage(m: np.ndarray, a: Prepared, b: Prepared) -> float:
+    """Coverage of whichever image ``m`` (b -> a) places inside the other (compare's choice)."""
+    return max(_coverage(m, b, a), _coverage(_invert(m), a, b))
 
 
 def _settled(best: Evidence) -> bool:

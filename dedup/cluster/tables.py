@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
+from dedup.cluster.copydetect import TIERS
 from dedup.core.errors import UserError
 from dedup.core.layout import WorkDir
 
@@ -200,18 +201,7 @@ def summary_of(
 
 def format_tiers(tiers: dict[str, dict[str, float]]) -> str:
     """'exact 12, same-pixels 3 (0.1 s), ...': pairs each tier decided, cheapest first."""
-    order = [
-        "exact",
-        "unverified",
-        "implied",
-        "same-pixels",
-        "unaligned",
-        "uncovered",
-        "coarse",
-        "aligned",
-        "undecodable",
-        "grouping",
-    ]
+    order = ["exact", "unverified", "implied", *TIERS, "grouping"]
     parts = []
     for name in sorted(tiers, key=lambda t: order.index(t) if t in order else len(order)):
         t = tiers[name]

@@ -294,3 +294,23 @@ def test_plain_images_are_never_merged_on_a_hash_alone(tmp_path):
         assert len({rep["00000"], rep["00001"], rep["00002"]}) == 3, (config, rep)
         if config.verify == "orb":
             assert rep["00009"] == rep["00000"], (config, rep)  # its pixels say so
+
+
+def test_overlapping_crops_are_decided_by_geometry_and_a_contained_or_mirrored_crop_stays_a_copy(room):
+    """Two windows of one photograph that overlap by ~80 % are no copy of each other: the keypoints
+    pin the overlap (tier "overlap", no pixel comparison); a window inside the other is a copy, also
+    mirrored (the rule is per orientation: a confident straight fit never rules out a mirror)."""
+    w, h = room.size
+    left = room.crop((0, 0, int(0.8 * w), h))
+    right = room.crop((int(0.2 * w), 0, w, h))
+    v = CopyVerifier()
+    v.add_images([(0, _jpeg(left)), (1, _jpeg(right))])
+    e = v.examine(0, 1, stretch_first=False, window_search=False)  # frames unlike: fits only
+    assert (e.verdict, e.tier) == ("distinct", "overlap"), e
+    assert e.inliers >= 30 and e.coverage < 0.97
+    assert v.examine(0, 1).verdict == "distinct"  # with the stretch and windows tried as well
+    inner = room.crop((int(0.25 * w), int(0.1 * h), int(0.7 * w), int(0.9 * h)))
+    assert _examine(_jpeg(left), _jpeg(inner)).verdict == "copy"
+    mirrored = inner.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    m = _examine(_jpeg(left), _jpeg(mirrored))
+    assert m.verdict == "copy" and m.alignment.endswith("mirrored"), m
