@@ -36,7 +36,8 @@ def planted(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run_one(n: int, method: str) -> dict:
-    from dedup.cluster.search import exact_search, ivf_search
+    from dedup.cluster.ivf import ivf_search
+    from dedup.cluster.search import exact_search
 
     x, pairs = planted(n)
     t0 = time.time()

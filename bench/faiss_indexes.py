@@ -9,7 +9,7 @@ photos crowd a few regions), with the planted copies on top. Vectors are written
 memory-mapped file in chunks, so N = 10^7 never sits in memory whole.
 
 Methods, all asked for the top k = 16 neighbours with cosine >= 0.9:
-- ``ivf``: this project's search (dedup/cluster/search.py: spherical k-means, 2*sqrt(N) partitions, 8 probes,
+- ``ivf``: this project's search (dedup/cluster/ivf.py: spherical k-means, 2*sqrt(N) partitions, 8 probes,
   one GEMM per partition, in a 128-d PCA sketch with a bound that loses no pair, candidates rescored
   from the float16 rows of the memory map);
 - ``ivf-full``: the same search in all 512 dimensions (the default before the sketch);
@@ -110,7 +110,7 @@ def _faiss_search(x: np.memmap, method: str, asked: np.ndarray | None) -> tuple[
     the search time is then extrapolated to all N, and said so)."""
     import faiss
 
-    from dedup.cluster.search import KMEANS_ROWS_PER_CENTROID, default_nlist
+    from dedup.cluster.ivf import KMEANS_ROWS_PER_CENTROID, default_nlist
 
     n = len(x)
     nlist = default_nlist(n)
@@ -176,7 +176,7 @@ def _reference(x: np.memmap, q: np.ndarray) -> set[tuple[int, int]]:
 
 
 def run_one(n: int, dist: str, method: str) -> dict:
-    from dedup.cluster.search import default_nlist, ivf_search
+    from dedup.cluster.ivf import default_nlist, ivf_search
 
     x = make_vectors(n, dist)
     rng = np.random.default_rng(1)

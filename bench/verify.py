@@ -2,7 +2,7 @@
 a pair's time goes on the scaling set.
 
 ``python -m bench.verify margins``: every pair the default cluster run verifies on the hard-negative
-benchmark (bench/copydetect.py), examined twice, by the full verifier (``copydetect.CASCADE`` off: every
+benchmark (bench/copydetect.py), examined twice, by the full verifier (``S.CASCADE`` off: every
 alignment refined and compared at full size) and by the cascade; prints how many pairs each tier
 decided, the verdicts that differ (the goal: none), the lowest small-size match of an alignment the
 full verifier found copy or derived (the margin above ``COARSE_FLOOR``), how many other alignments
@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from dedup.cluster import copydetect
+from dedup.cluster import copydetect, geometry, pixels
+from dedup.cluster import verifier_settings as S
 
 
 def verified_pairs(work_root: Path) -> tuple[list[tuple[str, str, bool, bool]], dict[str, bytes]]:
@@ -57,7 +58,7 @@ def verified_pairs(work_root: Path) -> tuple[list[tuple[str, str, bool, bool]], 
 def examine_all(
     pairs: list[tuple[str, str, bool, bool]], images: dict[str, bytes], cascade: bool
 ) -> tuple[list[copydetect.Evidence], float]:
-    copydetect.CASCADE = cascade
+    S.CASCADE = cascade
     verifier = copydetect.CopyVerifier()
     ids = {k: t for t, k in enumerate(sorted(images))}
     verifier.add_images((ids[k], v) for k, v in images.items())
@@ -65,10 +66,10 @@ def examine_all(
         p = verifier.prepared(k)
         if p is not None:
             verifier._features.compute(p)
-            verifier._features.compute(copydetect._mirror(p))
+            verifier._features.compute(geometry.mirror_of(p))
     started = time.perf_counter()
     out = [verifier.examine(ids[a], ids[b], s, w) for a, b, s, w in pairs]
-    copydetect.CASCADE = True
+    S.CASCADE = True
     return out, time.perf_counter() - started
 
 
@@ -80,14 +81,14 @@ def small_matches(
     full_compare = copydetect.compare
     seen: list[tuple[float, float, float]] = []
 
-    def traced(a: copydetect.Prepared, b: copydetect.Prepared, m: np.ndarray) -> copydetect.Match:
+    def traced(a: geometry.Prepared, b: geometry.Prepared, m: np.ndarray) -> pixels.Match:
         out = full_compare(a, b, m)
-        side = copydetect.COMPARE_SIDE
-        copydetect.COMPARE_SIDE = copydetect.COARSE_SIDE
+        side = S.COMPARE_SIDE
+        S.COMPARE_SIDE = S.COARSE_SIDE
         try:
             small = full_compare(a, b, m)
         finally:
-            copydetect.COMPARE_SIDE = side
+            S.COMPARE_SIDE = side
         seen.append((out.coverage, out.pixel_match, small.pixel_match))
         return out
 
@@ -119,10 +120,10 @@ def margins(root: Path) -> dict[str, Any]:
         if f.verdict != c.verdict
     ]
     seen = np.array(small_matches(pairs, images)).reshape(-1, 3)
-    covered = seen[:, 0] >= copydetect.MIN_COVERAGE
-    kept = covered & (seen[:, 1] >= copydetect.DERIVED_MATCH)  # alignments that end copy or derived
+    covered = seen[:, 0] >= S.MIN_COVERAGE
+    kept = covered & (seen[:, 1] >= S.DERIVED_MATCH)  # alignments that end copy or derived
     others = covered & ~kept
-    floor = copydetect.COARSE_FLOOR
+    floor = S.COARSE_FLOOR
     result = {
         "pairs": len(pairs),
         "cascade tiers (pairs)": dict(sorted(tiers.items())),
@@ -220,7 +221,7 @@ def plan_sample(n: int, k: int = 400) -> None:
         p = verifier.prepared(row)
         if p is not None:
             verifier._features.compute(p)
-            verifier._features.compute(copydetect._mirror(p))
+            verifier._features.compute(geometry.mirror_of(p))
     prep = time.perf_counter() - started
     tiers: dict[str, list[float]] = {}
     for a, b, s, w in sample.select("a", "b", "stretch_first", "window_search").iter_rows():

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from dedup.cluster.search import Candidates, Mapper, phash_candidates, search
+from dedup.cluster.hash_candidates import phash_candidates
+from dedup.cluster.search import Candidates, Mapper, search
 from dedup.core.config import ClusterConfig
 from dedup.core.errors import UserError
 from dedup.core.layout import WorkDir, atomic_path, read_json

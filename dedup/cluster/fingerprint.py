@@ -13,12 +13,17 @@ from pathlib import Path
 
 # The modules whose code and constants decide which pairs are duplicates and which image is kept.
 DECISION_MODULES = (
+    "dedup.cluster.verifier_settings",
+    "dedup.cluster.geometry",
+    "dedup.cluster.pixels",
     "dedup.cluster.copydetect",
     "dedup.cluster.grouping",
     "dedup.cluster.representatives",
     "dedup.cluster.candidates",
     "dedup.cluster.verify",
     "dedup.cluster.search",
+    "dedup.cluster.ivf",
+    "dedup.cluster.hash_candidates",
     "dedup.embed.localfeatures",
 )
 

@@ -103,14 +103,14 @@ class PairOracle:
         """(stretch_first, window_search) per pair: the same framing (a whole-frame stretch is worth
         trying first) shows in the perceptual hash; a light crop may not, but keeps the global look
         (a window is worth searching for)."""
-        from dedup.cluster.search import pair_phash_distance
+        from dedup.cluster.hash_candidates import pair_phash_distance
 
         same_frame = pair_phash_distance(self.phash, self.phash_mirror, i, j) <= STRETCH_PHASH
         return same_frame, same_frame | (self.cosine_pairs(i, j) >= STRETCH_COSINE)
 
     def proposed(self, i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(signal name or "", needs verification, cosine) per pair, from the cheap signals alone."""
-        from dedup.cluster.search import pair_phash_distance
+        from dedup.cluster.hash_candidates import pair_phash_distance
 
         n = len(i)
         cos = self.cosine_pairs(i, j)

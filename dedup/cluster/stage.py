@@ -21,8 +21,8 @@ again (``implied`` in ``pairs.parquet``): they cannot change a group.
 
 Defaults and what they rest on (bench/RESULTS.md: "Copy detection with hard negatives", "Dedup
 quality on the demo corpus"): descriptor cosine 0.97, candidates from 0.5, pHash 10; the verifier's
-constants are in ``dedup/cluster/copydetect.py``. For CLIP embeddings (not measurable here: no pretrained
-weights offline) 0.95 / 0.85; pick yours with ``dedup evaluate`` on labelled pairs.
+settings are in ``dedup/cluster/verifier_settings.py``. For CLIP embeddings (not measurable here: no
+pretrained weights offline) 0.95 / 0.85; pick yours with ``dedup evaluate`` on labelled pairs.
 """
 
 from __future__ import annotations
@@ -47,9 +47,10 @@ from dedup.cluster.candidates import (
 )
 from dedup.cluster.fingerprint import decision_fingerprint
 from dedup.cluster.grouping import PLAIN_KEYPOINTS, PairOracle, group
+from dedup.cluster.hash_candidates import pair_phash_distance
 from dedup.cluster.reference import match_reference
 from dedup.cluster.representatives import RankContext
-from dedup.cluster.search import Mapper, pair_phash_distance
+from dedup.cluster.search import Mapper
 from dedup.cluster.tables import (
     CLUSTER_SCHEMA,
     cluster_table_of,

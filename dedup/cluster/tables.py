@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from dedup.cluster.copydetect import TIERS
+from dedup.cluster.verifier_settings import TIERS
 from dedup.core.errors import UserError
 from dedup.core.layout import WorkDir
 
@@ -91,7 +91,7 @@ EVIDENCE_COLUMNS = {
     "color_match": pl.Float32,
     "detail": pl.Float32,
     "verdict": pl.String,
-    "decided_by": pl.String,  # the verifier's cascade tier (copydetect.TIERS)
+    "decided_by": pl.String,  # the verifier's cascade tier (verifier_settings.TIERS)
 }
 
 

@@ -526,7 +526,7 @@ def _borderline(work: WorkDir, pairs: pl.DataFrame | None, config: ReportConfig)
     """The pairs nearest the decision: the verifier's copy threshold where it looked, else the cosine's."""
     if pairs is None:
         return pl.DataFrame()
-    from dedup.cluster.copydetect import COPY_MATCH
+    from dedup.cluster.verifier_settings import COPY_MATCH
 
     cs = read_json(work.cluster_summary) if work.cluster_summary.exists() else {}
     t = float(cs.get("embedding_threshold", 0.95))

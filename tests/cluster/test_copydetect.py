@@ -17,7 +17,8 @@ from bench.copydetect import (
     copy_transform,
     derived_transform,
 )
-from dedup.cluster.copydetect import CopyVerifier, Evidence, content_mask, prepare
+from dedup.cluster.copydetect import CopyVerifier, Evidence
+from dedup.cluster.geometry import content_mask, prepare
 from dedup.cluster.grouping import PairOracle
 
 MVTB = _package_dir("mvtbdata")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dedup.cluster.search import exact_search, ivf_search, phash_candidates
+from dedup.cluster.hash_candidates import phash_candidates
+from dedup.cluster.ivf import ivf_search
+from dedup.cluster.search import exact_search
 from dedup.embed.hashing import hamming
 
 

@@ -90,7 +90,8 @@ def test_ray_and_local_executors_write_the_same_bytes(tmp_path, ray_executor):
 
 
 def test_search_pieces_run_as_ray_tasks_give_the_exact_same_pairs(ray_executor):
-    from dedup.cluster.search import exact_search, ivf_search
+    from dedup.cluster.ivf import ivf_search
+    from dedup.cluster.search import exact_search
 
     rng = np.random.default_rng(1)
     x = rng.normal(size=(3000, 16)).astype(np.float32)

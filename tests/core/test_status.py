@@ -46,7 +46,7 @@ def test_status_after_a_rerun_with_changed_embed_settings(tmp_path, cli):
 
 @pytest.mark.parametrize(
     ("module", "setting"),
-    [("copydetect", "COPY_MATCH"), ("copydetect", "COARSE_FLOOR"), ("grouping", "HEAD_TRIALS")],
+    [("verifier_settings", "COPY_MATCH"), ("verifier_settings", "COARSE_FLOOR"), ("grouping", "HEAD_TRIALS")],
 )
 def test_changing_any_verifier_or_grouping_number_redoes_the_cluster_stage(
     tmp_path, monkeypatch, module, setting
