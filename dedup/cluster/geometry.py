@@ -101,16 +101,13 @@ class Features:
             return None
         return pb[[m.queryIdx for m in good]], pa[[m.trainIdx for m in good]]
 
-    def fit(self, a: Prepared, b: Prepared, stretch: bool = False) -> tuple[np.ndarray | None, int, float]:
-        """Similarity transform mapping b's pixels onto a's, its inlier count and inlier ratio; with
-        ``stretch``, an affine one whose two axes may scale differently (a stretched copy)."""
-        return fit_matches(self.matches(a, b), stretch)
-
 
 def fit_matches(
     matched: tuple[np.ndarray, np.ndarray] | None, stretch: bool = False
 ) -> tuple[np.ndarray | None, int, float]:
-    """Features.fit on matches already found (one matching serves the similarity and affine fits)."""
+    """Similarity transform mapping b's pixels onto a's (from ``Features.matches``), its inlier count
+    and inlier ratio; with ``stretch``, an affine one whose two axes may scale differently (a
+    stretched copy). One matching serves both fits."""
     if matched is None:
         return None, 0, 0.0
     src, dst = matched
