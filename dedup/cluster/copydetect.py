@@ -38,6 +38,7 @@ import numpy as np
 from dedup.cluster import verifier_settings as S
 from dedup.cluster.geometry import (
     Features,
+    Keypoints,
     Prepared,
     contained_coverage,
     fit_matches,
@@ -250,11 +251,19 @@ class CopyVerifier:
     """Evidence for pairs of images held by integer id: bytes are kept, decoded images are cached
     (most recently used first), keypoints computed once per decoded image."""
 
-    def __init__(self, min_inliers: int = S.MIN_FIT_INLIERS, cache: int = 4096) -> None:
+    def __init__(
+        self, min_inliers: int = S.MIN_FIT_INLIERS, cache: int = 4096, keypoint_cache: int = 32_768
+    ) -> None:
         self.min_inliers = min_inliers
         self._bytes: dict[int, bytes] = {}
         self._prepared: OrderedDict[int, Prepared | None] = OrderedDict()
         self._cache = cache
+        # An evicted image's keypoints (~20 KB an orientation), kept apart from its pixels (~0.5 MB):
+        # a component of thousands of images visits each one many times in no local order, and
+        # decoding again costs a fraction of detecting again (10k scaling set: 7x as many decodes as
+        # images with 512 images cached).
+        self._keypoints: OrderedDict[int, tuple[Keypoints | None, Keypoints | None]] = OrderedDict()
+        self._keypoint_cache = keypoint_cache
         self._lock = threading.Lock()  # the cache is shared by verifying threads
         self._local = threading.local()  # an ORB detector per thread (OpenCV's is not thread-safe)
 
@@ -275,10 +284,22 @@ class CopyVerifier:
         with self._lock:
             if row in self._prepared:  # another thread decoded it meanwhile: keep one copy
                 return self._prepared[row]
+            if p is not None and row in self._keypoints:
+                p.keypoints, mirrored = self._keypoints.pop(row)
+                if mirrored is not None:
+                    mirror_of(p).keypoints = mirrored
             self._prepared[row] = p
             if len(self._prepared) > self._cache:
-                self._prepared.popitem(last=False)
+                self._keep_keypoints(*self._prepared.popitem(last=False))
         return p
+
+    def _keep_keypoints(self, row: int, p: Prepared | None) -> None:
+        """Called under the lock as ``p`` leaves the image cache: what was detected on it stays."""
+        if p is None or p.keypoints is None:
+            return
+        self._keypoints[row] = (p.keypoints, p.mirrored.keypoints if p.mirrored is not None else None)
+        if len(self._keypoints) > self._keypoint_cache:
+            self._keypoints.popitem(last=False)
 
     @property
     def _features(self) -> Features:

@@ -14,6 +14,8 @@ import numpy as np
 
 from dedup.cluster import verifier_settings as S
 
+Keypoints = tuple[np.ndarray, np.ndarray | None]  # ORB points (n, 2) and descriptors (n, 32)
+
 
 @dataclass
 class Prepared:
@@ -21,7 +23,7 @@ class Prepared:
 
     gray: np.ndarray  # (h, w) uint8, longest side SIDE
     lab: np.ndarray  # (h, w, 3) uint8: luma Y, then OpenCV's 8-bit Lab chroma (centred on 128)
-    keypoints: tuple[np.ndarray, np.ndarray | None] | None = None  # ORB (points, descriptors), lazily
+    keypoints: Keypoints | None = None  # ORB (points, descriptors), lazily
     mirrored: Prepared | None = None
     content: np.ndarray | None = None  # 1 on content, 0 on uniform fill (borders), lazily
     real_side: int = 0  # longest side of the decoded image, before normalisation
@@ -81,7 +83,7 @@ class Features:
         self._orb = cv2.ORB_create(nfeatures=nfeatures, fastThreshold=10, edgeThreshold=15, patchSize=15)
         self._matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
 
-    def compute(self, p: Prepared) -> tuple[np.ndarray, np.ndarray | None]:
+    def compute(self, p: Prepared) -> Keypoints:
         """(points, descriptors), computed once; set in one assignment, so a thread never sees
         points without their descriptors."""
         if p.keypoints is None:
