@@ -246,7 +246,8 @@ def experiment_cmd(
     finished run is kept: rerun the same command to resume.
     """
     from attack.experiment import ARMS, format_experiment, run_experiment
-    from dedup.core.layout import ExperimentDir, WorkDir
+    from attack.layout import ExperimentDir
+    from dedup.core.layout import WorkDir
 
     chosen = tuple(a.strip() for a in arms.split(",") if a.strip())
     bad = [a for a in chosen if a not in ARMS]
@@ -281,7 +282,8 @@ def candidates_cmd(
     LAION images.
     """
     from attack.generate_filter import candidates
-    from dedup.core.layout import AttackDir, WorkDir, atomic_path
+    from attack.layout import AttackDir
+    from dedup.core.layout import WorkDir, atomic_path
 
     if top < 1:
         raise UserError(f"--top {top}: the number of groups is at least 1")
@@ -338,7 +340,7 @@ def generate_filter_cmd(
     """
     from attack.generate_filter import Settings, format_generate_filter, run_generate_filter
     from attack.generators import make_generator
-    from dedup.core.layout import AttackDir
+    from attack.layout import AttackDir
 
     if k < 2:
         raise UserError("-k must be at least 2: a clique needs generations to compare")

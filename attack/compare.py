@@ -22,10 +22,11 @@ import typer
 from attack.config import AttackConfig, resolve_attack
 from attack.data import AttackSets, attack_sets
 from attack.extract import BUCKETS, Extraction, extract
+from attack.layout import AttackDir
 from attack.model import UNetConfig
 from attack.sample import load_generations, sample_to_file
 from attack.train import TrainConfig, data_digest, train
-from dedup.core.layout import AttackDir, atomic_path, read_json, write_json
+from dedup.core.layout import atomic_path, read_json, write_json
 from dedup.core.markers import config_hash
 
 WHICH = ("before", "after")

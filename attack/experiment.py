@@ -37,11 +37,12 @@ from attack.compare import prompts_for, train_config
 from attack.config import AttackConfig, resolve_attack
 from attack.data import AttackSets, ImageSet, attack_sets
 from attack.extract import BUCKETS, extract
+from attack.layout import ExperimentDir
 from attack.membership import FPR, T, auc, loss_scores, roc, tpr_at_fpr
 from attack.sample import load_generations, sample_to_file
 from attack.tables import format_experiment
 from attack.train import data_digest, train
-from dedup.core.layout import ExperimentDir, atomic_path, read_json, write_json
+from dedup.core.layout import atomic_path, read_json, write_json
 from dedup.core.markers import config_hash
 
 ARMS = ("before", "after", "after_equal_passes", "random_removal")

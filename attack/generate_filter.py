@@ -32,9 +32,10 @@ from attack.clique import largest_clique
 from attack.data import read_images, shard_folder, square
 from attack.distance import DELTA, as_float, l2, tiled_l2
 from attack.extract import BUCKETS, bucket_of
+from attack.layout import GenerateFilterDir
 from dedup.cluster.stage import load_clusters
 from dedup.core.errors import UserError
-from dedup.core.layout import GenerateFilterDir, WorkDir, atomic_path, write_json
+from dedup.core.layout import WorkDir, atomic_path, write_json
 
 TAU = 0.15  # attack.md §3 (setting; not published): default 0.15
 

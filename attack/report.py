@@ -1,5 +1,5 @@
-"""The attack's part of the HTML report: numbers from the attack's files (layout.AttackDir,
-layout.ExperimentDir), charts, thumbnails of the closest (training image, generation) pairs. dedup's
+"""The attack's part of the HTML report: numbers from the attack's files (attack.layout.AttackDir,
+ExperimentDir), charts, thumbnails of the closest (training image, generation) pairs. dedup's
 report finds this through an entry point, so the dependency runs one way: attack -> dedup."""
 
 from __future__ import annotations
@@ -12,11 +12,18 @@ import polars as pl
 
 from attack.experiment import roc_curves
 from attack.extract import BUCKETS
+from attack.layout import AttackDir, ExperimentDir
 from attack.sample import load_generations
 from attack.tables import cell_text, primary_text
 from dedup.core.errors import UserError
-from dedup.core.layout import AttackDir, ExperimentDir, WorkDir, read_json
+from dedup.core.layout import WorkDir, read_json
 from dedup.report.stage import _missing, _plt, _save, _table, array_thumb
+
+
+def stages_present(work: WorkDir) -> dict[str, bool]:
+    """Which of the attack's runs the work directory holds (dedup's report lists them with its own)."""
+    paths = AttackDir(work.attack_dir)
+    return {"attack": paths.summary.exists(), "generate_filter": paths.generate_filter_summary.exists()}
 
 
 def attack_numbers(work: WorkDir) -> dict[str, Any] | None:

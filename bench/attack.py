@@ -27,7 +27,8 @@ from attack.config import AttackConfig
 from attack.experiment import ARMS, analyse_stored, format_experiment, run_experiment
 from attack.generate_filter import Settings, candidates, run_generate_filter
 from attack.generators import DDPMGenerator
-from dedup.core.layout import ExperimentDir, GenerateFilterDir, WorkDir
+from attack.layout import ExperimentDir, GenerateFilterDir
+from dedup.core.layout import WorkDir
 
 ROOTS = {"tiles": Path("bench/out/demo"), "photos": Path("bench/out/photos")}
 # Every finished run's result.json (counts, per-image scores, null counts: no images, no weights),

@@ -6,7 +6,8 @@ attack package registers them in pyproject.toml:
 - ``dedup.commands``: a Typer sub-app of the CLI (``attack = "attack.cli:app"``);
 - ``dedup.pipeline_stages``: a stage of ``dedup run`` (``attack = "attack.cli:pipeline_stage"``);
 - ``dedup.report_sections``: a section of the HTML report
-  (``memorization = "attack.report:memorization_section"``).
+  (``memorization = "attack.report:memorization_section"``), and ``present``, which of the package's
+  stages left results (``attack.report:stages_present``: its folders are its own layout).
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ from PIL import Image, ImageOps
 
 from dedup.core.config import ReportConfig
 from dedup.core.errors import UserError
-from dedup.core.layout import AttackDir, WorkDir, atomic_path, locked, read_json, write_json
+from dedup.core.extensions import REPORT_SECTIONS, extension
+from dedup.core.layout import WorkDir, atomic_path, locked, read_json, write_json
 from dedup.core.markers import write_marker
 from dedup.core.stage import Advance, Plan, Stage, Unit, run_stage
 
@@ -43,15 +44,15 @@ def caption_text(value: Any) -> str:
 
 
 def stages_present(work: WorkDir) -> dict[str, bool]:
-    attack = AttackDir(work.attack_dir)
+    """The attack package says which of its stages ran (its folders are its layout)."""
+    present = extension(REPORT_SECTIONS, "present")
     return {
         "download": bool(work.download_shards()),
         "embed": work.embed_summary.exists(),
         "cluster": work.clusters.exists(),
         "evaluate": work.evaluation.exists(),
         "write": work.ledger.exists(),
-        "attack": attack.summary.exists(),
-        "generate_filter": attack.generate_filter_summary.exists(),
+        **(present(work) if present is not None else {"attack": False, "generate_filter": False}),
     }
 
 
@@ -571,8 +572,6 @@ def _evidence(r: dict[str, Any] | None) -> dict[str, Any] | None:
 def _memorization(work: WorkDir, out: Path, summary: dict, settings: dict) -> dict[str, Any]:
     """The attack package's section (dedup.core.extensions, ``dedup.report_sections``), or a note that
     the attack has not run."""
-    from dedup.core.extensions import REPORT_SECTIONS, extension
-
     section = extension(REPORT_SECTIONS, "memorization")
     if section is not None:
         return section(work, out, summary, settings)

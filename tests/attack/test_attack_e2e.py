@@ -17,7 +17,7 @@ import torch
 from attack.compare import run_compare
 from attack.config import AttackConfig
 from attack.extract import BUCKETS
-from dedup.core.layout import AttackDir
+from attack.layout import AttackDir
 
 pytestmark = pytest.mark.slow
 
@@ -154,7 +154,8 @@ def test_the_experiment_runs_every_arm_per_replicate_and_resumes(small_demo, tmp
     """Two replicates x four arms at a tiny budget: paired differences with intervals, membership per
     bucket, equal-passes steps scaled to the set, and a rerun that reuses every finished run."""
     from attack.experiment import ARMS, run_experiment
-    from dedup.core.layout import ExperimentDir, read_json
+    from attack.layout import ExperimentDir
+    from dedup.core.layout import read_json
 
     cfg = AttackConfig(**{**TINY, "steps": 6, "samples": 8, "max_distinct": 40, "sample_steps": 3})
     out = tmp_path / "exp"

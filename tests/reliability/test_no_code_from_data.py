@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from attack.layout import AttackDir
 from dedup.core.errors import UserError
-from dedup.core.layout import AttackDir, WorkDir
+from dedup.core.layout import WorkDir
 
 
 class _Payload:
