@@ -271,7 +271,8 @@ def run_experiment(
 
 def stored_results(out: Path, arms: tuple[str, ...] = ARMS) -> dict[int, dict[str, dict[str, Any]]]:
     """Every replicate whose arms all finished, read from disk (what ``bench.attack --tables`` and
-    the report analyse); only runs made by this code (their key's code digest) count."""
+    the report analyse). Whatever code made them: a run's key (with its code digest) decides only
+    whether ``run_experiment`` may reuse it instead of training again."""
     paths = ExperimentDir(out)
     results: dict[int, dict[str, dict[str, Any]]] = {}
     for folder in sorted(paths.root.glob("seed[0-9][0-9][0-9]")):
