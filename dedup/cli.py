@@ -12,7 +12,58 @@ from typing import Annotated
 
 import typer
 
-from dedup.core.config import ClusterConfig, DownloadConfig, EmbedConfig, WriteConfig
+from dedup.command_options import (
+    ClusterAgainst,
+    ClusterCandidateThreshold,
+    ClusterDerived,
+    ClusterEmbeddingThreshold,
+    ClusterForce,
+    ClusterGrouping,
+    ClusterK,
+    ClusterPhashThreshold,
+    ClusterRepresentative,
+    ClusterSearch,
+    ClusterSignals,
+    ClusterVerify,
+    DownloadAllowFileUrls,
+    DownloadCaptionCol,
+    DownloadDistributor,
+    DownloadEncodeFormat,
+    DownloadImageSize,
+    DownloadIncremental,
+    DownloadInputFormat,
+    DownloadMaxImageArea,
+    DownloadMinImageSize,
+    DownloadProcesses,
+    DownloadResizeMode,
+    DownloadResizeOnlyIfBigger,
+    DownloadRespectRobots,
+    DownloadRetries,
+    DownloadSamplesPerShard,
+    DownloadSaveAdditionalColumns,
+    DownloadSkipReencode,
+    DownloadThreads,
+    DownloadTimeout,
+    DownloadUrlCol,
+    DownloadUrlList,
+    EmbedBatchSize,
+    EmbedDevice,
+    EmbedEmbedder,
+    EmbedEmbedMissing,
+    EmbedFromPrecomputed,
+    EmbedModel,
+    EmbedPrecision,
+    EmbedPretrained,
+    EmbedWorkers,
+    ImportCaptionCol,
+    ImportRekey,
+    ImportSamplesPerShard,
+    ImportSource,
+    WriteDryRun,
+    WriteSamplesPerShard,
+    WriteWorkers,
+)
+from dedup.core.config import ClusterConfig, DownloadConfig
 from dedup.core.errors import UserError
 from dedup.options import (
     ConfigOpt,
@@ -22,7 +73,6 @@ from dedup.options import (
     WorkdirArg,
     load_pipeline_config,
     open_executor,
-    option,
     with_executor,
 )
 from dedup.stages import Options, run_stage
@@ -44,85 +94,29 @@ app = typer.Typer(
 
 @app.command(rich_help_panel="Stages")
 def download(
-    url_list: Annotated[
-        Path, typer.Argument(help="URL list: parquet, csv, tsv, jsonl, json or txt (or a folder).")
-    ],
+    url_list: DownloadUrlList,
     workdir: WorkdirArg,
     config: ConfigOpt = None,
-    input_format: Annotated[
-        str | None, typer.Option(help="Format of URL_LIST; inferred from its suffix.")
-    ] = None,
-    url_col: Annotated[str | None, typer.Option(help="URL column. \\[default: URL, as in LAION]")] = None,
-    caption_col: Annotated[str | None, option(DownloadConfig, "caption_col", "Caption column.")] = None,
-    save_additional_columns: Annotated[
-        list[str] | None, typer.Option(help="Extra input columns to keep in each sample's json (repeatable).")
-    ] = None,
-    image_size: Annotated[int | None, option(DownloadConfig, "image_size", "Target size in pixels.")] = None,
-    resize_mode: Annotated[
-        str | None,
-        option(DownloadConfig, "resize_mode", "no | border | keep_ratio | keep_ratio_largest | center_crop."),
-    ] = None,
-    resize_only_if_bigger: Annotated[
-        bool | None,
-        option(DownloadConfig, "resize_only_if_bigger", "Never upscale."),
-    ] = None,
-    encode_format: Annotated[
-        str | None,
-        option(DownloadConfig, "encode_format", "jpg | png | webp, for re-encoded images."),
-    ] = None,
-    skip_reencode: Annotated[
-        bool | None,
-        option(DownloadConfig, "skip_reencode", "Keep the original bytes when no resize is needed."),
-    ] = None,
-    processes: Annotated[int | None, option(DownloadConfig, "processes", "Download processes.")] = None,
-    threads: Annotated[int | None, option(DownloadConfig, "threads", "Threads per process.")] = None,
-    samples_per_shard: Annotated[
-        int | None,
-        option(DownloadConfig, "samples_per_shard", "Samples per output shard."),
-    ] = None,
-    timeout: Annotated[int | None, option(DownloadConfig, "timeout", "Seconds per request.")] = None,
-    retries: Annotated[int | None, option(DownloadConfig, "retries", "Retries per URL.")] = None,
-    max_image_area: Annotated[
-        int | None,
-        option(
-            DownloadConfig,
-            "max_image_area",
-            "Refuse images with more pixels than this, from the header (decompression bombs).",
-        ),
-    ] = None,
-    min_image_size: Annotated[
-        int | None,
-        option(DownloadConfig, "min_image_size", "Refuse images smaller than this."),
-    ] = None,
-    respect_robots: Annotated[
-        bool | None,
-        typer.Option(
-            "--respect-robots/--ignore-robots",
-            help="Skip images whose X-Robots-Tag says noai, noimageai, noindex or noimageindex. "
-            "\\[default: respect]",
-        ),
-    ] = None,
-    allow_file_urls: Annotated[
-        bool | None,
-        option(
-            DownloadConfig,
-            "allow_file_urls",
-            "Download file:// and other non-http(s) URLs too (refused by default: a URL list could "
-            "pull this machine's files into the dataset).",
-        ),
-    ] = None,
-    incremental: Annotated[
-        bool | None,
-        option(
-            DownloadConfig,
-            "incremental",
-            "Resume: skip shards already in WORKDIR; --no-incremental redoes everything.",
-        ),
-    ] = None,
-    distributor: Annotated[
-        str | None,
-        option(DownloadConfig, "distributor", "multiprocessing | pyspark | ray."),
-    ] = None,
+    input_format: DownloadInputFormat = None,
+    url_col: DownloadUrlCol = None,
+    caption_col: DownloadCaptionCol = None,
+    save_additional_columns: DownloadSaveAdditionalColumns = None,
+    image_size: DownloadImageSize = None,
+    resize_mode: DownloadResizeMode = None,
+    resize_only_if_bigger: DownloadResizeOnlyIfBigger = None,
+    encode_format: DownloadEncodeFormat = None,
+    skip_reencode: DownloadSkipReencode = None,
+    processes: DownloadProcesses = None,
+    threads: DownloadThreads = None,
+    samples_per_shard: DownloadSamplesPerShard = None,
+    timeout: DownloadTimeout = None,
+    retries: DownloadRetries = None,
+    max_image_area: DownloadMaxImageArea = None,
+    min_image_size: DownloadMinImageSize = None,
+    respect_robots: DownloadRespectRobots = None,
+    allow_file_urls: DownloadAllowFileUrls = None,
+    incremental: DownloadIncremental = None,
+    distributor: DownloadDistributor = None,
 ) -> None:
     """Download a URL list into WebDataset shards (img2dataset); print what succeeded and why rows failed.
 
@@ -148,28 +142,12 @@ def download(
 
 @app.command("import", rich_help_panel="Stages")
 def import_cmd(
-    source: Annotated[
-        str,
-        typer.Argument(
-            help="WebDataset shards (a .tar, a folder of them, a glob or 'dir/{00000..00099}.tar'; read "
-            "in place), a folder of images (recursively; captions from sidecar .txt/.json) or parquet "
-            "file(s) with image bytes (Hugging Face layout: an 'image' struct with bytes/path). A path "
-            "or an fsspec URL (file://, s3://, gs://, hf:// with that package installed)."
-        ),
-    ],
+    source: ImportSource,
     workdir: WorkdirArg,
-    caption_col: Annotated[
-        str | None, typer.Option(help="Parquet caption column. \\[default: text, caption or TEXT]")
-    ] = None,
-    samples_per_shard: Annotated[int, typer.Option(help="Samples per WebDataset shard.")] = 10_000,
-    rekey: Annotated[
-        bool,
-        typer.Option(
-            help="Shards whose keys repeat across tars (each numbered from 000000): copy them into the "
-            "work dir keyed <tar name>/<key>, every member's bytes unchanged, instead of reading them in "
-            "place. Without it such shards are refused."
-        ),
-    ] = False,
+    config: ConfigOpt = None,
+    caption_col: ImportCaptionCol = None,
+    samples_per_shard: ImportSamplesPerShard = None,
+    rekey: ImportRekey = None,
 ) -> None:
     """Dedup the data you already have: import it as WORKDIR's download stage, without downloading.
 
@@ -177,57 +155,35 @@ def import_cmd(
     A folder's or parquet's images keep their original bytes (never re-encoded); a folder's key is the
     relative path. Unreadable files (and files that are not images) get a ledger row (download_failed),
     never a silent drop. A killed import resumes when rerun; a source that changed since it was
-    imported is refused. Then run embed, cluster, write.
+    imported is refused. The same stage as `dedup run` with `source:` in a config. Then run embed,
+    cluster, write.
     """
+    from dedup.core.config import override
     from dedup.core.layout import WorkDir
-    from dedup.download.ingest import format_import_summary, run_import
 
-    if samples_per_shard < 1:
-        raise UserError("--samples-per-shard must be at least 1")
-    summary = run_import(source, WorkDir(workdir), samples_per_shard, caption_col, rekey)
-    typer.echo(format_import_summary(summary))
+    pipeline = load_pipeline_config(config)
+    update = {
+        "source": source,
+        "source_options": override(pipeline.source_options, caption_col=caption_col, rekey=rekey),
+        "download": override(pipeline.download, samples_per_shard=samples_per_shard),
+    }
+    with open_executor(pipeline, None, None) as ex:
+        run_stage("download", pipeline.model_copy(update=update), WorkDir(workdir), ex, Options())
 
 
 @app.command(rich_help_panel="Stages")
 def embed(
     workdir: WorkdirArg,
     config: ConfigOpt = None,
-    embedder: Annotated[
-        str | None,
-        option(EmbedConfig, "embedder", "clip (open_clip) | descriptor (weight-free, offline)."),
-    ] = None,
-    model: Annotated[str | None, option(EmbedConfig, "model", "open_clip model name.")] = None,
-    pretrained: Annotated[
-        str | None,
-        option(
-            EmbedConfig, "pretrained", "open_clip pretrained tag, or a local checkpoint file for offline use."
-        ),
-    ] = None,
-    batch_size: Annotated[int | None, option(EmbedConfig, "batch_size", "Images per model batch.")] = None,
-    workers: Annotated[
-        int | None,
-        option(EmbedConfig, "workers", "Decode threads running ahead of the model."),
-    ] = None,
-    device: Annotated[str | None, option(EmbedConfig, "device", "auto | cpu | cuda.")] = None,
-    precision: Annotated[
-        str | None,
-        option(EmbedConfig, "precision", "auto (fp16/bf16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16."),
-    ] = None,
-    from_precomputed: Annotated[
-        Path | None,
-        typer.Option(
-            help="Import released embeddings (img_emb/*.npy + metadata/*.parquet, clip-retrieval "
-            "layout) joined by key or URL, instead of running a model."
-        ),
-    ] = None,
-    embed_missing: Annotated[
-        bool | None,
-        typer.Option(
-            "--embed-missing/--refuse-missing",
-            help="With --from-precomputed: embed the images the released vectors lack with --model/"
-            "--pretrained (the model that made them), or refuse such a source. \\[default: refuse]",
-        ),
-    ] = None,
+    embedder: EmbedEmbedder = None,
+    model: EmbedModel = None,
+    pretrained: EmbedPretrained = None,
+    batch_size: EmbedBatchSize = None,
+    workers: EmbedWorkers = None,
+    device: EmbedDevice = None,
+    precision: EmbedPrecision = None,
+    from_precomputed: EmbedFromPrecomputed = None,
+    embed_missing: EmbedEmbedMissing = None,
     executor: ExecutorOpt = None,
     ray_address: RayAddressOpt = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -264,78 +220,21 @@ def embed(
 def cluster(
     workdir: WorkdirArg,
     config: ConfigOpt = None,
-    signals: Annotated[
-        str | None, typer.Option(help="Comma-separated: exact,phash,embedding. \\[default: all three]")
-    ] = None,
-    embedding_threshold: Annotated[
-        float | None,
-        typer.Option(help="Cosine at or above which two images are duplicates. \\[default: per embedder]"),
-    ] = None,
-    candidate_threshold: Annotated[
-        float | None,
-        typer.Option(
-            help="Lowest cosine for which a pair gets a local-feature check (--verify orb). "
-            "\\[default: per embedder]"
-        ),
-    ] = None,
-    phash_threshold: Annotated[
-        int | None,
-        option(
-            ClusterConfig, "phash_threshold", "Perceptual-hash Hamming distance (of 64 bits) for duplicates."
-        ),
-    ] = None,
-    verify: Annotated[
-        str | None,
-        option(
-            ClusterConfig,
-            "verify",
-            "orb: align each proposed pair (ORB keypoints or a stretch) and compare the aligned "
-            "pixels: only a copy agrees everywhere; none: trust pHash/cosine alone.",
-        ),
-    ] = None,
-    derived: Annotated[
-        str | None,
-        option(
-            ClusterConfig,
-            "derived",
-            "Images derived from another (recoloured, an element added or removed, a large "
-            "overlay): keep (as distinct) | remove (as duplicates).",
-        ),
-    ] = None,
-    k: Annotated[int | None, option(ClusterConfig, "k", "Neighbours searched per image.")] = None,
-    search: Annotated[
-        str | None,
-        option(
-            ClusterConfig, "search", "auto | exact (FAISS flat) | ivf (k-means partitions, exact inside)."
-        ),
-    ] = None,
-    grouping: Annotated[
-        str | None,
-        option(
-            ClusterConfig,
-            "grouping",
-            "components | representative (members must match the kept image directly) | semdedup.",
-        ),
-    ] = None,
-    representative: Annotated[
-        str | None,
-        option(
-            ClusterConfig,
-            "representative",
-            "Which image a group keeps: resolution | first | centroid | farthest | caption.",
-        ),
-    ] = None,
-    against: Annotated[
-        Path | None,
-        typer.Option(
-            help="Another work directory (embedded with the same embedder) to deduplicate against: "
-            "samples that duplicate it are removed; it is not modified."
-        ),
-    ] = None,
+    signals: ClusterSignals = None,
+    embedding_threshold: ClusterEmbeddingThreshold = None,
+    candidate_threshold: ClusterCandidateThreshold = None,
+    phash_threshold: ClusterPhashThreshold = None,
+    verify: ClusterVerify = None,
+    derived: ClusterDerived = None,
+    k: ClusterK = None,
+    search: ClusterSearch = None,
+    grouping: ClusterGrouping = None,
+    representative: ClusterRepresentative = None,
+    against: ClusterAgainst = None,
     executor: ExecutorOpt = None,
     ray_address: RayAddressOpt = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
-    force: Annotated[bool, typer.Option("--force", help="Recompute even if nothing changed.")] = False,
+    force: ClusterForce = False,
 ) -> None:
     """Find near-duplicate groups and choose one image to keep per group.
 
@@ -365,17 +264,9 @@ def cluster(
 def write(
     workdir: WorkdirArg,
     config: ConfigOpt = None,
-    samples_per_shard: Annotated[
-        int | None,
-        option(WriteConfig, "samples_per_shard", "Samples per output shard."),
-    ] = None,
-    workers: Annotated[
-        int | None,
-        option(WriteConfig, "workers", "Shards written at once; the output does not depend on it."),
-    ] = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Only say what would be removed (samples, bytes, by reason).")
-    ] = False,
+    samples_per_shard: WriteSamplesPerShard = None,
+    workers: WriteWorkers = None,
+    dry_run: WriteDryRun = False,
     executor: ExecutorOpt = None,
     ray_address: RayAddressOpt = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,

@@ -56,7 +56,9 @@ def import_source(cfg: PipelineConfig, work: WorkDir) -> None:
             check_source(work, src)  # a changed source is never "up to date"
             typer.echo(f"   up to date: imported from {source} already ({previous.get('downloaded')} images)")
             return
-    typer.echo(format_import_summary(run_import(cfg.source, work, cfg.download.samples_per_shard)))
+    opts = cfg.source_options
+    summary = run_import(cfg.source, work, cfg.download.samples_per_shard, opts.caption_col, opts.rekey)
+    typer.echo(format_import_summary(summary))
 
 
 def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> WorkDir:

@@ -56,6 +56,19 @@ class DownloadConfig(Section):
     user_agent_token: str | None = "dedup"
 
 
+class ImportConfig(Section):
+    """How ``source:`` (or ``dedup import``) is read; shard size is download.samples_per_shard."""
+
+    caption_col: str | None = Field(
+        None, description="parquet caption column; none: text, caption or TEXT, whichever the file has"
+    )
+    rekey: bool = Field(
+        False,
+        description="shards whose keys repeat across tars: copy them keyed <tar name>/<key> (bytes "
+        "unchanged) instead of reading them in place; without it they are refused",
+    )
+
+
 class EmbedConfig(Section):
     """Which embedder, on which device. ``descriptor`` needs no weights and works offline."""
 
@@ -192,6 +205,7 @@ class PipelineConfig(Section):
         "parquet with image bytes; a path or fsspec URL): the download stage imports it instead of "
         "downloading a URL list",
     )
+    source_options: ImportConfig = Field(default_factory=ImportConfig)
     download: DownloadConfig = Field(default_factory=DownloadConfig)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
