@@ -21,13 +21,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from dedup.cluster.representatives import RankContext, rank
+from dedup.core.config import DerivedPolicy
 
 GROUPINGS = ("components", "representative", "semdedup")
 
@@ -41,7 +42,7 @@ def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     return labels.astype(np.int64)
 
 
-DERIVED_POLICIES = ("keep", "remove")
+DERIVED_POLICIES = get_args(DerivedPolicy)
 STRETCH_COSINE = 0.8  # frames this alike are worth a whole-frame alignment before keypoints
 STRETCH_PHASH = 20
 HEAD_TRIALS = 8  # duplicates of the kept image tried in its place, per group (_widest_head)

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import get_args
 
 import numpy as np
 
-POLICIES = ("resolution", "first", "centroid", "farthest", "caption")
+from dedup.core.config import RepresentativePolicy
+
+POLICIES = get_args(RepresentativePolicy)
 _WORD = re.compile(r"[a-z0-9]+")
 
 

@@ -90,6 +90,11 @@ class EmbedConfig(Section):
     )
 
 
+# Choices a module acts on, named once here; the module reads them back (typing.get_args).
+DerivedPolicy = Literal["keep", "remove"]
+RepresentativePolicy = Literal["resolution", "first", "centroid", "farthest", "caption"]
+
+
 class ClusterConfig(Section):
     """Near-duplicate signals, search, grouping and the representative policy."""
 
@@ -110,7 +115,7 @@ class ClusterConfig(Section):
         description="with verify: orb, every pair pHash or the embedding proposes must also be verified "
         "as a copy (aligned pixels agree); off: global signals alone accept",
     )
-    derived: Literal["keep", "remove"] = Field(
+    derived: DerivedPolicy = Field(
         "keep",
         description="images derived from another (recoloured, an element added or removed, a large "
         "overlay): keep them as distinct (default), or remove them as duplicates",
@@ -144,7 +149,7 @@ class ClusterConfig(Section):
     )
     block_size: int = Field(16_384, gt=0)
     grouping: Literal["components", "representative", "semdedup"] = "representative"
-    representative: Literal["resolution", "first", "centroid", "farthest", "caption"] = "resolution"
+    representative: RepresentativePolicy = "resolution"
     against: str | None = Field(None, description="a reference work directory to dedup against")
     ground_truth: str | None = None
 
