@@ -42,7 +42,7 @@ def make_workdir(root: Path, n: int) -> WorkDir:
 
 def decode_only(work: WorkDir) -> float:
     from dedup.core.shards import iter_samples
-    from dedup.embed.stage import prepare_sample
+    from dedup.embed.samples import prepare_sample
 
     t = time.time()
     n = 0

@@ -27,7 +27,7 @@ from dedup.core.config import ClusterConfig
 from dedup.core.errors import UserError
 from dedup.core.layout import WorkDir, atomic_path, read_json
 from dedup.core.markers import is_complete, write_marker
-from dedup.embed.stage import embeddings_memmap
+from dedup.embed.outputs import embeddings_memmap
 
 DEFAULTS = {
     "descriptor": {"embedding_threshold": 0.97, "candidate_threshold": 0.5},
@@ -216,7 +216,7 @@ def _local_candidates(
     if not config.local_candidates or config.verify != "orb":
         return empty
     from dedup.embed.localfeatures import candidate_pairs
-    from dedup.embed.stage import local_descriptors
+    from dedup.embed.outputs import local_descriptors
 
     descriptors, owner = local_descriptors(work, rows)
     return candidate_pairs(descriptors, owner, n) if len(descriptors) else empty

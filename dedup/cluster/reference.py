@@ -15,7 +15,8 @@ from dedup.cluster.verify import add_images, load_images, pair_oracle
 from dedup.core.config import ClusterConfig
 from dedup.core.errors import UserError
 from dedup.core.layout import WorkDir
-from dedup.embed.stage import OK, embeddings_memmap, load_metadata
+from dedup.embed.outputs import embeddings_memmap, load_metadata
+from dedup.embed.samples import OK
 
 
 def match_reference(

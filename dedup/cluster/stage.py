@@ -66,7 +66,9 @@ from dedup.core.errors import UserError
 from dedup.core.layout import WorkDir, atomic_path, locked, read_json, shard_name, write_json
 from dedup.core.markers import config_hash, is_complete, read_marker, write_marker
 from dedup.core.stage import Advance, Plan, Stage, Unit, run_stage
-from dedup.embed.stage import OK, check_embeddings, load_metadata
+from dedup.embed.outputs import load_metadata
+from dedup.embed.samples import OK
+from dedup.embed.stage import check_embeddings
 
 __all__ = [
     "CLUSTER_SCHEMA",

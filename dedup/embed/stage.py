@@ -9,37 +9,26 @@ renamed, so after a kill -9 a rerun finds only complete shards and redoes the re
 
 from __future__ import annotations
 
-import io
-import json
-import tarfile
-import warnings
-import zlib
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from itertools import islice
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
-from PIL import Image, ImageOps
 
 from dedup.core.config import EmbedConfig
 from dedup.core.errors import UserError
-from dedup.core.errors import describe as describe_error
 from dedup.core.layout import WorkDir, atomic_path, locked, read_json, remove_stale_temporaries, write_json
 from dedup.core.markers import read_marker, write_marker
-from dedup.core.shards import MAX_IMAGE_AREA, Sample, input_samples
+from dedup.core.shards import input_samples
 from dedup.core.stage import Advance, Plan, Resources, Stage, Unit, run_stage
-from dedup.embed.hashing import phash_pair, sha256, trim_border
+from dedup.embed.precomputed import PrecomputedIndex, check_coverage
+from dedup.embed.samples import OK, guarded, prefetch_batches, prepare_sample
 
 if TYPE_CHECKING:
     from dedup.core.executors import Executor
 
-# The header's size is checked against MAX_IMAGE_AREA before decoding; Pillow's warning is noise.
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 METADATA_SCHEMA = {
     "key": pl.String,
@@ -60,7 +49,6 @@ METADATA_SCHEMA = {
     "tar_end": pl.Int64,
     "local_count": pl.Int32,  # ORB descriptors stored for this sample in embed/local/
 }
-OK = "ok"
 VIEW = "exif-trim-border-v3"
 
 
@@ -90,98 +78,6 @@ def shard_done(work: WorkDir, shard: int, config: EmbedConfig) -> bool:
     if config.local_features and not work.local_features(shard).exists():
         return False
     return rows_emb == rows_meta == marker.get("rows")
-
-
-def _sample_facts(sample: Sample) -> dict[str, Any]:
-    meta: dict[str, Any] = {}
-    if "json" in sample.members:
-        try:
-            meta = json.loads(sample.members["json"])
-        except (ValueError, UnicodeDecodeError):
-            meta = {}
-    return {
-        "key": sample.key,
-        "tar_start": sample.start,
-        "tar_end": sample.end,
-        "url": meta.get("url"),
-        "caption": sample.caption if sample.caption is not None else meta.get("caption"),
-        "original_width": meta.get("original_width"),
-        "original_height": meta.get("original_height"),
-    }
-
-
-def prepare_sample(
-    sample: Sample, prepare: Callable[[Image.Image], np.ndarray] | None, local: bool = False
-) -> tuple[dict, Any]:
-    """Decode, hash and preprocess one sample (runs in a decode thread). Never raises.
-
-    With ``local``, the sample's ORB descriptors ride along in ``facts["_local"]``."""
-    facts = _sample_facts(sample)
-    facts["local_count"] = 0
-    data = sample.image
-    facts.update(width=None, height=None, bytes=None, sha256=None, phash=None, phash_mirror=None)
-    if data is None:
-        facts["status"] = "no_image_member"
-        return facts, None
-    facts["bytes"] = len(data)
-    facts["sha256"] = sha256(data)
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            if im.width * im.height > MAX_IMAGE_AREA:  # from the header, before decoding a bomb
-                facts["status"] = f"image_too_large: {im.width} x {im.height} pixels"
-                return facts, None
-            im.load()
-            # the image as every viewer shows it: a copy re-saved with rotated pixels and an EXIF
-            # orientation tag looks like its original, so it must hash and embed like it
-            rgb = ImageOps.exif_transpose(im).convert("RGB")
-    except Exception as err:
-        facts["status"] = f"decode_error: {describe_error(err)}"
-        return facts, None
-    facts["width"], facts["height"] = rgb.size
-    rgb = trim_border(rgb)  # a letterboxed or padded copy hashes and embeds like its original
-    facts["phash"], facts["phash_mirror"] = phash_pair(rgb)
-    if local:
-        from dedup.embed.localfeatures import describe
-
-        facts["_local"] = describe(rgb)
-        facts["local_count"] = len(facts["_local"])
-    facts["status"] = OK
-    return facts, (prepare(rgb) if prepare is not None else None)
-
-
-def prefetch_batches(
-    items: Iterable[Any], fn: Callable[[Any], Any], batch_size: int, workers: int
-) -> Iterator[list[Any]]:
-    """Apply ``fn`` to batches of items in a thread pool, yielding results in input order.
-
-    At most ``2 * workers`` batches are in flight, so decoding runs ahead of the model without holding
-    a whole shard in memory.
-    """
-    it = iter(items)
-    batches = iter(lambda: list(islice(it, batch_size)), [])
-    if workers <= 0:
-        for batch in batches:
-            yield [fn(x) for x in batch]
-        return
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
-        pending: deque = deque()
-        for batch in batches:
-            pending.append(pool.submit(lambda b: [fn(x) for x in b], batch))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-
-
-def _guarded(tar: Path, batches: Any) -> Any:
-    """The batches of one tar; a damaged archive is a one-line error naming it, not a traceback."""
-    try:
-        yield from batches
-    except (tarfile.TarError, EOFError, zlib.error) as err:
-        raise UserError(
-            f"{tar}: damaged tar ({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
-            "download or import the shard again"
-        ) from None
 
 
 def check_complete(work: WorkDir, shard: int, tar: Path, keys: list[str]) -> None:
@@ -235,7 +131,7 @@ def embed_shard(
     locals_: list[np.ndarray] = []
     dim = lookup.dim if lookup is not None else embedder.dim
     tar = work.input_tar(shard)
-    for batch in _guarded(
+    for batch in guarded(
         tar,
         prefetch_batches(
             input_samples(tar),
@@ -439,166 +335,3 @@ def format_embed_summary(s: dict[str, Any]) -> str:
     if bad:
         line += "\n  not embedded: " + ", ".join(f"{k} x{v}" for k, v in sorted(bad.items()))
     return line
-
-
-def load_embeddings(work: WorkDir) -> tuple[pl.DataFrame, np.ndarray]:
-    """All metadata rows and their embeddings, in shard then row order (float32, memory permitting)."""
-    metas, embs = [], []
-    for shard in work.download_shards():
-        if not work.metadata(shard).exists():
-            raise UserError(f"{work.metadata(shard)}: missing; run `dedup embed {work.root}` first")
-        metas.append(pl.read_parquet(work.metadata(shard)))
-        embs.append(np.load(work.img_emb(shard), mmap_mode="r"))
-    if not metas:
-        raise UserError(f"{work.embed_dir}: no embeddings; run `dedup embed {work.root}` first")
-    return pl.concat(metas), np.concatenate([np.asarray(e, dtype=np.float32) for e in embs])
-
-
-def load_metadata(work: WorkDir) -> pl.DataFrame:
-    """All metadata rows, in shard then row order (the row order of every embedding array)."""
-    frames = []
-    for shard in work.download_shards():
-        if not work.metadata(shard).exists():
-            raise UserError(f"{work.metadata(shard)}: missing; run `dedup embed {work.root}` first")
-        frames.append(pl.read_parquet(work.metadata(shard)))
-    if not frames:
-        raise UserError(f"{work.embed_dir}: no embeddings; run `dedup embed {work.root}` first")
-    return pl.concat(frames)
-
-
-def embeddings_memmap(work: WorkDir, rows: np.ndarray, out: Path) -> np.ndarray:
-    """The embeddings of the given global rows (in the order given), gathered shard by shard into one
-    float16 file and memory-mapped, so that RAM holds one shard at a time, never all vectors."""
-    rows = np.asarray(rows, dtype=np.int64)
-    order = np.argsort(rows, kind="stable")
-    rows = rows[order]
-    shards = work.download_shards()
-    dim = np.load(work.img_emb(shards[0]), mmap_mode="r").shape[1]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    dest = np.lib.format.open_memmap(out, mode="w+", dtype=np.float16, shape=(len(rows), dim))
-    offset, written = 0, 0
-    for shard in shards:
-        arr = np.load(work.img_emb(shard), mmap_mode="r")
-        lo, hi = np.searchsorted(rows, [offset, offset + len(arr)])
-        if hi > lo:
-            dest[order[written : written + hi - lo]] = arr[rows[lo:hi] - offset]
-            written += hi - lo
-        offset += len(arr)
-    dest.flush()
-    del dest
-    return np.load(out, mmap_mode="r")
-
-
-def local_descriptors(work: WorkDir, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """ORB descriptors of the given global rows and, per descriptor, the position of its row in
-    ``rows``; one shard's file in memory at a time. Empty when embed kept none."""
-    from dedup.embed.localfeatures import EMPTY
-
-    rows = np.asarray(rows, dtype=np.int64)
-    position = {int(r): t for t, r in enumerate(rows)}
-    out, owner = [], []
-    offset = 0
-    for shard in work.download_shards():
-        path = work.local_features(shard)
-        counts = pl.read_parquet(work.metadata(shard), columns=["local_count"])["local_count"]
-        counts = counts.fill_null(0).to_numpy().astype(np.int64)
-        if path.exists():
-            arr = np.load(path, mmap_mode="r")
-            if arr.shape[0] != counts.sum():
-                raise UserError(
-                    f"{path}: {arr.shape[0]} descriptors, metadata says {counts.sum()}; rerun embed"
-                )
-            starts = np.concatenate([[0], np.cumsum(counts)])
-            for local_row in range(len(counts)):
-                t = position.get(offset + local_row)
-                if t is not None and counts[local_row]:
-                    out.append(np.asarray(arr[starts[local_row] : starts[local_row + 1]]))
-                    owner.append(np.full(counts[local_row], t, dtype=np.int64))
-        offset += len(counts)
-    if not out:
-        return EMPTY, np.zeros(0, np.int64)
-    return np.concatenate(out), np.concatenate(owner)
-
-
-def _load_vectors(path: Path) -> np.ndarray:
-    """One released .npy, memory-mapped; anything but a 2-D numeric array (no pickles) is refused."""
-    try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
-        raise UserError(f"{path}: not a .npy array ({str(err).splitlines()[0][:120]})") from None
-    if not isinstance(arr, np.ndarray) or arr.ndim != 2 or arr.dtype.kind not in "fiu":
-        raise UserError(
-            f"{path}: want a 2-D numeric array (one row per image), got {getattr(arr, 'shape', '?')}"
-        )
-    return arr
-
-
-def check_coverage(lookup: PrecomputedIndex, work: WorkDir, config: EmbedConfig) -> None:
-    """Released vectors must cover every downloaded image, or the rest be embedded (--embed-missing):
-    an image without a vector would otherwise leave the dataset as if it did not decode."""
-    from dedup.download.stage import download_rows
-
-    rows = download_rows(work).filter(pl.col("status") == "success")
-    facts = rows.select("key", "url").to_dicts()
-    missing = [f["key"] for f, hit in zip(facts, lookup.covers(facts), strict=True) if not hit]
-    if missing and not config.embed_missing:
-        raise UserError(
-            f"{lookup.root}: no vector for {len(missing):,} of {len(facts):,} images (first: {missing[0]}); "
-            "add --embed-missing to embed them with the model that made these vectors "
-            "(--model/--pretrained), or supply their vectors"
-        )
-
-
-class PrecomputedIndex:
-    """Released embeddings in clip-retrieval's layout, joined to our samples by key, else by URL."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        embs = sorted((root / "img_emb").glob("*.npy"))
-        metas = sorted((root / "metadata").glob("*.parquet"))
-        if not embs or len(embs) != len(metas):
-            raise UserError(
-                f"{root}: expected img_emb/*.npy and metadata/*.parquet in equal numbers "
-                f"(found {len(embs)} and {len(metas)})"
-            )
-        self._arrays = [_load_vectors(p) for p in embs]
-        dims = {a.shape[1] for a in self._arrays}
-        if len(dims) != 1:
-            raise UserError(f"{root}/img_emb: arrays of different widths {sorted(dims)}")
-        self.dim = dims.pop()
-        frames = []
-        for i, (meta_path, arr) in enumerate(zip(metas, self._arrays, strict=True)):
-            cols = pq.ParquetFile(meta_path).schema_arrow.names
-            use = [c for c in ("key", "url") if c in cols]
-            if not use:
-                raise UserError(f"{meta_path}: needs a 'key' or 'url' column to join on")
-            df = pl.read_parquet(meta_path, columns=use)
-            if df.height != arr.shape[0]:
-                raise UserError(f"{meta_path}: {df.height} rows but {embs[i].name} has {arr.shape[0]}")
-            frames.append(df.with_columns(pl.lit(i).alias("_file"), pl.int_range(df.height).alias("_row")))
-        self._meta = pl.concat(frames, how="diagonal")
-        self._by = "key" if "key" in self._meta.columns and self._meta["key"].null_count() == 0 else "url"
-
-    def covers(self, facts: list[dict[str, Any]]) -> list[bool]:
-        """Which samples have a vector (by key, else by URL), without reading the vectors."""
-        wanted = pl.Series(self._by, [f.get(self._by) for f in facts], dtype=pl.String)
-        return wanted.is_in(self._meta[self._by].cast(pl.String).implode()).to_list()
-
-    def find(self, facts: list[dict[str, Any]]) -> tuple[np.ndarray, list[bool]]:
-        wanted = pl.DataFrame({self._by: [f.get(self._by) for f in facts]}, schema={self._by: pl.String})
-        hit = (
-            wanted.with_row_index("_i")
-            .join(self._meta.unique(self._by, keep="first"), on=self._by, how="left")
-            .sort("_i")
-        )
-        out = np.zeros((len(facts), self.dim), dtype=np.float32)
-        found = []
-        for i, (f, r) in enumerate(zip(hit["_file"].to_list(), hit["_row"].to_list(), strict=True)):
-            if f is None:
-                found.append(False)
-                continue
-            out[i] = self._arrays[f][r]
-            found.append(True)
-        from dedup.embed.embedders import l2_normalize
-
-        return l2_normalize(out), found

@@ -86,7 +86,6 @@ MODULES = {
     "dedup/demo.py": 495,
     "dedup/download/ingest.py": 437,
     "dedup/download/stage.py": 442,
-    "dedup/embed/stage.py": 604,
     "dedup/report/stage.py": 584,
     "dedup/write/stage.py": 426,
 }

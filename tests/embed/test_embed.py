@@ -17,7 +17,8 @@ from PIL import Image, ImageOps
 from dedup.core.config import EmbedConfig
 from dedup.core.layout import WorkDir
 from dedup.embed.hashing import hamming, phash_pair
-from dedup.embed.stage import load_embeddings, run_embed
+from dedup.embed.outputs import load_embeddings
+from dedup.embed.stage import run_embed
 
 CLIP_MODEL = "ViT-S-32-alt"  # the smallest ViT in open_clip's registry
 
@@ -237,7 +238,7 @@ def test_precomputed_import_round_trips(tmp_path):
 
 
 def test_embeddings_memmap_returns_rows_in_the_order_asked(small_demo, tmp_path):
-    from dedup.embed.stage import embeddings_memmap
+    from dedup.embed.outputs import embeddings_memmap
 
     whole = np.concatenate([np.load(small_demo.img_emb(s)) for s in small_demo.download_shards()])
     rows = np.array([len(whole) - 1, 0, 7, 3])
