@@ -351,3 +351,24 @@ def test_representative_takes_back_a_copy_of_its_member_only_when_close_to_it(to
     edges = (np.array([0, 1, 0]), np.array([1, 2, 3]))
     g = group(edges, 4, "representative", o, ctx(x, area=[4, 3, 2, 1]), "resolution")
     assert g.representative.tolist() == ([0, 0, 0, 0] if joins else [0, 0, 2, 0])
+
+
+def test_a_plain_image_is_never_accepted_on_a_global_signal_only_verified():
+    """PLAIN_KEYPOINTS: a pair with one plain side (a flat colour, a blank page) that pHash proposes is
+    not a duplicate on the hash; with a verifier it is sent to the pixels, and a plain pair that no
+    signal proposes and whose cosine is under the band is not looked at."""
+    x = _unit([[1, 0], [0, 1], [1, 0.001], [0.001, 1], [0.7, 0.7], [-1, 0]])
+    phash = np.array([5, 5, 9, 9, 0xFFFF << 40, 0xFFFF << 20], dtype=np.uint64)
+    plain = np.array([True, False, False, False, True, False])
+    kw = dict(embeddings=x, sha=np.arange(6), phash=phash, phash_mirror=None, phash_threshold=2)
+    i, j = np.array([0, 2, 4]), np.array([1, 3, 5])
+    # (0, 1): one plain side, same pHash, cosine 0; (2, 3): neither plain, same pHash;
+    # (4, 5): one plain side, no signal, cosine -0.7
+    signal, check, _ = PairOracle(**kw, embedding_threshold=0.97, plain=plain).proposed(i, j)
+    assert signal.tolist() == ["", "phash", ""] and not check.any()
+    verified = PairOracle(
+        **kw, embedding_threshold=0.97, plain=plain, candidate_threshold=0.5, examine=lambda *a, **k: None
+    )
+    signal, check, _ = verified.proposed(i, j)
+    assert signal.tolist() == ["", "phash", ""]
+    assert check.tolist() == [True, True, False]  # the plain pair by its pixels; (2, 3) confirmed

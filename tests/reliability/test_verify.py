@@ -142,3 +142,33 @@ def test_verify_names_each_kind_of_damage(finished, tmp_path, damage):
     problems = verify(work)
     assert any(expected in p for p in problems), problems
     assert verify(finished) == []
+
+
+def test_file_digest_is_the_sha256_of_the_bytes_and_none_for_a_missing_file(tmp_path):
+    import hashlib
+
+    from dedup.write.verify import file_digest
+
+    path = tmp_path / "f.bin"
+    data = bytes(range(256)) * 5000  # over one read block
+    path.write_bytes(data)
+    assert file_digest(path) == hashlib.sha256(data).hexdigest()
+    assert file_digest(tmp_path / "absent") is None
+
+
+def test_same_rows_in_other_bytes_are_still_a_changed_ledger_and_stale_clusters(finished, tmp_path):
+    """The digests the write recorded are what notices an edit no content check sees: the same rows
+    written again with other compression. A write that recorded no digests claims nothing."""
+    work = WorkDir(tmp_path / "w")
+    shutil.copytree(finished.root, work.root)
+    pl.read_parquet(work.ledger).write_parquet(work.ledger, compression="uncompressed")
+    problems = verify(work)
+    assert any("changed since the write made it" in p for p in problems), problems
+    assert not any("STALE" in p for p in problems), problems
+    pl.read_parquet(work.clusters).write_parquet(work.clusters, compression="uncompressed")
+    assert any(p.startswith("STALE:") for p in verify(work)), verify(work)
+    summary = json.loads(work.write_summary.read_text())
+    for key in ("ledger_sha256", "clusters_sha256"):
+        summary.pop(key)
+    work.write_summary.write_text(json.dumps(summary))
+    assert not any("changed since" in p or "STALE" in p for p in verify(work)), verify(work)
