@@ -26,7 +26,7 @@ from attack.layout import AttackDir
 from attack.model import UNetConfig
 from attack.sample import load_generations, sample_to_file
 from attack.train import TrainConfig, data_digest, train
-from dedup.core.layout import atomic_path, read_json, write_json
+from dedup.core.files import atomic_path, read_json, write_json
 from dedup.core.markers import config_hash
 
 WHICH = ("before", "after")

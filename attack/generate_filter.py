@@ -35,7 +35,8 @@ from attack.extract import BUCKETS, bucket_of
 from attack.layout import GenerateFilterDir
 from dedup.cluster.stage import load_clusters
 from dedup.core.errors import UserError
-from dedup.core.layout import WorkDir, atomic_path, write_json
+from dedup.core.files import atomic_path, write_json
+from dedup.core.layout import WorkDir
 
 TAU = 0.15  # attack.md §3 (setting; not published): default 0.15
 

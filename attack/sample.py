@@ -72,7 +72,7 @@ def sample_to_file(
     progress: bool = True,
 ) -> Path:
     """Sample a checkpoint into an ``.npz`` of generations: images (n, H, W, 3) uint8 and prompts."""
-    from dedup.core.layout import atomic_path
+    from dedup.core.files import atomic_path
 
     model, ckpt = load_model(checkpoint, device_for(device))
     prompts = [captions[i % len(captions)] for i in range(n)] if captions else None

@@ -55,6 +55,7 @@ TARGETS: dict[str, list[str]] = {
         "tests/reliability/test_verify.py",
         "tests/reliability/test_integrity.py",
     ],
+    "dedup/write/tar_index.py": ["tests/write/test_tar_index.py", "tests/write/test_write_stage.py"],
     "dedup/cluster/grouping.py": ["tests/cluster/test_grouping.py"],
     "dedup/embed/hashing.py": [
         "tests/embed/test_hashing.py",

@@ -22,8 +22,10 @@ import numpy as np
 import polars as pl
 
 from dedup.core.config import WriteConfig
-from dedup.core.layout import WorkDir, write_json
-from dedup.write.stage import index_tar, run_write
+from dedup.core.files import write_json
+from dedup.core.layout import WorkDir
+from dedup.write.stage import run_write
+from dedup.write.tar_index import index_tar
 
 SHARDS, PER_SHARD, PAYLOAD = 8, 1500, 64_000
 

@@ -12,7 +12,8 @@ import typer
 
 from dedup.core.config import DemoConfig, PipelineConfig, dump_config
 from dedup.core.errors import UserError
-from dedup.core.layout import WorkDir, atomic_path
+from dedup.core.files import atomic_path
+from dedup.core.layout import WorkDir
 from dedup.stages import Options, check_stages, registry, run_stage
 
 # The demo's settings; configs/demo.yaml holds the same values (a test keeps them in sync), so
@@ -44,7 +45,7 @@ def demo_config() -> PipelineConfig:
 def import_source(cfg: PipelineConfig, work: WorkDir) -> None:
     """The download stage of a config with ``source:``: import once; a rerun with the same source
     is up to date, another source into the same work directory is refused by the import itself."""
-    from dedup.core.layout import read_json
+    from dedup.core.files import read_json
     from dedup.download.ingest import check_source, format_import_summary, run_import
     from dedup.download.sources import open_source, source_identity
 
@@ -124,7 +125,7 @@ def _base_word(corpus: dict) -> str:
 
 def final_summary(work: WorkDir) -> str:
     """What the run did, from the stages' own summary files: downloads, removals, scores."""
-    from dedup.core.layout import read_json
+    from dedup.core.files import read_json
 
     lines = ["", f"== summary of {work.root}"]
     if work.download_summary.exists():

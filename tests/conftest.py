@@ -120,7 +120,7 @@ def write_download_shard(work, shard: int, items: list[tuple[str, bytes | None, 
 
     import polars as pl
 
-    from dedup.core.layout import write_json
+    from dedup.core.files import write_json
 
     folder = work.download_dir
     folder.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,8 @@ from dedup.cluster.hash_candidates import phash_candidates
 from dedup.cluster.search import Candidates, Mapper, search
 from dedup.core.config import ClusterConfig
 from dedup.core.errors import UserError
-from dedup.core.layout import WorkDir, atomic_path, read_json
+from dedup.core.files import atomic_path, read_json
+from dedup.core.layout import WorkDir
 from dedup.core.markers import is_complete, write_marker
 from dedup.embed.outputs import embeddings_memmap
 

@@ -22,7 +22,8 @@ import polars as pl
 
 from dedup.cluster.grouping import components
 from dedup.core.errors import UserError
-from dedup.core.layout import WorkDir, write_json
+from dedup.core.files import write_json
+from dedup.core.layout import WorkDir
 
 SWEEP = (0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99)
 
@@ -193,7 +194,7 @@ def sweep(work: WorkDir, samples: pl.DataFrame, truth_df: pl.DataFrame | None, s
 
 
 def run_evaluate(work: WorkDir, ground_truth: Path | None) -> dict[str, Any]:
-    from dedup.core.layout import read_json
+    from dedup.core.files import read_json
 
     samples = sample_table(work)
     summary = read_json(work.cluster_summary) if work.cluster_summary.exists() else {}

@@ -63,7 +63,8 @@ from dedup.cluster.tables import (
 from dedup.cluster.verify import VerifyStage, add_images, pair_oracle, read_evidence, write_plan
 from dedup.core.config import ClusterConfig
 from dedup.core.errors import UserError
-from dedup.core.layout import WorkDir, atomic_path, locked, read_json, shard_name, write_json
+from dedup.core.files import atomic_path, locked, read_json, write_json
+from dedup.core.layout import WorkDir, shard_name
 from dedup.core.markers import config_hash, is_complete, read_marker, write_marker
 from dedup.core.stage import Advance, Plan, Stage, Unit, run_stage
 from dedup.embed.outputs import load_metadata

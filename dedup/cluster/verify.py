@@ -31,7 +31,8 @@ from dedup.cluster.copydetect import CopyVerifier, Evidence
 from dedup.cluster.grouping import PairOracle, components
 from dedup.core.config import ClusterConfig
 from dedup.core.errors import UserError
-from dedup.core.layout import WorkDir, atomic_path
+from dedup.core.files import atomic_path
+from dedup.core.layout import WorkDir
 from dedup.core.markers import is_complete, read_marker, write_marker
 from dedup.core.shards import read_sample
 from dedup.core.stage import Advance, Plan, Resources, Stage, Unit

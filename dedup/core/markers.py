@@ -10,7 +10,8 @@ import json
 import time
 from typing import Any
 
-from dedup.core.layout import WorkDir, read_json, write_json
+from dedup.core.files import read_json, write_json
+from dedup.core.layout import WorkDir
 
 
 def config_hash(config: Any) -> str:

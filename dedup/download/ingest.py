@@ -48,15 +48,8 @@ from typing import Any
 import polars as pl
 
 from dedup.core.errors import UserError, describe
-from dedup.core.layout import (
-    WorkDir,
-    atomic_path,
-    locked,
-    read_json,
-    remove_stale_temporaries,
-    shards_in,
-    write_json,
-)
+from dedup.core.files import atomic_path, locked, read_json, remove_stale_temporaries, write_json
+from dedup.core.layout import WorkDir, shards_in
 from dedup.core.markers import write_marker
 from dedup.core.shards import IMAGE_EXTENSIONS, MAX_IMAGE_AREA, iter_samples
 from dedup.download.readers import (

@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import time
-from pathlib import Path
 from typing import Any
 
 # img2dataset imports albumentations, which otherwise checks the network for updates at import time
@@ -27,117 +26,19 @@ import polars as pl
 
 from dedup.core.config import DownloadConfig
 from dedup.core.errors import UserError
-from dedup.core.layout import WorkDir, locked, read_json, write_json
+from dedup.core.files import locked, read_json, write_json
+from dedup.core.layout import WorkDir
 from dedup.core.markers import read_marker, write_marker
-from dedup.download.urllist import check_same_input, fingerprint, input_rows, key_settings, normalise
+from dedup.download.urllist import (
+    check_same_input,
+    fingerprint,
+    input_rows,
+    key_settings,
+    normalise,
+    validate_url_list,
+)
 
-INPUT_FORMATS = ("parquet", "csv", "tsv", "jsonl", "json", "txt")
 DISALLOWED_DIRECTIVES = ["noai", "noimageai", "noindex", "noimageindex"]
-
-
-# -- input validation -------------------------------------------------------------------------------
-
-
-def infer_input_format(path: Path) -> str:
-    name = path.name.lower()
-    for fmt in INPUT_FORMATS:
-        if name.endswith(f".{fmt}") or name.endswith(f".{fmt}.gz"):
-            return fmt + (".gz" if name.endswith(".gz") else "")
-    raise UserError(
-        f"{path}: cannot tell the format from the file name; pass --input-format ({', '.join(INPUT_FORMATS)})"
-    )
-
-
-def _input_files(path: Path, fmt: str | None) -> tuple[list[Path], str]:
-    if not path.exists():
-        raise UserError(f"{path}: no such file or folder")
-    if path.is_dir():
-        candidates = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-        if fmt is None:
-            fmts = {infer_input_format(p) for p in candidates if _known_suffix(p)}
-            if len(fmts) != 1:
-                raise UserError(
-                    f"{path}: folder holds no single URL-list format ({sorted(fmts)}); pass --input-format"
-                )
-            fmt = fmts.pop()
-        files = [p for p in candidates if p.name.lower().endswith(f".{fmt}")]
-        if not files:
-            raise UserError(f"{path}: no *.{fmt} files in this folder")
-        return files, fmt
-    return [path], fmt or infer_input_format(path)
-
-
-def _known_suffix(p: Path) -> bool:
-    n = p.name.lower()
-    return any(n.endswith(f".{f}") or n.endswith(f".{f}.gz") for f in INPUT_FORMATS)
-
-
-def _read_columns(file: Path, fmt: str) -> tuple[list[str], int]:
-    """Column names and row count of one URL-list file, read the way img2dataset will read it."""
-    base = fmt.removesuffix(".gz")
-    try:
-        if base == "parquet":
-            lf = pl.scan_parquet(file)
-            return lf.collect_schema().names(), lf.select(pl.len()).collect().item()
-        if base == "txt":
-            import gzip
-
-            opener = gzip.open if fmt.endswith(".gz") else open
-            with opener(file, "rt", encoding="utf-8") as f:  # type: ignore[operator]
-                rows = sum(1 for line in f if line.strip())
-            return ["url"], rows
-        import pyarrow.csv as pacsv
-        import pyarrow.json as pajson
-
-        if base == "csv":
-            table = pacsv.read_csv(file)
-        elif base == "tsv":
-            table = pacsv.read_csv(file, parse_options=pacsv.ParseOptions(delimiter="\t"))
-        elif base == "jsonl":
-            table = pajson.read_json(file)
-        else:  # json: a list of records, as img2dataset reads it with pandas
-            import pandas as pd
-            import pyarrow as pa
-
-            table = pa.Table.from_pandas(pd.read_json(file))
-        return table.column_names, table.num_rows
-    except UserError:
-        raise
-    except Exception as err:
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if "empty" in msg.lower():
-            return [], 0
-        raise UserError(f"{file}: cannot read as {fmt}: {msg}") from None
-
-
-def validate_url_list(config: DownloadConfig) -> tuple[list[Path], str, int]:
-    """Check the URL list before anything is written: files exist, are non-empty, have the columns."""
-    if not config.url_list:
-        raise UserError("no URL list given (argument URL_LIST or download.url_list in the config)")
-    files, fmt = _input_files(Path(config.url_list), config.input_format)
-    total = 0
-    for file in files:
-        if file.stat().st_size == 0:
-            raise UserError(f"{file}: empty URL list (no rows)")
-        columns, rows = _read_columns(file, fmt)
-        if rows == 0:
-            raise UserError(f"{file}: empty URL list (no rows)")
-        if fmt.removesuffix(".gz") != "txt":
-            wanted = [("--url-col", config.url_col)]
-            if config.caption_col is not None:
-                wanted.append(("--caption-col", config.caption_col))
-            wanted += [("--save-additional-columns", c) for c in config.save_additional_columns]
-            for flag, col in wanted:
-                if col not in columns:
-                    shown = ", ".join(columns[:12]) + (" ..." if len(columns) > 12 else "")
-                    raise UserError(f"{file}: no column '{col}' (columns: {shown}); set {flag}")
-        if not config.allow_file_urls:
-            from dedup.download.urllist import as_text, check_schemes, read_table
-
-            url_col = "url" if fmt.removesuffix(".gz") == "txt" else config.url_col
-            check_schemes(file, as_text(read_table(file, fmt).column(url_col)))
-        total += rows
-    return files, fmt, total
 
 
 # -- run ----------------------------------------------------------------------------------------------

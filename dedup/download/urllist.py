@@ -15,6 +15,9 @@ records 0 rows and 0 failures; and a shard that dies records nothing at all. So 
 - ``input/manifest.json`` records the source files (path, size, sha256), the settings that decide
   the keys, and the row count per shard: the ledger is built from these rows, and a row img2dataset
   did not write gets ``download_failed`` with the reason;
+- before anything is written, ``validate_url_list`` checks the list as img2dataset will read it: the
+  files exist and are not empty, the named columns are there, and no row asks for a file:// (or
+  other non-http) URL unless allowed;
 - a rerun compares fingerprints: another URL list (or other key settings) into the same work
   directory is refused with a line naming the difference, never resumed as if it were the same.
 """
@@ -29,8 +32,10 @@ from typing import Any
 
 import polars as pl
 
+from dedup.core.config import DownloadConfig
 from dedup.core.errors import UserError
-from dedup.core.layout import WorkDir, atomic_path, write_json
+from dedup.core.files import atomic_path, write_json
+from dedup.core.layout import WorkDir
 
 OOM_SHARD_COUNT = 5  # img2dataset's oom_shard_count, as dedup.download.stage passes it
 
@@ -209,3 +214,109 @@ def input_rows(work: WorkDir) -> pl.DataFrame | None:
     if "caption" not in df.columns:
         df = df.with_columns(pl.lit(None, dtype=pl.String).alias("caption"))
     return df.select("key", "url", "caption", "shard")
+
+
+INPUT_FORMATS = ("parquet", "csv", "tsv", "jsonl", "json", "txt")
+
+
+# -- input validation -------------------------------------------------------------------------------
+
+
+def infer_input_format(path: Path) -> str:
+    name = path.name.lower()
+    for fmt in INPUT_FORMATS:
+        if name.endswith(f".{fmt}") or name.endswith(f".{fmt}.gz"):
+            return fmt + (".gz" if name.endswith(".gz") else "")
+    raise UserError(
+        f"{path}: cannot tell the format from the file name; pass --input-format ({', '.join(INPUT_FORMATS)})"
+    )
+
+
+def _input_files(path: Path, fmt: str | None) -> tuple[list[Path], str]:
+    if not path.exists():
+        raise UserError(f"{path}: no such file or folder")
+    if path.is_dir():
+        candidates = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        if fmt is None:
+            fmts = {infer_input_format(p) for p in candidates if _known_suffix(p)}
+            if len(fmts) != 1:
+                raise UserError(
+                    f"{path}: folder holds no single URL-list format ({sorted(fmts)}); pass --input-format"
+                )
+            fmt = fmts.pop()
+        files = [p for p in candidates if p.name.lower().endswith(f".{fmt}")]
+        if not files:
+            raise UserError(f"{path}: no *.{fmt} files in this folder")
+        return files, fmt
+    return [path], fmt or infer_input_format(path)
+
+
+def _known_suffix(p: Path) -> bool:
+    n = p.name.lower()
+    return any(n.endswith(f".{f}") or n.endswith(f".{f}.gz") for f in INPUT_FORMATS)
+
+
+def _read_columns(file: Path, fmt: str) -> tuple[list[str], int]:
+    """Column names and row count of one URL-list file, read the way img2dataset will read it."""
+    base = fmt.removesuffix(".gz")
+    try:
+        if base == "parquet":
+            lf = pl.scan_parquet(file)
+            return lf.collect_schema().names(), lf.select(pl.len()).collect().item()
+        if base == "txt":
+            import gzip
+
+            opener = gzip.open if fmt.endswith(".gz") else open
+            with opener(file, "rt", encoding="utf-8") as f:  # type: ignore[operator]
+                rows = sum(1 for line in f if line.strip())
+            return ["url"], rows
+        import pyarrow.csv as pacsv
+        import pyarrow.json as pajson
+
+        if base == "csv":
+            table = pacsv.read_csv(file)
+        elif base == "tsv":
+            table = pacsv.read_csv(file, parse_options=pacsv.ParseOptions(delimiter="\t"))
+        elif base == "jsonl":
+            table = pajson.read_json(file)
+        else:  # json: a list of records, as img2dataset reads it with pandas
+            import pandas as pd
+            import pyarrow as pa
+
+            table = pa.Table.from_pandas(pd.read_json(file))
+        return table.column_names, table.num_rows
+    except UserError:
+        raise
+    except Exception as err:
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "empty" in msg.lower():
+            return [], 0
+        raise UserError(f"{file}: cannot read as {fmt}: {msg}") from None
+
+
+def validate_url_list(config: DownloadConfig) -> tuple[list[Path], str, int]:
+    """Check the URL list before anything is written: files exist, are non-empty, have the columns."""
+    if not config.url_list:
+        raise UserError("no URL list given (argument URL_LIST or download.url_list in the config)")
+    files, fmt = _input_files(Path(config.url_list), config.input_format)
+    total = 0
+    for file in files:
+        if file.stat().st_size == 0:
+            raise UserError(f"{file}: empty URL list (no rows)")
+        columns, rows = _read_columns(file, fmt)
+        if rows == 0:
+            raise UserError(f"{file}: empty URL list (no rows)")
+        if fmt.removesuffix(".gz") != "txt":
+            wanted = [("--url-col", config.url_col)]
+            if config.caption_col is not None:
+                wanted.append(("--caption-col", config.caption_col))
+            wanted += [("--save-additional-columns", c) for c in config.save_additional_columns]
+            for flag, col in wanted:
+                if col not in columns:
+                    shown = ", ".join(columns[:12]) + (" ..." if len(columns) > 12 else "")
+                    raise UserError(f"{file}: no column '{col}' (columns: {shown}); set {flag}")
+        if not config.allow_file_urls:
+            url_col = "url" if fmt.removesuffix(".gz") == "txt" else config.url_col
+            check_schemes(file, as_text(read_table(file, fmt).column(url_col)))
+        total += rows
+    return files, fmt, total

@@ -19,7 +19,8 @@ import pyarrow.parquet as pq
 
 from dedup.core.config import EmbedConfig
 from dedup.core.errors import UserError
-from dedup.core.layout import WorkDir, atomic_path, locked, read_json, remove_stale_temporaries, write_json
+from dedup.core.files import atomic_path, locked, read_json, remove_stale_temporaries, write_json
+from dedup.core.layout import WorkDir
 from dedup.core.markers import read_marker, write_marker
 from dedup.core.shards import input_samples
 from dedup.core.stage import Advance, Plan, Resources, Stage, Unit, run_stage

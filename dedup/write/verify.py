@@ -19,7 +19,8 @@ from typing import Any
 import polars as pl
 
 from dedup.core.errors import UserError
-from dedup.core.layout import WorkDir, read_json, shard_name, shards_in
+from dedup.core.files import read_json
+from dedup.core.layout import WorkDir, shard_name, shards_in
 from dedup.core.shards import input_samples, iter_samples
 from dedup.download.stage import download_rows
 from dedup.write.ledger import LEDGER_SCHEMA

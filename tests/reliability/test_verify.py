@@ -15,7 +15,8 @@ from dedup.cluster.stage import run_cluster
 from dedup.core.config import ClusterConfig, EmbedConfig, WriteConfig
 from dedup.core.layout import WorkDir
 from dedup.embed.stage import run_embed
-from dedup.write.stage import index_tar, run_write
+from dedup.write.stage import run_write
+from dedup.write.tar_index import index_tar
 from dedup.write.verify import verify
 
 

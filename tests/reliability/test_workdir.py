@@ -10,7 +10,8 @@ import subprocess
 import sys
 import time
 
-from dedup.core.layout import WorkDir, work_lock
+from dedup.core.files import work_lock
+from dedup.core.layout import WorkDir
 
 HOLD = """
 import sys, time

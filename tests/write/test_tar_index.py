@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dedup.write.stage import Span, index_tar
+from dedup.write.tar_index import Span, index_tar
 
 LONG = "deep/" + "d" * 120 + "/"  # a directory name too long for a ustar name field
 

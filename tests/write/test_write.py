@@ -105,7 +105,7 @@ def test_verify_catches_planted_corruption(small_demo, tmp_path, cli, corruption
     work = _copy(small_demo, tmp_path / "w")
     tar = work.dedup_tar(0)
     data = bytearray(tar.read_bytes())
-    from dedup.write.stage import index_tar
+    from dedup.write.tar_index import index_tar
 
     spans = index_tar(tar, 0)
     first, second = spans[0], spans[1]

@@ -14,7 +14,8 @@ from dedup.core.config import ClusterConfig, EmbedConfig, WriteConfig
 from dedup.core.layout import WorkDir, shards_in
 from dedup.core.markers import read_marker
 from dedup.embed.stage import run_embed
-from dedup.write.stage import Span, _ranges, copy_spans, format_write_summary, index_shards, run_write
+from dedup.write.stage import _ranges, copy_spans, format_write_summary, index_shards, run_write
+from dedup.write.tar_index import Span
 
 
 def test_adjacent_spans_of_one_input_merge_into_one_range():
