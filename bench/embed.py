@@ -26,7 +26,7 @@ def make_workdir(root: Path, n: int) -> WorkDir:
     from conftest import encode, write_download_shard
 
     from dedup.core.config import DemoConfig
-    from dedup.demo import make_bases
+    from dedup.demo_bases import make_bases
 
     bases = make_bases(DemoConfig(distinct=n))
     work = WorkDir(root)

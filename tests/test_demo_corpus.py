@@ -8,7 +8,8 @@ import polars as pl
 from dedup.core.config import DemoConfig
 from dedup.core.layout import WorkDir
 from dedup.core.markers import config_hash
-from dedup.demo import build_corpus, copy_counts, make_bases, photo_copy_counts, source_photos
+from dedup.demo import build_corpus, copy_counts, photo_copy_counts
+from dedup.demo_bases import make_bases, source_photos
 
 
 def test_photos_kind_is_each_bundled_photograph_once_as_a_centred_square():

@@ -2,45 +2,31 @@
 ``summary.json`` and PNG plots, for whatever stages of a work directory have run.
 
 Every number in ``summary.json`` is recomputed from the stages' parquet and JSON outputs, never copied
-from memory, and every string that came from the web (captions, URLs, keys) is HTML-escaped.
+from memory (report/numbers.py), and every string that came from the web (captions, URLs, keys) is
+HTML-escaped (report/html.py). Plots in report/plots.py, galleries and thumbnails in report/gallery.py:
+this module gathers the sections and is the stage.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
-from PIL import Image, ImageOps
 
 from dedup.core.config import ReportConfig
 from dedup.core.errors import UserError
 from dedup.core.extensions import REPORT_SECTIONS, extension
-from dedup.core.layout import WorkDir, atomic_path, locked, read_json, write_json
+from dedup.core.files import atomic_path, locked, read_json, write_json
+from dedup.core.layout import WorkDir
 from dedup.core.markers import write_marker
 from dedup.core.stage import Advance, Plan, Stage, Unit, run_stage
-
-THUMB = 112
-BUCKETS = (("1", 1, 1), ("2-4", 2, 4), ("5-19", 5, 19), ("20+", 20, 10**12))
-
-
-CAPTION_CHARS = 300
-
-
-def caption_text(value: Any) -> str:
-    """A caption as shown, cut to CAPTION_CHARS (a scraped caption can be a megabyte); the template
-    escapes it."""
-    text = "" if value is None else str(value)
-    if len(text) > CAPTION_CHARS:
-        text = f"{text[:CAPTION_CHARS]}… ({len(text):,} characters)"
-    return text
-
-
-# -- numbers ------------------------------------------------------------------------------------------
+from dedup.report.gallery import galleries
+from dedup.report.html import SECTIONS, css, missing, render, table
+from dedup.report.numbers import cluster_numbers, download_numbers, ledger_numbers
+from dedup.report.plots import plot_download, plot_groups, plot_sweep
 
 
 def stages_present(work: WorkDir) -> dict[str, bool]:
@@ -54,201 +40,6 @@ def stages_present(work: WorkDir) -> dict[str, bool]:
         "write": work.ledger.exists(),
         **(present(work) if present is not None else {"attack": False, "generate_filter": False}),
     }
-
-
-def download_numbers(work: WorkDir) -> dict[str, Any]:
-    from dedup.download.stage import FAILURE_LABELS, download_rows
-
-    rows = download_rows(work)
-    by = dict(rows.group_by("reason").len().rows())
-    return {
-        "rows": rows.height,
-        "successes": int(by.pop("success", 0)),
-        "failures": {FAILURE_LABELS.get(k, k): int(v) for k, v in sorted(by.items(), key=lambda kv: -kv[1])},
-    }
-
-
-def cluster_numbers(clusters: pl.DataFrame) -> dict[str, Any]:
-    sizes = clusters.group_by("cluster_id").agg(pl.len().alias("n"))["n"].to_numpy()
-    hist = dict(zip(*np.unique(sizes, return_counts=True), strict=True))
-    share = {}
-    for name, lo, hi in BUCKETS:
-        in_bucket = sizes[(sizes >= lo) & (sizes <= hi)]
-        share[name] = {
-            "groups": len(in_bucket),
-            "samples": int(in_bucket.sum()),
-            "share_of_samples": round(float(in_bucket.sum()) / max(1, int(sizes.sum())), 4),
-        }
-    return {
-        "samples": clusters.height,
-        "groups": len(sizes),
-        "duplicate_groups": int((sizes > 1).sum()),
-        "removed": int((~clusters["is_representative"]).sum()),
-        "largest_group": int(sizes.max()) if len(sizes) else 0,
-        "group_size_histogram": {str(int(k)): int(v) for k, v in hist.items()},
-        "by_bucket": share,
-    }
-
-
-def ledger_numbers(ledger: pl.DataFrame) -> dict[str, Any]:
-    return {
-        "input_samples": ledger.height,
-        "kept": int(ledger["kept"].sum()),
-        "removed": int((~ledger["kept"]).sum()),
-        "by_reason": dict(sorted(ledger.group_by("reason").len().rows())),
-    }
-
-
-# -- plots --------------------------------------------------------------------------------------------
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update({"font.size": 9, "axes.spines.top": False, "axes.spines.right": False})
-    return plt
-
-
-def _save(fig, path: Path) -> str:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    _plt().close(fig)
-    return path.name
-
-
-def plot_download(numbers: dict[str, Any], out: Path) -> str:
-    plt = _plt()
-    labels = ["downloaded", *numbers["failures"]]
-    values = [numbers["successes"], *numbers["failures"].values()]
-    fig, ax = plt.subplots(figsize=(6, 0.35 * len(labels) + 0.8))
-    colors = ["#2a9d8f"] + ["#e76f51"] * (len(labels) - 1)
-    ax.barh(labels[::-1], values[::-1], color=colors[::-1])
-    for i, v in enumerate(values[::-1]):
-        ax.text(v, i, f" {v}", va="center", fontsize=8)
-    ax.set_xlabel("URLs")
-    ax.set_title("Download outcome")
-    return _save(fig, out / "download_outcome.png")
-
-
-def plot_groups(numbers: dict[str, Any], out: Path) -> str:
-    plt = _plt()
-    hist = {int(k): v for k, v in numbers["group_size_histogram"].items()}
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
-    a.loglog(list(hist), list(hist.values()), "o", color="#264653", markersize=4)
-    a.set_xlabel("group size (copies of one image)")
-    a.set_ylabel("number of groups")
-    a.set_title("Duplicate-group sizes (log-log)")
-    names = [n for n, _, _ in BUCKETS]
-    shares = [numbers["by_bucket"][n]["share_of_samples"] * 100 for n in names]
-    b.bar(names, shares, color=["#8ab17d", "#e9c46a", "#f4a261", "#e76f51"])
-    for i, v in enumerate(shares):
-        b.text(i, v, f"{v:.1f}%", ha="center", va="bottom", fontsize=8)
-    b.set_xlabel("group size")
-    b.set_ylabel("% of all samples")
-    b.set_title("Share of the dataset in groups of each size")
-    fig.tight_layout()
-    return _save(fig, out / "group_sizes.png")
-
-
-def plot_sweep(sweep: pl.DataFrame, threshold: float | None, out: Path) -> str:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    ax.plot(sweep["threshold"], sweep["removed"], "o-", color="#264653", label="samples removed")
-    ax.set_xlabel("embedding cosine threshold")
-    ax.set_ylabel("samples removed")
-    if threshold is not None:
-        ax.axvline(threshold, color="#999", linestyle="--", linewidth=1)
-    if "precision" in sweep.columns:
-        ax2 = ax.twinx()
-        ax2.plot(
-            sweep["threshold"], sweep["precision"], "s-", color="#2a9d8f", label="precision", markersize=3
-        )
-        ax2.plot(sweep["threshold"], sweep["recall"], "^-", color="#e76f51", label="recall", markersize=3)
-        ax2.set_ylim(0, 1.05)
-        ax2.set_ylabel("pairwise precision / recall")
-        ax2.legend(loc="lower left", fontsize=8)
-    ax.set_title("Threshold sweep (connected components of accepted pairs)")
-    return _save(fig, out / "threshold_sweep.png")
-
-
-# -- thumbnails ---------------------------------------------------------------------------------------
-
-
-def thumbnails(work: WorkDir, keys: set[str], folder: Path) -> dict[str, str]:
-    """Small JPEG files for the given sample keys (one pass over the shards); key -> relative path."""
-    from dedup.core.shards import input_samples
-
-    folder.mkdir(parents=True, exist_ok=True)
-    out: dict[str, str] = {}
-    if not keys:
-        return out
-    for shard in work.download_shards():
-        for sample in input_samples(work.input_tar(shard)):
-            if sample.key not in keys or sample.image is None:
-                continue
-            try:
-                with Image.open(io.BytesIO(sample.image)) as im:
-                    im = ImageOps.exif_transpose(im).convert("RGB")
-                    im.thumbnail((THUMB, THUMB))
-                    name = f"{len(out):05d}.jpg"
-                    im.save(folder / name, "JPEG", quality=85)
-                    out[sample.key] = f"{folder.name}/{name}"
-            except Exception:  # an undecodable image simply has no thumbnail
-                continue
-    return out
-
-
-def array_thumb(image: np.ndarray, path: Path) -> str:
-    im = Image.fromarray(image)
-    scale = max(1, THUMB // max(im.size))
-    im.resize((im.width * scale, im.height * scale), Image.NEAREST).save(path, "PNG")
-    return f"{path.parent.name}/{path.name}"
-
-
-# -- HTML ---------------------------------------------------------------------------------------------
-
-
-def _css() -> str:
-    return (Path(__file__).with_name("report.css")).read_text(encoding="utf-8")
-
-
-SECTIONS = (
-    ("download", "Download"),
-    ("duplicates", "Duplicates"),
-    ("ledger", "Ledger"),
-    ("galleries", "Galleries"),
-    ("memorization", "Memorization"),
-    ("settings", "Settings"),
-)
-
-
-def _render(context: dict[str, Any]) -> str:
-    """The page from templates/report.html.j2, every value autoescaped (captions come from the web)."""
-    import jinja2
-
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    return env.get_template("report.html.j2").render(**context)
-
-
-def _table(headers: list[str], rows: list[list[Any]], numeric: set[int] = frozenset()) -> dict[str, Any]:
-    return {
-        "headers": headers,
-        "rows": [["" if c is None else c for c in r] for r in rows],
-        "numeric": set(numeric),
-    }
-
-
-def _missing(stage: str, command: str) -> dict[str, str]:
-    return {"stage": stage, "command": command}
 
 
 class ReportStage(Stage):
@@ -301,15 +92,15 @@ def _write_report(config: ReportConfig, work: WorkDir) -> dict[str, Any]:
     page: dict[str, Any] = {
         "title": work.root.name,
         "root": str(work.root),
-        "css": _css(),
+        "css": css(),
         "nav": SECTIONS,
         "cards": cards,
         "download": None,
-        "download_missing": _missing("download", f"dedup download URL_LIST {work.root}"),
+        "download_missing": missing("download", f"dedup download URL_LIST {work.root}"),
         "duplicates": None,
-        "duplicates_missing": _missing("cluster", f"dedup cluster {work.root}"),
+        "duplicates_missing": missing("cluster", f"dedup cluster {work.root}"),
         "ledger": None,
-        "ledger_missing": _missing("write", f"dedup write {work.root}"),
+        "ledger_missing": missing("write", f"dedup write {work.root}"),
         "galleries": None,
     }
 
@@ -319,7 +110,7 @@ def _write_report(config: ReportConfig, work: WorkDir) -> dict[str, Any]:
         cards.append((f"{dl['successes']:,}", f"of {dl['rows']:,} URLs downloaded"))
         page["download"] = {
             "plot": plot_download(dl, out),
-            "table": _table(
+            "table": table(
                 ["outcome", "URLs"],
                 [["downloaded", dl["successes"]], *[[k, v] for k, v in dl["failures"].items()]],
                 {1},
@@ -351,21 +142,21 @@ def _write_report(config: ReportConfig, work: WorkDir) -> dict[str, Any]:
             "kept": f"{ln['kept']:,}",
             "folder": str(work.dedup_dir),
             "path": str(work.ledger),
-            "table": _table(["reason", "samples"], [[k, v] for k, v in ln["by_reason"].items()], {1}),
+            "table": table(["reason", "samples"], [[k, v] for k, v in ln["by_reason"].items()], {1}),
             "stale": stale,
         }
 
     if clusters is not None and present["download"]:
-        page["galleries"] = _galleries(work, clusters, config, out)
+        page["galleries"] = galleries(work, clusters, config, out)
     page["memorization"] = _memorization(work, out, summary, settings)
 
     summary["settings"] = settings
-    page["stages"] = _table(
+    page["stages"] = table(
         ["stage", "status"], [[n, "ran" if ok else "not run"] for n, ok in present.items()]
     )
     page["settings"] = [(k, json.dumps(v, indent=2, default=str)) for k, v in settings.items()]
     with atomic_path(out / "index.html") as tmp:
-        tmp.write_text(_render(page), encoding="utf-8")
+        tmp.write_text(render(page), encoding="utf-8")
     write_json(out / "summary.json", summary)
     return summary
 
@@ -412,7 +203,7 @@ def _duplicates(
         )
         section["sweep"] = {
             "plot": plot_sweep(sweep, cs.get("embedding_threshold"), out),
-            "table": _table(
+            "table": table(
                 headers, [[r.get(h) for h in headers] for r in sweep.to_dicts()], set(range(len(headers)))
             ),
         }
@@ -422,7 +213,7 @@ def _duplicates(
         if "pairwise" in ev:
             pw, rm = ev["pairwise"], ev["removals"]
             section["evaluation"].append(
-                _table(
+                table(
                     ["", "precision", "recall"],
                     [
                         ["duplicate pairs", pw["precision"], pw["recall"]],
@@ -433,140 +224,13 @@ def _duplicates(
             )
             if ev.get("per_transform"):
                 section["evaluation"].append(
-                    _table(
+                    table(
                         ["copy made by", "copies", "found", "recall"],
                         [[t, v["copies"], v["found"], v["recall"]] for t, v in ev["per_transform"].items()],
                         {1, 2, 3},
                     )
                 )
     return section
-
-
-def _galleries(work: WorkDir, clusters: pl.DataFrame, config: ReportConfig, out: Path) -> dict[str, Any]:
-    meta = pl.concat(
-        [
-            pl.read_parquet(work.metadata(s), columns=["key", "caption", "url", "width", "height"])
-            for s in work.download_shards()
-            if work.metadata(s).exists()
-        ]
-    )
-    df = clusters.join(meta, on="key", how="left")
-    largest = (
-        df.group_by("cluster_id")
-        .agg(pl.len().alias("n"))
-        .filter(pl.col("n") > 1)
-        .sort(["n", "cluster_id"], descending=[True, False])
-        .head(config.gallery_groups)
-    )
-    groups = df.filter(pl.col("cluster_id").is_in(largest["cluster_id"].to_list()))
-    shown = (
-        groups.sort(
-            ["cluster_id", "is_representative", "similarity_to_representative"],
-            descending=[False, True, False],
-        )
-        .group_by("cluster_id", maintain_order=True)
-        .head(9)
-    )
-    pairs = pl.read_parquet(work.pairs) if work.pairs.exists() else None
-    border = _borderline(work, pairs, config)
-    keys = set(shown["key"].to_list()) | (
-        set(border["key_a"].to_list()) | set(border["key_b"].to_list()) if border.height else set()
-    )
-    thumbs = thumbnails(work, keys, out / "thumbs")
-    info = {r["key"]: r for r in df.iter_rows(named=True)}
-    evidence = _pair_evidence(pairs)
-    out_groups = []
-    for cid in largest["cluster_id"].to_list():
-        members = shown.filter(pl.col("cluster_id") == cid)
-        n = int(largest.filter(pl.col("cluster_id") == cid)["n"][0])
-        out_groups.append(
-            {
-                "id": cid,
-                "size": n,
-                "more": n - members.height if n > members.height else 0,
-                "members": [
-                    {
-                        "thumb": thumbs.get(r["key"]),
-                        "kept": bool(r["is_representative"]),
-                        "signal": r["signal"],
-                        "similarity": f"{r['similarity_to_representative']:.3f}",
-                        "evidence": _evidence(evidence.get(_pair_key(r["key"], r["representative_key"]))),
-                        "caption": caption_text(r["caption"]),
-                    }
-                    for r in members.iter_rows(named=True)
-                ],
-            }
-        )
-    borderline = []
-    for r in border.iter_rows(named=True):
-        sides = []
-        for side in ("key_a", "key_b"):
-            k = r[side]
-            sides.append(
-                {
-                    "thumb": thumbs.get(k),
-                    "kept": bool(info.get(k, {}).get("is_representative")),
-                    "caption": caption_text(info.get(k, {}).get("caption")),
-                }
-            )
-        borderline.append(
-            {
-                "sides": sides,
-                "verdict": "duplicate" if r["duplicate"] else "kept apart",
-                "cosine": f"{r['similarity']:.3f}",
-                "phash": r["phash_distance"],
-                "proposed_by": r.get("proposed_by") or "",
-                "signal": r["signal"],
-                "evidence": _evidence(r),
-            }
-        )
-    return {"groups": out_groups, "borderline": borderline}
-
-
-def _borderline(work: WorkDir, pairs: pl.DataFrame | None, config: ReportConfig) -> pl.DataFrame:
-    """The pairs nearest the decision: the verifier's copy threshold where it looked, else the cosine's."""
-    if pairs is None:
-        return pl.DataFrame()
-    from dedup.cluster.verifier_settings import COPY_MATCH
-
-    cs = read_json(work.cluster_summary) if work.cluster_summary.exists() else {}
-    t = float(cs.get("embedding_threshold", 0.95))
-    return (
-        pairs.filter(pl.col("signal") != "exact")
-        .with_columns(
-            pl.when(pl.col("pixel_match").is_not_null())
-            .then((pl.col("pixel_match") - COPY_MATCH).abs())
-            .otherwise((pl.col("similarity") - t).abs())
-            .alias("gap")
-        )
-        .sort("gap", "key_a", "key_b")
-        .head(config.borderline_pairs)
-    )
-
-
-def _pair_key(a: str, b: str) -> tuple[str, str]:
-    return (a, b) if a <= b else (b, a)
-
-
-def _pair_evidence(pairs: pl.DataFrame | None) -> dict[tuple[str, str], dict[str, Any]]:
-    """The verifier's evidence per (unordered) pair of keys, where it looked."""
-    if pairs is None or "verdict" not in pairs.columns:
-        return {}
-    looked = pairs.filter(pl.col("verdict").is_not_null())
-    return {_pair_key(r["key_a"], r["key_b"]): r for r in looked.iter_rows(named=True)}
-
-
-def _evidence(r: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Why the verifier called a pair what it did (None when it did not look)."""
-    if not r or r.get("verdict") is None:
-        return None
-    return {
-        "verdict": r["verdict"],
-        "pixel": f"{100 * r['pixel_match']:.0f}",
-        "coverage": f"{100 * r['coverage']:.0f}",
-        "colour": f"{100 * r['color_match']:.0f}",
-        "inliers": r["orb_inliers"],
-    }
 
 
 def _memorization(work: WorkDir, out: Path, summary: dict, settings: dict) -> dict[str, Any]:
@@ -576,7 +240,7 @@ def _memorization(work: WorkDir, out: Path, summary: dict, settings: dict) -> di
     if section is not None:
         return section(work, out, summary, settings)
     return {
-        "missing": _missing("attack", f"dedup attack compare --before {work.root} --after {work.root}"),
+        "missing": missing("attack", f"dedup attack compare --before {work.root} --after {work.root}"),
         "compare": None,
         "experiment": None,
         "risk": None,

@@ -177,7 +177,8 @@ def test_tiles_of_one_striped_structure_are_not_copies_but_their_copies_are():
     one photograph: pixel for pixel alike (the stripes do not pin a vertical shift). Only their own
     texture along the stripes tells them apart; a re-encoded or resized tile keeps it. (A brightened
     one may not, where the stripes clip: said in bench/RESULTS.md.)"""
-    from dedup.demo import DemoConfig, _tile_bases
+    from dedup.core.config import DemoConfig
+    from dedup.demo_bases import _tile_bases
 
     wanted = ("interior 6373478, detail 1-1", "interior 6373478, detail 2-1", "interior 6373478, detail 3-1",
               "cup-of-couple-7303987, detail 6-8", "cup-of-couple-7303987, detail 7-8",
