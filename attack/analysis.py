@@ -17,6 +17,9 @@
 * **Dose-response**: extraction against copies in the before set, a logistic fit in log2(copies)
   per arm and criterion, its 95 % band from a bootstrap over images (all replicates of an image
   move together).
+* **Exposure and quality per arm** (#26 item 4, descriptive): unique images, samples and passes per
+  unique image in each bucket; held-out denoising loss and pixel KID (attack/quality.py) with
+  t-intervals over replicates, and the held-out loss against training steps.
 
 attack/tables.py prints the tables of ``bench/RESULTS.md`` from this summary; the HTML report takes
 its cells from the same ``cell_text``, so both say the same thing about every cell.
@@ -306,6 +309,46 @@ def dose_response(
     return out
 
 
+def _mean_t(values: list[Any]) -> dict[str, Any] | None:
+    ok = [float(v) for v in values if v is not None]
+    if not ok:
+        return None
+    return {"values": ok, "mean": float(np.mean(ok)), "t95": t_interval(ok)}
+
+
+def exposure_table(results: dict[int, dict[str, dict[str, Any]]], arm: str) -> dict[str, Any] | None:
+    """Per bucket, the mean over replicates of unique images, samples and passes per unique image."""
+    rows = [results[s][arm].get("exposure") for s in sorted(results) if arm in results[s]]
+    rows = [r for r in rows if r]
+    if not rows:
+        return None
+    out = {}
+    for b in BUCKET_NAMES:
+        out[b] = {
+            f: (None if any(r[b][f] is None for r in rows) else float(np.mean([r[b][f] for r in rows])))
+            for f in ("unique_images", "samples", "passes_per_image")
+        }
+    return out
+
+
+def quality_table(results: dict[int, dict[str, dict[str, Any]]], arm: str) -> dict[str, Any] | None:
+    """Held-out loss and pixel KID over replicates, and the held-out loss per checkpoint (mean)."""
+    rows = [results[s][arm].get("quality") for s in sorted(results) if arm in results[s]]
+    rows = [r for r in rows if r]
+    if not rows:
+        return None
+    curve: dict[int, list[float]] = {}
+    for r in rows:
+        for point in r.get("curve", []):
+            if point.get("heldout_loss") is not None:
+                curve.setdefault(int(point["step"]), []).append(float(point["heldout_loss"]))
+    return {
+        "heldout_loss": _mean_t([r.get("heldout_loss") for r in rows]),
+        "pixel_kid": _mean_t([r.get("pixel_kid") for r in rows]),
+        "curve": [[step, float(np.mean(v))] for step, v in sorted(curve.items())],
+    }
+
+
 def summarize(results: dict[int, dict[str, dict[str, Any]]], arms: tuple[str, ...], settings: dict) -> dict:
     """Everything the tables, the report and RESULTS show, from the per-(replicate, arm) results."""
     from attack.experiment import QUESTIONS
@@ -329,6 +372,8 @@ def summarize(results: dict[int, dict[str, dict[str, Any]]], arms: tuple[str, ..
             c: {b: float(np.mean([results[s][arm]["extracted"][c][b] for s in seeds])) for b in buckets}
             for c in CRITERIA
         }
+        entry["exposure"] = exposure_table(results, arm)
+        entry["quality"] = quality_table(results, arm)
         entry["null"] = null_calibration(results, arm)
         entry["dose"] = dose_response(results, arm) if arm in ("before", "after") else None
         entry["membership_pooled"] = membership_table(results, arm)

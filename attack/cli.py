@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from attack.config import ARMS
 from dedup.core.errors import UserError
 from dedup.options import ConfigOpt, Group, load_pipeline_config
 
@@ -142,7 +143,7 @@ def extract_cmd(
     from attack.data import reference_set
     from attack.extract import extract
     from attack.sample import load_generations
-    from dedup.core.layout import atomic_path
+    from dedup.core.files import atomic_path
 
     images, prompts = load_generations(generations)
     reference, k, _ = reference_set(train, images.shape[1], clusters)
@@ -221,8 +222,8 @@ def experiment_cmd(
     seeds: Annotated[int, typer.Option(help="Replicates: data and training seeds 0..N-1.")] = 5,
     arms: Annotated[
         str,
-        typer.Option(help="Comma-separated, from: before, after, after_equal_passes, random_removal."),
-    ] = "before,after,after_equal_passes,random_removal",
+        typer.Option(help=f"Comma-separated, from: {', '.join(ARMS)}."),
+    ] = ",".join(ARMS),
     holdout: Annotated[
         int, typer.Option(help="Singletons no arm trains on (membership inference's non-members).")
     ] = 200,
@@ -238,14 +239,16 @@ def experiment_cmd(
 ) -> None:
     """The memorization measurement as a controlled experiment, every arm over several replicates.
 
-    Arms: before; after at equal steps (the paper's protocol); after at equal passes per image; and a
-    control that removes as many images at random. The analysis attack.md §6 declares: the primary
+    Arms: before; after at equal steps (the paper's protocol); after at equal passes per image; a
+    control that removes as many images at random; and an exposure-matched control that removes as
+    many copies per duplicate bucket at random. Each arm reports its exposure per bucket and its
+    quality (held-out loss against steps, pixel KID). The analysis attack.md §6 declares: the primary
     endpoint (best calibrated l2 of images with 5+ copies, after vs before, exact one-sided sign-flip
     test, its power for the paper's effect); every other comparison exploratory, Holm-corrected; each
     criterion's false-positive rate on held-out images; dose-response against copies. Every
     finished run is kept: rerun the same command to resume.
     """
-    from attack.experiment import ARMS, format_experiment, run_experiment
+    from attack.experiment import format_experiment, run_experiment
     from attack.layout import ExperimentDir
     from dedup.core.layout import WorkDir
 
@@ -283,7 +286,8 @@ def candidates_cmd(
     """
     from attack.generate_filter import candidates
     from attack.layout import AttackDir
-    from dedup.core.layout import WorkDir, atomic_path
+    from dedup.core.files import atomic_path
+    from dedup.core.layout import WorkDir
 
     if top < 1:
         raise UserError(f"--top {top}: the number of groups is at least 1")

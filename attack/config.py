@@ -10,6 +10,10 @@ from pydantic import Field
 from dedup.core.config import Section
 from dedup.core.errors import UserError
 
+# The controlled experiment's arms (attack/experiment.py says what each trains on), named here, where
+# importing them costs nothing, so the CLI's option and the experiment read the same tuple.
+ARMS = ("before", "after", "after_equal_passes", "random_removal", "bucket_matched_removal")
+
 
 class AttackConfig(Section):
     """Before/after training of a reference DDPM and the extraction test (../shared/docs/attack.md).

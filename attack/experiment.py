@@ -9,7 +9,17 @@ prompts and sampling seed:
   seen about as often as in ``before`` (at equal steps a much smaller set is seen many more times,
   which confounds deduplication with exposure);
 - ``random_removal``: as many images removed as dedup removed, at random, the same steps as
-  ``after`` (does dedup lower memorization beyond what any removal of that size does?).
+  ``after`` (does dedup lower memorization beyond what any removal of that size does?). It keeps far
+  fewer unique images than dedup and leaves each surviving duplicated group's share of the data (its
+  exposure at equal steps) as it was, so it answers only the size question;
+- ``bucket_matched_removal``: the exposure-matched control (#26 item 4): from each duplicate bucket
+  (copies in the before set) as many samples removed as dedup removed there, at random, so every
+  bucket's samples, and so its exposure at equal steps, match ``after``'s; it differs from dedup only
+  in *which* copies go (an image may lose all of them, another keep several).
+
+Every arm reports its exposure per bucket (unique images, samples, passes per unique image) and its
+quality (held-out denoising loss at every checkpoint, pixel KID of its generations to held-out
+images: attack/quality.py), so a drop in memorization can be told from a model that learnt less.
 
 Replicates: seed s sets both the data seed (which singletons the budget trains on, which images are
 held out for membership inference, which images random removal drops) and the training seed (initial
@@ -33,23 +43,26 @@ import numpy as np
 import typer
 
 from attack.analysis import CRITERIA, summarize
+from attack.arms import arm_steps, arm_training_set, exposure, members_of, variants_of
 from attack.compare import prompts_for, train_config
-from attack.config import AttackConfig, resolve_attack
-from attack.data import AttackSets, ImageSet, attack_sets
+from attack.config import ARMS, AttackConfig, resolve_attack
+from attack.data import AttackSets, attack_sets
 from attack.extract import BUCKETS, extract
 from attack.layout import ExperimentDir
 from attack.membership import FPR, T, auc, loss_scores, roc, tpr_at_fpr
+from attack.quality import heldout_loss, pixel_kid
 from attack.sample import load_generations, sample_to_file
 from attack.tables import format_experiment
 from attack.train import data_digest, train
-from dedup.core.layout import atomic_path, read_json, write_json
+from dedup.core.files import atomic_path, read_json, write_json
 from dedup.core.markers import config_hash
 
-ARMS = ("before", "after", "after_equal_passes", "random_removal")
 QUESTIONS = {
     "after": "does deduplication lower memorization at the same training steps (the paper's protocol)?",
     "after_equal_passes": "does it, when each image is seen as often as before (steps scaled to the set)?",
     "random_removal": "does removing as many images at random lower it as much (the control)?",
+    "bucket_matched_removal": "does removing as many copies per duplicate bucket at random, the same "
+    "exposure per bucket as after, lower it as much (the exposure-matched control)?",
 }
 # Modules whose code decides a run's numbers (data, model, training, sampling, scoring).
 RESULT_MODULES = (
@@ -62,39 +75,10 @@ RESULT_MODULES = (
     "extract",
     "membership",
     "compare",
+    "quality",
+    "arms",
 )
 HOLDOUT = 200  # singletons no arm trains on: membership inference's non-members (setting)
-
-
-def arm_steps(arm: str, steps: int, n_before: int, n_after: int) -> int:
-    """Optimizer steps of an arm: equal passes scales by the set sizes; every other arm keeps ``steps``."""
-    if arm == "after_equal_passes":
-        return max(1, round(steps * n_after / max(1, n_before)))
-    return steps
-
-
-def arm_training_set(arm: str, sets: AttackSets, seed: int) -> ImageSet:
-    """What an arm trains on. Random removal drops |before| - |after| samples of the before set, chosen
-    with the replicate's seed (all copies of an image may go, as a random deletion would)."""
-    if arm == "before":
-        return sets.before
-    if arm in ("after", "after_equal_passes"):
-        return sets.after
-    if arm == "random_removal":
-        n_drop = len(sets.before) - len(sets.after)
-        rng = np.random.default_rng([seed, 7])
-        keep = np.sort(rng.choice(len(sets.before), size=len(sets.before) - n_drop, replace=False))
-        return sets.before.subset([sets.before.keys[i] for i in keep])
-    raise ValueError(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
-
-
-def members_of(training: ImageSet, sets: AttackSets) -> np.ndarray:
-    """Per reference image: did this arm train on some copy of it?"""
-    out = np.zeros(len(sets.reference), dtype=bool)
-    for key in training.keys:
-        if key in sets.group_of:
-            out[sets.group_of[key]] = True
-    return out
 
 
 def code_digest() -> str:
@@ -119,9 +103,63 @@ def null_scores(images: np.ndarray, used: list[str], sets: AttackSets, cfg: Atta
     union = np.concatenate([sets.reference.images, sets.held_out.images])
     keys = sets.reference.keys + sets.held_out.keys
     k = np.concatenate([sets.k, np.ones(len(sets.held_out), dtype=sets.k.dtype)])
-    ex = extract(images, used, union, keys, k, cfg.calibrated_threshold)
+    variants, variant_of = variants_of(sets)
+    variants = np.concatenate([variants, sets.held_out.images])
+    variant_of = np.concatenate([variant_of, n_ref + np.arange(len(sets.held_out))])
+    ex = extract(images, used, union, keys, k, cfg.calibrated_threshold, variants, variant_of)
     held = ex.images[n_ref:]
     return {c: {"held_out": held.height, "extracted": int(held[f"extracted[{c}]"].sum())} for c in CRITERIA}
+
+
+def quality_probe(sets: AttackSets, cfg: AttackConfig, seed: int):
+    """What ``train`` measures at each checkpoint: the held-out denoising loss (attack/quality.py)."""
+    if sets.held_out is None or not len(sets.held_out):
+        return None
+    from attack.schedule import Schedule
+    from attack.train import device_for
+
+    device = device_for(cfg.device)
+    schedule = Schedule(train_config(cfg).schedule).to(device)
+    held = sets.held_out
+
+    def probe(model: Any) -> dict[str, float]:
+        loss = heldout_loss(model, schedule, held.images, held.captions, device, seed)
+        return {"heldout_loss": round(loss, 6)}
+
+    return probe
+
+
+def membership_scores(
+    model: Path, sets: AttackSets, member: np.ndarray, seed: int, device: str
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Loss scores of the reference images and of the held-out non-members, and AUC / TPR per bucket
+    (attack.md §5; members are the reference images the arm saw some copy of)."""
+    scores = loss_scores(model, sets.reference.images, sets.reference.captions, seed=seed, device=device)
+    held = (
+        loss_scores(model, sets.held_out.images, sets.held_out.captions, seed=seed, device=device)
+        if sets.held_out is not None and len(sets.held_out)
+        else np.zeros(0)
+    )
+    membership = {}
+    for name, lo, hi in [*BUCKETS, ("all", 1, 10**12)]:
+        inside = member & (sets.k >= lo) & (sets.k <= hi)
+        membership[name] = {
+            "members": int(inside.sum()),
+            "auc": auc(scores[inside], held),
+            f"tpr_at_{FPR:g}_fpr": tpr_at_fpr(scores[inside], held),
+        }
+    return scores, held, membership
+
+
+def quality_of(trained: dict[str, Any], generations: np.ndarray, sets: AttackSets) -> dict[str, Any]:
+    """The arm's quality (attack/quality.py): held-out loss at the last checkpoint and against steps,
+    pixel KID of its generations to the held-out images."""
+    held = sets.held_out
+    return {
+        "heldout_loss": (trained.get("curve") or [{}])[-1].get("heldout_loss"),
+        "pixel_kid": pixel_kid(generations, held.images) if held is not None and len(held) else None,
+        "curve": trained.get("curve", []),
+    }
 
 
 def per_image(ex: Any, member: np.ndarray) -> dict[str, Any]:
@@ -167,7 +205,14 @@ def run_arm(
     if progress:
         typer.echo(f"   seed {seed}, {arm}: {len(training)} images, {steps} steps")
     started = time.time()
-    trained = train(training.images, training.captions, tcfg, run.model(arm), progress=progress)
+    trained = train(
+        training.images,
+        training.captions,
+        tcfg,
+        run.model(arm),
+        progress=progress,
+        evaluate=quality_probe(sets, cfg, seed),
+    )
     prompts = prompts_for(sets, cfg)
     sample_to_file(
         run.model(arm),
@@ -181,35 +226,21 @@ def run_arm(
         progress=progress,
     )
     images, used = load_generations(run.generations(arm))
-    ex = extract(images, used, sets.reference.images, sets.reference.keys, sets.k, cfg.calibrated_threshold)
+    ex = extract(
+        images,
+        used,
+        sets.reference.images,
+        sets.reference.keys,
+        sets.k,
+        cfg.calibrated_threshold,
+        *variants_of(sets),
+    )
     with atomic_path(run.image_table(arm)) as tmp:
         ex.images.write_parquet(tmp)
     counts = ex.counts()
     member = members_of(training, sets)
     null = null_scores(images, used, sets, cfg)
-    scores = loss_scores(
-        run.model(arm), sets.reference.images, sets.reference.captions, seed=seed, device=cfg.device
-    )
-    held = (
-        loss_scores(
-            run.model(arm), sets.held_out.images, sets.held_out.captions, seed=seed, device=cfg.device
-        )
-        if sets.held_out is not None and len(sets.held_out)
-        else np.zeros(0)
-    )
-    membership = {}
-    for name, lo, hi in BUCKETS:
-        inside = member & (sets.k >= lo) & (sets.k <= hi)
-        membership[name] = {
-            "members": int(inside.sum()),
-            "auc": auc(scores[inside], held),
-            f"tpr_at_{FPR:g}_fpr": tpr_at_fpr(scores[inside], held),
-        }
-    membership["all"] = {
-        "members": int(member.sum()),
-        "auc": auc(scores[member], held),
-        f"tpr_at_{FPR:g}_fpr": tpr_at_fpr(scores[member], held),
-    }
+    scores, held, membership = membership_scores(run.model(arm), sets, member, seed, cfg.device)
     result = {
         "key": key,
         "seed": seed,
@@ -217,7 +248,9 @@ def run_arm(
         "training_images": len(training),
         "steps": steps,
         "passes_per_image": round(steps * cfg.batch_size / max(1, len(training)), 2),
+        "exposure": exposure(training, sets, steps, cfg.batch_size),
         "final_loss": trained.get("final_loss"),
+        "quality": quality_of(trained, images, sets),
         "extracted": counts["by_criterion"],
         "continuous": counts["continuous"],
         "membership": membership,

@@ -2,7 +2,11 @@
 
 For every generation: its nearest training image (exact FAISS search over pixel vectors of the
 reference set: the unique images of the before set), the plain l2, tiled l2 and calibrated l2 to it,
-and the verdicts. For every training image: its duplicate count k, how many generations landed
+and the verdicts. A reference image stands for its whole near-duplicate group: given the before
+set's variants (every copy, mirrored, cropped or re-encoded), a generation's distance to an image is
+its distance to the nearest of the image's variants, so a model that reproduces a cropped copy
+extracts that image too (#26; the calibration's neighbourhood stays over unique images, as §1 asks).
+For every training image: its duplicate count k, how many generations landed
 nearest to it, its best generation, and whether it was extracted. Counts are of unique training
 images, never of generations (§2).
 """
@@ -90,6 +94,23 @@ def closest_generation_l2(gen: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(dist[:, 0], 0) / gen.shape[1])
 
 
+def nearest_copies(
+    generations: np.ndarray, variants: np.ndarray, variant_of: np.ndarray, n_reference: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per generation, its nearest variant (exact FAISS search); per reference image, the l2 from its
+    closest variant to its closest generation (the primary score's distance)."""
+    import faiss
+
+    gen = as_float(generations).reshape(len(generations), -1).astype(np.float32)
+    var = as_float(variants).reshape(len(variants), -1).astype(np.float32)
+    index = faiss.IndexFlatL2(var.shape[1])
+    index.add(var)
+    _, nearest = index.search(gen, 1)
+    closest = np.full(n_reference, np.inf)
+    np.minimum.at(closest, np.asarray(variant_of, dtype=np.int64), closest_generation_l2(gen, var))
+    return nearest[:, 0], closest
+
+
 def extract(
     generations: np.ndarray,
     prompts: list[str],
@@ -97,24 +118,23 @@ def extract(
     reference_keys: list[str],
     k: np.ndarray,
     threshold: float = 1 / 3,
+    variants: np.ndarray | None = None,
+    variant_of: np.ndarray | None = None,
 ) -> Extraction:
-    import faiss
-
-    if generations.shape[1:] != reference_images.shape[1:]:
+    """``variants`` (every training copy) and ``variant_of`` (the reference index of each) widen the
+    search from the representatives to every copy; without them the reference images are searched."""
+    if variants is None or variant_of is None:
+        variants, variant_of = reference_images, np.arange(len(reference_images))
+    if {generations.shape[1:], variants.shape[1:]} != {reference_images.shape[1:]}:
         raise ValueError(
             f"generations are {generations.shape[1:]} but training images {reference_images.shape[1:]}"
         )
-    ref = as_float(reference_images).reshape(len(reference_images), -1).astype(np.float32)
-    gen = as_float(generations).reshape(len(generations), -1).astype(np.float32)
-    index = faiss.IndexFlatL2(ref.shape[1])
-    index.add(ref)
-    _, nearest = index.search(gen, 1)
-    nearest = nearest[:, 0]
-    plain = l2(generations, reference_images[nearest])
-    tiled = tiled_l2(generations, reference_images[nearest])
+    nearest_variant, closest = nearest_copies(generations, variants, variant_of, len(reference_images))
+    nearest = np.asarray(variant_of, dtype=np.int64)[nearest_variant]
+    plain = l2(generations, variants[nearest_variant])
+    tiled = tiled_l2(generations, variants[nearest_variant])
     neighbourhood, used = neighbourhood_l2(reference_images, NEIGHBOURS)
     calibrated = calibrated_l2(plain, neighbourhood[nearest], ALPHA)
-    closest = closest_generation_l2(gen, ref)
     gen_df = pl.DataFrame(
         {
             "generation": np.arange(len(generations)),
@@ -174,6 +194,7 @@ def extract(
         "delta_l2": DELTA,
         "tiles": "4x4",
         "reference_images": len(reference_keys),
+        "searched_variants": len(variants),
     }
     if used < NEIGHBOURS:
         settings["note"] = (

@@ -27,7 +27,6 @@ DRAWS = 8  # noise draws per image (setting): the mean loss over them is the sco
 FPR = 0.01
 
 
-@torch.no_grad()
 def loss_scores(
     checkpoint: Path,
     images: np.ndarray,
@@ -44,26 +43,43 @@ def loss_scores(
     """
     dev = device_for(device)
     model, ckpt = load_model(checkpoint, dev)
-    cfg = model.cfg
     schedule = Schedule(ckpt["config"].get("schedule", "linear")).to(dev)
+    return -denoising_loss(model, schedule, images, captions, t, draws, seed, dev, batch)
+
+
+@torch.no_grad()
+def denoising_loss(
+    model: torch.nn.Module,
+    schedule: Schedule,
+    images: np.ndarray,
+    captions: list[str],
+    t: int,
+    draws: int,
+    seed: int,
+    device: torch.device,
+    batch: int = 256,
+) -> np.ndarray:
+    """Per image, the mean epsilon-prediction loss at timestep ``t`` (on the paper's 1000-step scale)
+    over ``draws`` noise draws from ``seed``: membership's score and the held-out quality measure."""
+    cfg = model.cfg
     scale = schedule.steps / 1000  # t is given on the 1000-step scale of the paper
-    step = torch.full((1,), round(t * scale), dtype=torch.long, device=dev)
+    step = torch.full((1,), round(t * scale), dtype=torch.long, device=device)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     out = np.zeros(len(images), dtype=np.float64)
     for lo in range(0, len(images), batch):
-        x0 = to_tensor(images[lo : lo + batch]).to(dev)
+        x0 = to_tensor(images[lo : lo + batch]).to(device)
         tokens = (
-            tokenize(captions[lo : lo + batch], cfg.vocab, cfg.max_tokens).to(dev)
+            tokenize(captions[lo : lo + batch], cfg.vocab, cfg.max_tokens).to(device)
             if cfg.conditional
             else None
         )
-        total = torch.zeros(len(x0), dtype=torch.float64, device=dev)
+        total = torch.zeros(len(x0), dtype=torch.float64, device=device)
         for _ in range(draws):
-            noise = torch.randn(x0.shape, generator=gen).to(dev)
+            noise = torch.randn(x0.shape, generator=gen).to(device)
             ts = step.expand(len(x0))
             pred = model(schedule.q_sample(x0, ts, noise), ts, tokens)
             total += ((pred.float() - noise) ** 2).mean(dim=(1, 2, 3)).double()
-        out[lo : lo + len(x0)] = -(total / draws).cpu().numpy()
+        out[lo : lo + len(x0)] = (total / draws).cpu().numpy()
     return out
 
 

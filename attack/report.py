@@ -16,8 +16,11 @@ from attack.layout import AttackDir, ExperimentDir
 from attack.sample import load_generations
 from attack.tables import cell_text, primary_text
 from dedup.core.errors import UserError
-from dedup.core.layout import WorkDir, read_json
-from dedup.report.stage import _missing, _plt, _save, _table, array_thumb
+from dedup.core.files import read_json
+from dedup.core.layout import WorkDir
+from dedup.report.gallery import array_thumb
+from dedup.report.html import missing, table
+from dedup.report.plots import pyplot, save_png
 
 
 def stages_present(work: WorkDir) -> dict[str, bool]:
@@ -37,10 +40,10 @@ def attack_numbers(work: WorkDir) -> dict[str, Any] | None:
         "reference_by_bucket": s["reference_by_bucket"],
     }
     for which in ("before", "after"):
-        table = paths.image_table(which)
-        if not table.exists():
+        image_table = paths.image_table(which)
+        if not image_table.exists():
             continue
-        imgs = pl.read_parquet(table)
+        imgs = pl.read_parquet(image_table)
         crits = {c[len("extracted[") : -1]: c for c in imgs.columns if c.startswith("extracted[")}
         out[which] = {
             "training_images": s[which]["training_images"],
@@ -64,7 +67,7 @@ def plot_memorization(numbers: dict[str, Any], out: Path) -> str | None:
     crits = list(numbers["before"]["extracted"])
     if not any(numbers[w]["extracted"][c]["total"] for w in ("before", "after") for c in crits):
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(crits), figsize=(2.6 * len(crits), 3), squeeze=False)
     for ax, crit in zip(axes[0], crits, strict=True):
         x = np.arange(len(names))
@@ -79,7 +82,7 @@ def plot_memorization(numbers: dict[str, Any], out: Path) -> str | None:
     axes[0][0].legend(fontsize=7)
     fig.suptitle("Memorization before and after dedup")
     fig.tight_layout()
-    return _save(fig, out / "memorization.png")
+    return save_png(fig, out / "memorization.png")
 
 
 def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], out: Path) -> str | None:
@@ -87,7 +90,7 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], out: Path) -> str
     attacker can use); None without scores."""
     if not curves:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.6, 3.6))
     for arm, (fpr, tpr) in curves.items():
         ax.plot(np.maximum(fpr, 1e-4), tpr, label=arm, linewidth=1.4)
@@ -100,7 +103,7 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], out: Path) -> str
     ax.set_title("Membership inference, loss at t=100", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, out / "membership_roc.png")
+    return save_png(fig, out / "membership_roc.png")
 
 
 def plot_dose(summary: dict[str, Any], out: Path) -> str | None:
@@ -111,7 +114,7 @@ def plot_dose(summary: dict[str, Any], out: Path) -> str | None:
         return None
     from attack.analysis import DOSE_CRITERIA
 
-    plt = _plt()
+    plt = pyplot()
     colours = {"before": "#e76f51", "after": "#2a9d8f"}
     mids = {"1": 1, "2-4": 3, "5-19": 10, "20+": 32}
     fig, axes = plt.subplots(1, len(DOSE_CRITERIA), figsize=(3.0 * len(DOSE_CRITERIA), 3), squeeze=False)
@@ -130,7 +133,7 @@ def plot_dose(summary: dict[str, Any], out: Path) -> str | None:
     axes[0][0].legend(fontsize=7)
     fig.suptitle("Dose-response: extraction against duplicate count (95 % band over images)", fontsize=9)
     fig.tight_layout()
-    return _save(fig, out / "dose_response.png")
+    return save_png(fig, out / "dose_response.png")
 
 
 def memorization_section(work: WorkDir, out: Path, summary: dict, settings: dict) -> dict[str, Any]:
@@ -148,7 +151,7 @@ def memorization_section(work: WorkDir, out: Path, summary: dict, settings: dict
     }
     clusters = pl.read_parquet(work.clusters) if work.clusters.exists() else None
     if attack is None:
-        section["missing"] = _missing(
+        section["missing"] = missing(
             "attack", f"dedup attack compare --before {work.root} --after {work.root}"
         )
     else:
@@ -168,7 +171,7 @@ def memorization_section(work: WorkDir, out: Path, summary: dict, settings: dict
                 "plot": plot_memorization(attack, out),
                 "nothing_extracted": "Neither model came within any threshold of a training image: "
                 "0 images extracted before and after at every criterion, so there is nothing to chart.",
-                "table": _table(["criterion", "model", *names, "total"], rows, {2, 3, 4, 5, 6}),
+                "table": table(["criterion", "model", *names, "total"], rows, {2, 3, 4, 5, 6}),
                 "share_before": f"{cb['share_nearest_duplicated']:.1%}",
                 "share_after": f"{ca['share_nearest_duplicated']:.1%}",
                 "min_before": "" if cb["min_calibrated"] is None else cb["min_calibrated"],
@@ -186,7 +189,7 @@ def memorization_section(work: WorkDir, out: Path, summary: dict, settings: dict
         settings["generate_filter"] = g["settings"]
         section["generate_filter"] = {
             "generator": g["generator"],
-            "table": _table(
+            "table": table(
                 ["copies", "captions", "flagged", "verified"],
                 [[n, v["captions"], v["flagged"], v["verified"]] for n, v in g["by_bucket"].items()],
                 {1, 2, 3},
@@ -228,8 +231,8 @@ def _experiment(work: WorkDir, out: Path) -> dict[str, Any] | None:
         "one_seed": len(seeds) < 2,
         "primary": primary_text(s.get("primary")),
         "dose": plot_dose(s, out),
-        "table": _table(["arm", "question", *names, "total"], rows),
-        "membership": _table(["arm", *names, "all"], mia),
+        "table": table(["arm", "question", *names, "total"], rows),
+        "membership": table(["arm", *names, "all"], mia),
         "roc": roc,
         "no_roc": "No membership scores yet: the ROC curve appears when an arm has finished.",
     }
@@ -315,5 +318,5 @@ def _risk_table(work: WorkDir, clusters: pl.DataFrame) -> dict[str, Any]:
     )
     return {
         "note": note,
-        "table": _table(["group", "copies", "best calibrated l2, before", "after"], rows, {1}),
+        "table": table(["group", "copies", "best calibrated l2, before", "after"], rows, {1}),
     }

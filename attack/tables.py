@@ -122,6 +122,59 @@ def _dose(arm: str, entry: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _exposure(s: dict[str, Any]) -> list[str]:
+    """Exposure per arm and bucket: what each arm actually trained on (#26 item 4)."""
+    arms = [(a, e["exposure"]) for a, e in s["arms"].items() if e.get("exposure")]
+    if not arms:
+        return []
+    lines = [
+        "Exposure per duplicate bucket (copies in the before set), mean over replicates: unique images / "
+        "samples / passes per unique image (all its copies counted) at the arm's steps.",
+        "",
+        "| arm | " + " | ".join(BUCKET_NAMES) + " |",
+        "|---|" + "---|" * len(BUCKET_NAMES),
+    ]
+    for arm, e in arms:
+        cells = []
+        for b in BUCKET_NAMES:
+            v = e[b]
+            passes = "-" if v["passes_per_image"] is None else f"{v['passes_per_image']:.1f}"
+            cells.append(f"{v['unique_images']:.1f} / {v['samples']:.1f} / {passes}")
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def _quality(s: dict[str, Any]) -> list[str]:
+    """Quality per arm: did an arm that memorizes less simply learn less?"""
+    arms = [(a, e["quality"]) for a, e in s["arms"].items() if e.get("quality")]
+    if not arms:
+        return []
+
+    def cell(v: dict[str, Any] | None, digits: int) -> str:
+        return "-" if v is None else f"{v['mean']:.{digits}f} {_interval_raw(v['t95'], digits)}"
+
+    lines = [
+        "Quality per arm (descriptive; attack/quality.py): held-out denoising loss (mean over t = 100 ... "
+        "900 on the held-out images; lower is better) and pixel KID of the generations to the held-out "
+        "images (8x8 RGB means, no pretrained features offline; lower is closer), mean [95 % t-interval] "
+        "over replicates; then the held-out loss at each checkpoint (mean over replicates): the curve "
+        "against training steps.",
+        "",
+        "| arm | held-out loss | pixel KID |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {a} | {cell(q['heldout_loss'], 4)} | {cell(q['pixel_kid'], 5)} |" for a, q in arms]
+    curves = [(a, q["curve"]) for a, q in arms if q["curve"]]
+    if curves:
+        lines += ["", "| arm | held-out loss at step (checkpoints) |", "|---|---|"]
+        lines += [f"| {a} | " + ", ".join(f"{t}: {v:.4f}" for t, v in c) + " |" for a, c in curves]
+    return [*lines, ""]
+
+
+def _interval_raw(ci: Any, digits: int) -> str:
+    return "n/a" if ci is None else f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+
 def format_experiment(s: dict[str, Any]) -> str:
     """The tables of bench/RESULTS.md, from a summary (``python -m bench.attack --tables``)."""
     n = len(s["replicates"])
@@ -141,6 +194,8 @@ def format_experiment(s: dict[str, Any]) -> str:
             else "."
         ),
         "",
+        *_exposure(s),
+        *_quality(s),
     ]
     for arm, entry in s["arms"].items():
         lines.append(f"### {arm}: {entry['question']}")

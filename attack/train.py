@@ -12,6 +12,7 @@ import copy
 import hashlib
 import math
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from tqdm import tqdm
 
 from attack.model import UNet, UNetConfig, parameter_count, tokenize
 from attack.schedule import Schedule
-from dedup.core.layout import atomic_path
+from dedup.core.files import atomic_path
 
 
 @dataclass
@@ -95,27 +96,25 @@ def train(
     cfg: TrainConfig,
     out: Path,
     progress: bool = True,
+    evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
 ) -> dict[str, Any]:
-    """Train (or resume) a DDPM on ``images``; writes ``out`` (the checkpoint) and returns its summary."""
+    """Train (or resume) a DDPM on ``images``; writes ``out`` (the checkpoint) and returns its summary.
+    ``evaluate`` measures the EMA model at every checkpoint: the checkpoint's ``curve`` (quality against
+    training steps, kept across a resume)."""
     device = device_for(cfg.device)
     torch.manual_seed(cfg.seed)
     model = UNet(cfg.unet).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    start, seconds, losses = 0, 0.0, []
+    start, seconds, losses, curve = 0, 0.0, [], []
     digest = data_digest(images, captions)
     if out.exists():
         ckpt = load_checkpoint(out, device)
-        same = ckpt["config"] == _config_dict(cfg) and ckpt.get("data") == digest
-        if same and ckpt["step"] < cfg.steps:
-            model.load_state_dict(ckpt["model"])
-            ema.load_state_dict(ckpt["ema"])
-            opt.load_state_dict(ckpt["optimizer"])
-            gen.set_state(ckpt["generator"].to(gen.get_state().device))
-            start, seconds, losses = ckpt["step"], ckpt["seconds"], list(ckpt["losses"])
-        elif same:
-            return summary(ckpt)
+        if ckpt["config"] == _config_dict(cfg) and ckpt.get("data") == digest:
+            if ckpt["step"] >= cfg.steps:
+                return summary(ckpt)
+            start, seconds, losses, curve = _resume(ckpt, model, ema, opt, gen)
     x = to_tensor(images).to(device)
     tokens = tokenize(captions, cfg.unet.vocab, cfg.unet.max_tokens).to(device)
     schedule = Schedule(cfg.schedule).to(device)
@@ -147,8 +146,26 @@ def train(
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         done = step + 1
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            _save(out, model, ema, opt, gen, cfg, done, seconds + time.time() - began, losses, len(x), digest)
+            curve.append(_curve_point(done, losses[-cfg.checkpoint_every :], ema, evaluate))
+            elapsed = seconds + time.time() - began
+            _save(out, model, ema, opt, gen, cfg, done, elapsed, losses, curve, len(x), digest)
     return summary(load_checkpoint(out))
+
+
+def _curve_point(step: int, recent: list[float], ema: torch.nn.Module, evaluate) -> dict[str, Any]:
+    """One point of the checkpoint's curve: the step, the mean training loss since the last
+    checkpoint, and what ``evaluate`` measures on the EMA model."""
+    point = {"step": step, "train_loss": round(float(np.mean(recent)), 5)}
+    return point | (evaluate(ema) if evaluate is not None else {})
+
+
+def _resume(ckpt: dict[str, Any], model, ema, opt, gen) -> tuple[int, float, list[float], list[dict]]:
+    """Load a checkpoint's weights, optimizer and generator state; return where training stood."""
+    model.load_state_dict(ckpt["model"])
+    ema.load_state_dict(ckpt["ema"])
+    opt.load_state_dict(ckpt["optimizer"])
+    gen.set_state(ckpt["generator"].to(gen.get_state().device))
+    return ckpt["step"], ckpt["seconds"], list(ckpt["losses"]), list(ckpt.get("curve", []))
 
 
 def data_digest(images: np.ndarray, captions: list[str]) -> str:
@@ -158,13 +175,14 @@ def data_digest(images: np.ndarray, captions: list[str]) -> str:
     return h.hexdigest()[:16]
 
 
-def _save(out, model, ema, opt, gen, cfg, step, seconds, losses, n_images, digest) -> None:
+def _save(out, model, ema, opt, gen, cfg, step, seconds, losses, curve, n_images, digest) -> None:
     state = {
         "config": _config_dict(cfg),
         "data": digest,
         "step": step,
         "seconds": seconds,
         "losses": [float(v) for v in losses],
+        "curve": curve,
         "images": n_images,
         "parameters": parameter_count(model),
         "model": model.state_dict(),
@@ -185,4 +203,5 @@ def summary(ckpt: dict[str, Any]) -> dict[str, Any]:
         "parameters": ckpt["parameters"],
         "final_loss": round(float(np.mean(losses[-100:])), 5) if losses else None,
         "config": ckpt["config"],
+        "curve": ckpt.get("curve", []),
     }

@@ -4,8 +4,9 @@ captions get flagged more than singletons the model trained on, and than singlet
 
 Usage: python -m bench.attack [--seeds N] [--corpus tiles|photos] [--arms a,b] [--no-flagging]
        python -m bench.attack --tables [--corpus ...]   (no training: the tables of the stored runs)
-(default 5 seeds, the tiles corpus, every arm; about 25 minutes per replicate on 2 cores, four
-trainings of ~6 minutes each plus sampling). Work directory: bench/out/demo for the demo's tiles,
+(default 5 seeds, the tiles corpus, every arm; about 11 minutes per replicate on 2 cores with
+nothing beside it: five trainings of 1-2.5 minutes each plus sampling and scoring). Work
+directory: bench/out/demo for the demo's tiles,
 bench/out/photos for whole photographs (#13 item 5: distinctive at 16 px, deduplication removes
 a minority); either is built by the demo pipeline's dedup stages if missing. Every finished run is
 kept under WORKDIR/experiment: stop it at any time and rerun the same command to resume;
@@ -23,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from attack.config import AttackConfig
-from attack.experiment import ARMS, analyse_stored, format_experiment, run_experiment
+from attack.config import ARMS, AttackConfig
+from attack.experiment import analyse_stored, format_experiment, run_experiment
 from attack.generate_filter import Settings, candidates, run_generate_filter
 from attack.generators import DDPMGenerator
 from attack.layout import ExperimentDir, GenerateFilterDir

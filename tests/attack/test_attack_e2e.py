@@ -151,11 +151,12 @@ def test_sample_and_extract_commands(compared, small_demo, tmp_path, cli):
 
 
 def test_the_experiment_runs_every_arm_per_replicate_and_resumes(small_demo, tmp_path):
-    """Two replicates x four arms at a tiny budget: paired differences with intervals, membership per
+    """Two replicates x every arm at a tiny budget: paired differences with intervals, membership per
     bucket, equal-passes steps scaled to the set, and a rerun that reuses every finished run."""
-    from attack.experiment import ARMS, run_experiment
+    from attack.config import ARMS
+    from attack.experiment import run_experiment
     from attack.layout import ExperimentDir
-    from dedup.core.layout import read_json
+    from dedup.core.files import read_json
 
     cfg = AttackConfig(**{**TINY, "steps": 6, "samples": 8, "max_distinct": 40, "sample_steps": 3})
     out = tmp_path / "exp"
@@ -170,6 +171,17 @@ def test_the_experiment_runs_every_arm_per_replicate_and_resumes(small_demo, tmp
         assert runs["before"]["non_members"] == 20 and runs["before"]["membership"]["all"]["members"] > 0
         # every arm of a replicate is judged on the same prompts: the same number of generations
         assert {r["continuous"]["generations"] for r in runs.values()} == {8}
+        # exposure per bucket: the exposure-matched control trains on after's samples per bucket
+        assert runs["bucket_matched_removal"]["training_images"] == n_after
+        for b, e in runs["after"]["exposure"].items():
+            assert runs["bucket_matched_removal"]["exposure"][b]["samples"] == e["samples"]
+        assert sum(e["samples"] for e in runs["before"]["exposure"].values()) == n_before
+        # quality: the held-out loss at every checkpoint (here one, the last step) and the pixel KID
+        for r in runs.values():
+            q = r["quality"]
+            assert [pt["step"] for pt in q["curve"]] == [r["steps"]]
+            assert q["heldout_loss"] == q["curve"][-1]["heldout_loss"] > 0
+            assert q["pixel_kid"] is not None
     diff = s["exploratory"]["cells"]["after|extracted calibrated<=1/3|total"]
     before = [read_json(paths.result(x, "before"))["extracted"]["calibrated<=1/3"]["total"] for x in (0, 1)]
     after = [read_json(paths.result(x, "after"))["extracted"]["calibrated<=1/3"]["total"] for x in (0, 1)]
@@ -190,7 +202,8 @@ def test_the_experiment_runs_every_arm_per_replicate_and_resumes(small_demo, tmp
     assert s["arms"]["before"]["dose"]["calibrated<=0.5"]["curve"]
     text = paths.table.read_text()
     assert "Primary endpoint (attack.md §6)" in text and "p_holm=" in text
-    assert "### random_removal" in paths.table.read_text()
+    assert "### random_removal" in text and "### bucket_matched_removal" in text
+    assert "Exposure per duplicate bucket" in text and "| arm | held-out loss | pixel KID |" in text
     # the tables regenerate from the stored runs alone, identical (bench.attack --tables does this)
     from attack.experiment import analyse_stored
     from attack.tables import format_experiment

@@ -8,8 +8,9 @@ import itertools
 import numpy as np
 import pytest
 
+from attack.arms import arm_steps, arm_training_set, exposure, members_of, variants_of
+from attack.config import ARMS
 from attack.data import AttackSets, ImageSet
-from attack.experiment import ARMS, arm_steps, arm_training_set, members_of
 from attack.membership import auc, roc, tpr_at_fpr
 
 
@@ -49,7 +50,38 @@ def test_each_arm_trains_on_its_own_set():
     assert len({tuple(r.keys) for r in removed}) > 1
     with pytest.raises(ValueError, match="unknown arm"):
         arm_training_set("nope", sets, 0)
-    assert set(ARMS) == {"before", "after", "after_equal_passes", "random_removal"}
+    assert set(ARMS) == {"before", "after", "after_equal_passes", "random_removal", "bucket_matched_removal"}
+
+
+def test_the_exposure_matched_control_keeps_after_s_samples_per_bucket_at_random():
+    sets = _sets()
+    runs = [arm_training_set("bucket_matched_removal", sets, s) for s in range(12)]
+    for r in runs:
+        # per bucket (copies in the before set) as many samples as the after set: the 4 singletons,
+        # and 2 of the six samples of the 2-4 bucket (the 4-copy and the 2-copy image's)
+        assert set(r.keys) >= {"k06", "k07", "k08", "k09"} and len(r) == 6
+        assert r.keys == sorted(r.keys)
+    # which samples stay is random (sometimes both copies of one image), and the seed decides
+    assert len({tuple(r.keys) for r in runs}) > 1
+    assert arm_training_set("bucket_matched_removal", sets, 5).keys == runs[5].keys
+    after = exposure(sets.after, sets, steps=60, batch_size=2)
+    matched = [exposure(r, sets, steps=60, batch_size=2) for r in runs]
+    # the same samples in every bucket, so the same exposure per bucket; not the same unique images
+    assert all(m[b]["samples"] == after[b]["samples"] for m in matched for b in after)
+    assert {m["2-4"]["unique_images"] for m in matched} == {1, 2}
+    assert all(m["1"] == after["1"] for m in matched)
+    before = exposure(sets.before, sets, steps=60, batch_size=2)
+    assert before["2-4"] == {"unique_images": 2, "samples": 6, "passes_per_image": 36.0}  # 6 x 120/10 / 2
+    assert before["1"] == {"unique_images": 4, "samples": 4, "passes_per_image": 12.0}
+    assert before["20+"] == {"unique_images": 0, "samples": 0, "passes_per_image": None}
+    assert after["2-4"] == {"unique_images": 2, "samples": 2, "passes_per_image": 20.0}  # 120/6 each
+
+
+def test_extraction_searches_every_copy_of_each_reference_image():
+    sets = _sets()
+    images, groups = variants_of(sets)
+    assert len(images) == 10 and groups.tolist() == [0, 0, 0, 0, 1, 1, 2, 3, 4, 5]
+    assert (images[1] == sets.before.images[1]).all()
 
 
 def test_members_are_the_reference_images_an_arm_saw_some_copy_of():

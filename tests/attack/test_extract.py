@@ -222,3 +222,27 @@ def test_both_criteria_are_inclusive_at_their_threshold(monkeypatch):
     monkeypatch.setattr(extract_module, "DELTA", plain)
     ex = extract_module.extract(gens, ["a", "b"], ref, keys, k)
     assert ex.generations[f"extracted[l2<={plain:g}]"][0] is True
+
+
+def test_a_generation_that_copies_a_variant_extracts_its_group_not_only_a_representative_copy():
+    """#26 item 7: a mirrored copy in the before set is searched too and counts for its group."""
+    rng = np.random.default_rng(1)
+    small = rng.random((60, 4, 4, 3))
+    train = (np.repeat(np.repeat(small, 4, axis=1), 4, axis=2) * 255).astype(np.uint8)
+    keys = [f"img{i:03d}" for i in range(60)]
+    k = np.ones(60, dtype=int)
+    k[7] = 2
+    mirrored = train[7][:, ::-1]  # image 7's second copy in the before set is its mirror
+    gens = np.stack([mirrored, mirrored])
+    only_reps = extract(gens, ["p", "p"], train, keys, k)
+    assert not only_reps.images["extracted[calibrated<=1/3]"].any()  # the mirror is not a representative
+    variants = np.concatenate([train, mirrored[None]])
+    variant_of = np.concatenate([np.arange(60), [7]])
+    ex = extract(gens, ["p", "p"], train, keys, k, variants=variants, variant_of=variant_of)
+    hit = ex.images.filter(pl.col("extracted[calibrated<=1/3]"))
+    assert hit["index"].to_list() == [7] and hit["k"].to_list() == [2]
+    assert ex.images.filter(pl.col("index") == 7)["closest_l2"][0] == pytest.approx(0.0)
+    assert ex.generations["nearest_index"].to_list() == [7, 7]
+    assert ex.settings["searched_variants"] == 61
+    # the calibration still runs over unique images: adding the variant does not change any score's scale
+    assert ex.images["neighbourhood_l2"].to_list() == only_reps.images["neighbourhood_l2"].to_list()

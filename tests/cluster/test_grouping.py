@@ -372,3 +372,51 @@ def test_a_plain_image_is_never_accepted_on_a_global_signal_only_verified():
     signal, check, _ = verified.proposed(i, j)
     assert signal.tolist() == ["", "phash", ""]
     assert check.tolist() == [True, True, False]  # the plain pair by its pixels; (2, 3) confirmed
+
+
+def test_the_widest_head_tries_at_most_head_trials_copies_best_ranked_first():
+    """0 is kept and covers its copies 1..9; 10 is linked to all of them but a copy of 9 only, and 9
+    covers everything 0 covers. Copies 1..8 gain nothing and use up the eight trials, so 0 stays; a
+    ninth trial finds 9, which takes 0's place."""
+    from dedup.cluster.grouping import HEAD_TRIALS, _widest_head
+
+    assert HEAD_TRIALS == 8
+    verdicts = {(0, c): "copy" for c in range(1, 10)} | {(c, 9): "copy" for c in range(1, 9)}
+    verdicts[(9, 10)] = "copy"
+    edges = (np.array([*range(1, 10), *range(1, 10)]), np.array([10] * 9 + [0] * 9))
+    o, _ = _verified(verdicts, 11)
+    ordered = np.arange(11)
+    assert _widest_head(ordered, edges, o) == 0
+    assert _widest_head(ordered, edges, o, trials=9) == 9
+    # a candidate must be linked to a member the head leaves out: unlink 10 from 1..8 and one trial
+    # is enough
+    o, _ = _verified(verdicts, 11)
+    assert _widest_head(ordered, (np.array([9]), np.array([10])), o, trials=1) == 9
+    # and it must cover everything the head covered: 9 loses 5, so 0 stays
+    o, _ = _verified({k: v for k, v in verdicts.items() if k != (5, 9)}, 11)
+    assert _widest_head(ordered, (np.array([9]), np.array([10])), o, trials=1) == 0
+
+
+def test_rejoin_needs_an_accepted_link_to_a_member_the_representative_took():
+    """2 was left by 0 (only derived against it); it comes back only through a copy verdict against a
+    member 0 took (1): not through an edge whose pair the verifier calls distinct, nor through a copy
+    of another member that was left too (3)."""
+    from dedup.cluster.grouping import _rejoin
+
+    def run(verdicts, edges):
+        o, _ = _verified(verdicts, 4)
+        rep = np.array([0, 0, 2, 3])
+        signal = np.array(["self", "verified", "self", "self"], dtype=object)
+        sim = np.ones(4, dtype=np.float32)
+        still = _rejoin(np.arange(4), np.array([2, 3]), edges, o, rep, signal, sim)
+        return still.tolist(), rep.tolist(), signal.tolist()
+
+    base = {(0, 1): "copy", (0, 2): "derived"}
+    assert run(base | {(1, 2): "copy"}, (np.array([1]), np.array([2]))) == (
+        [3],
+        [0, 0, 0, 3],
+        ["self", "verified", "verified", "self"],
+    )
+    assert run(base | {(1, 2): "distinct"}, (np.array([1]), np.array([2])))[0] == [2, 3]
+    assert run(base | {(2, 3): "copy"}, (np.array([2]), np.array([3])))[0] == [2, 3]
+    assert run({(0, 1): "copy", (1, 2): "copy"}, (np.array([1]), np.array([2])))[0] == [2, 3]  # far from 0

@@ -15,7 +15,8 @@ from dedup.core.layout import WorkDir
 
 HOLD = """
 import sys, time
-from dedup.core.layout import WorkDir, work_lock
+from dedup.core.files import work_lock
+from dedup.core.layout import WorkDir
 with work_lock(WorkDir(sys.argv[1])):
     print("held", flush=True)
     time.sleep(60)
