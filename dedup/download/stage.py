@@ -48,7 +48,7 @@ def refuse_imported(work: WorkDir) -> None:
     """A work dir made by ``dedup import`` is not downloaded into: its shards (some perhaps read in
     place from the user's own files) would mix with img2dataset's."""
     if work.download_summary.exists():
-        from dedup.download.ingest import SOURCE_KINDS
+        from dedup.download.sources import SOURCE_KINDS
 
         previous = read_json(work.download_summary)
         if previous.get("kind") in SOURCE_KINDS:

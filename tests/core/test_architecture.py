@@ -81,9 +81,7 @@ def test_every_stage_leaves_the_outputs_it_declares(small_demo):
 # pixels, decision), the search into exact, ivf and hash candidates, the CLI's options into
 # dedup/command_options.py.
 MODULE_LINES, FUNCTION_LINES = 400, 60
-MODULES = {
-    "dedup/download/ingest.py": 437,
-}
+MODULES: dict[str, int] = {}  # every module is under the limit now (#27)
 FUNCTIONS = {
     "dedup/cluster/pixels.py::_pixel_match": 63,
     "dedup/cluster/reference.py::match_reference": 74,
