@@ -309,6 +309,34 @@ def dose_response(
     return out
 
 
+def power_by_criterion(results: dict[int, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """attack.md §6 / #26 item 2: for each criterion's total extraction count, the power this run had
+    to detect the paper's effect (23 % fewer unique images extracted after dedup, from this run's
+    before mean) with the one-sided sign-flip test, at the spread of this run's per-replicate
+    differences (before - after), and the replicates 80 % power would need. A criterion whose before
+    arm extracts nothing has no effect to detect (None)."""
+    seeds = [s for s in sorted(results) if "after" in results[s]]
+    out: dict[str, Any] = {}
+    for c in CRITERIA:
+        before = [results[s]["before"]["extracted"][c]["total"] for s in seeds]
+        diffs = [b - results[s]["after"]["extracted"][c]["total"] for s, b in zip(seeds, before, strict=True)]
+        mean = float(np.mean(before)) if before else 0.0
+        if len(seeds) < 2 or mean == 0:
+            out[c] = None
+            continue
+        effect = PAPER_EFFECT * mean
+        sd = float(np.std(diffs, ddof=1))
+        out[c] = {
+            "before_mean": mean,
+            "paper_effect": effect,
+            "sd": sd,
+            "observed": float(np.mean(diffs)),
+            "power": sign_flip_power(effect, sd, len(seeds)),
+            "replicates_for_80pct_power": replicates_for_power(effect, sd),
+        }
+    return out
+
+
 def _mean_t(values: list[Any]) -> dict[str, Any] | None:
     ok = [float(v) for v in values if v is not None]
     if not ok:
@@ -361,6 +389,7 @@ def summarize(results: dict[int, dict[str, dict[str, Any]]], arms: tuple[str, ..
         "settings": settings,
         "primary": primary_endpoint(results),
         "exploratory": exploratory(results, arms),
+        "power": power_by_criterion(results),
     }
     for arm in arms:
         entry = out["arms"][arm]

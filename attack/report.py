@@ -106,6 +106,43 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], out: Path) -> str
     return save_png(fig, out / "membership_roc.png")
 
 
+def plot_quality(summary: dict[str, Any], out: Path) -> str | None:
+    """Held-out denoising loss against training steps per arm (#26 item 4: did an arm that memorizes
+    less simply learn less?); None before any arm recorded a curve."""
+    curves = {a: (e.get("quality") or {}).get("curve") for a, e in summary["arms"].items()}
+    curves = {a: c for a, c in curves.items() if c}
+    if not curves:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(4.8, 3.4))
+    for arm, curve in curves.items():
+        ax.plot([c[0] for c in curve], [c[1] for c in curve], marker="o", markersize=3, label=arm)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("held-out denoising loss (t = 100 ... 900)")
+    ax.set_title("Quality against steps (mean over replicates)", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save_png(fig, out / "quality_curves.png")
+
+
+def _quality_rows(summary: dict[str, Any]) -> list[list[Any]]:
+    """Per arm: what it trained on in the most duplicated bucket and how well it learnt."""
+    rows = []
+    for arm, e in summary["arms"].items():
+        q, x = e.get("quality") or {}, (e.get("exposure") or {}).get("20+") or {}
+        loss, kid = q.get("heldout_loss"), q.get("pixel_kid")
+        rows.append(
+            [
+                arm,
+                "-" if not x else f"{x['unique_images']:.1f} / {x['samples']:.1f}",
+                "-" if not x or x["passes_per_image"] is None else f"{x['passes_per_image']:.0f}",
+                "-" if loss is None else f"{loss['mean']:.4f}",
+                "-" if kid is None else f"{kid['mean']:.5f}",
+            ]
+        )
+    return rows
+
+
 def plot_dose(summary: dict[str, Any], out: Path) -> str | None:
     """Extraction against copies in the before set, before and after (attack.md §6 dose-response):
     the logistic fit with its 95 % band, and the observed share per bucket; None without a fit."""
@@ -235,6 +272,12 @@ def _experiment(work: WorkDir, out: Path) -> dict[str, Any] | None:
         "membership": table(["arm", *names, "all"], mia),
         "roc": roc,
         "no_roc": "No membership scores yet: the ROC curve appears when an arm has finished.",
+        "quality": table(
+            ["arm", "20+ bucket: unique images / samples", "passes per image", "held-out loss", "pixel KID"],
+            _quality_rows(s),
+            {1, 2, 3, 4},
+        ),
+        "quality_plot": plot_quality(s, out),
     }
 
 

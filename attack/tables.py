@@ -122,6 +122,32 @@ def _dose(arm: str, entry: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _power(s: dict[str, Any]) -> list[str]:
+    """The power each criterion's total count had for the paper's effect (attack.md §6, #26 item 2)."""
+    power = s.get("power") or {}
+    if not power:
+        return []
+    n = len(s["replicates"])
+    lines = [
+        f"Power per criterion for the paper's effect (23 % fewer unique images extracted after dedup, "
+        f"from this run's before mean), one-sided sign-flip test at alpha {ALPHA}, {n} replicates, at "
+        "the spread of this run's per-replicate differences (before - after, total):",
+        "",
+        "| criterion | before mean | paper's effect | observed | sd | power | replicates for 80 % |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c, v in power.items():
+        if v is None:
+            lines.append(f"| {c} | 0 extracted | - | - | - | - | - |")
+            continue
+        need = v["replicates_for_80pct_power"]
+        lines.append(
+            f"| {c} | {v['before_mean']:.1f} | {v['paper_effect']:+.2f} | {v['observed']:+.2f} | "
+            f"{v['sd']:.2f} | {v['power']:.2f} | {'more than 40' if need is None else need} |"
+        )
+    return [*lines, ""]
+
+
 def _exposure(s: dict[str, Any]) -> list[str]:
     """Exposure per arm and bucket: what each arm actually trained on (#26 item 4)."""
     arms = [(a, e["exposure"]) for a, e in s["arms"].items() if e.get("exposure")]
@@ -194,6 +220,7 @@ def format_experiment(s: dict[str, Any]) -> str:
             else "."
         ),
         "",
+        *_power(s),
         *_exposure(s),
         *_quality(s),
     ]

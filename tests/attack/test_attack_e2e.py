@@ -226,6 +226,8 @@ def test_the_experiment_runs_every_arm_per_replicate_and_resumes(small_demo, tmp
     run_report(ReportConfig(), work)
     page = (work.report_dir / "index.html").read_text()
     assert "Controlled experiment: 2 replicate(s)" in page and "random_removal" in page
+    assert "What each arm trained on, and how well it learnt" in page and "bucket_matched_removal" in page
+    assert (work.report_dir / "quality_curves.png").exists()
     from attack.tables import cell_text
 
     cell = s["exploratory"]["cells"]["after|extracted calibrated<=1/3|total"]

@@ -78,3 +78,30 @@ def test_membership_pools_replicates_with_exact_tpr_intervals():
     assert single["cp95"][1] == pytest.approx(1 - 0.025 ** (1 / 4))
     assert table["2-4"] is None  # no member in the bucket
     assert table["all"]["members"] == 8
+
+
+def test_power_per_criterion_uses_the_papers_effect_on_this_runs_before_mean():
+    """#26 item 2: each criterion's power for a 23 % drop of its before count, at the run's spread."""
+    from attack.analysis import CRITERIA, power_by_criterion
+
+    def result(totals):
+        return {"extracted": {c: {"total": totals.get(c, 0)} for c in CRITERIA}}
+
+    before = [{"calibrated<=0.5": 10, "calibrated<=1.0": 40} for _ in range(5)]
+    after = [
+        {"calibrated<=0.5": a, "calibrated<=1.0": 40 + d}
+        for a, d in zip([7, 8, 7, 8, 7], [3, -3, 2, -2, 0], strict=True)
+    ]
+    results = {
+        s: {"before": result(b), "after": result(a)}
+        for s, (b, a) in enumerate(zip(before, after, strict=True))
+    }
+    power = power_by_criterion(results)
+    assert power["calibrated<=1/3"] is None  # nothing extracted before: no effect to detect
+    half = power["calibrated<=0.5"]
+    assert half["before_mean"] == 10 and half["paper_effect"] == pytest.approx(2.296875)
+    assert half["observed"] == pytest.approx(2.6) and half["power"] > 0.95
+    assert half["replicates_for_80pct_power"] == 5  # the fewest that can reach p <= 0.05
+    wide = power["calibrated<=1.0"]  # effect 9.2 against a spread of about 2.5 around zero
+    assert wide["observed"] == 0 and wide["power"] > 0.9
+    assert power_by_criterion({0: results[0]})["calibrated<=0.5"] is None  # one replicate: no spread
