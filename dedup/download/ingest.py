@@ -45,6 +45,7 @@ import polars as pl
 from dedup.core.errors import UserError
 from dedup.core.files import atomic_path, locked, read_json, remove_stale_temporaries, write_json
 from dedup.core.layout import WorkDir, shards_in
+from dedup.core.stage import Advance, Plan, Stage, Unit, run_stage
 from dedup.download.import_shards import import_shard, write_shard
 from dedup.download.readers import (
     folder_samples,
@@ -97,6 +98,119 @@ def check_source(work: WorkDir, src: Source) -> None:
         )
 
 
+class ImportStage(Stage):
+    """The import on the stage contract: a unit per source tar (its shard is written, or referenced,
+    by ``import_shard``; done when its ``_stats.json`` exists), or for a folder or parquet files one
+    unit that streams the source into shards of ``samples_per_shard`` (a folder's order, or a
+    parquet's rows, is known only by reading it; the stream skips the shards a killed run finished).
+    Units run on the driver: a source may be a local path only the driver sees.
+
+    ``plan`` refuses what cannot be imported here (another source's work directory, a changed
+    source) before anything is written; ``finish`` checks keys across shards and that the source
+    did not change while it was read, then writes the summary."""
+
+    name = "import"
+    unit_name = "source shard"
+    on_driver = True
+
+    def __init__(
+        self, source: str | Path, samples_per_shard: int, caption_col: str | None, rekey: bool
+    ) -> None:
+        self.source, self.samples_per_shard = source, samples_per_shard
+        self.caption_col, self.rekey = caption_col, rekey
+        self.src = open_source(source)
+
+    def outputs(self, work: WorkDir) -> list[Path]:
+        return [work.download_summary, work.source_listing]
+
+    def plan(self, work: WorkDir) -> Plan:
+        src = self.src
+        identity = source_identity(src)
+        previous = read_json(work.download_summary) if work.download_summary.exists() else None
+        if previous is not None and previous.get("kind") in SOURCE_KINDS:
+            if previous.get("source") != identity:
+                raise UserError(
+                    f"{work.root}: already imported from {previous.get('source')}; "
+                    "import another source into a new work directory"
+                )
+            check_source(work, src)
+        elif previous is not None or shards_in(work.download_dir):
+            raise UserError(f"{work.download_dir}: already holds shards; import into a new work directory")
+        work.download_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(work.download_dir)  # a killed import's half-written files
+        files = listing(src)
+        if previous is None:
+            with atomic_path(work.source_listing) as tmp:
+                files.write_parquet(tmp)
+        # Named before any shard is written, so a killed import resumes instead of being refused.
+        write_json(work.download_summary, {"source": identity, "kind": src.kind, "complete": False})
+        if src.kind == "shards":
+            units = [Unit(i, payload=path) for i, path in enumerate(shard_files(src))]
+        else:
+            units = [Unit(0, payload=None)]
+        return Plan(units, {"identity": identity, "source_files": files.height, "started": time.time()})
+
+    def done(self, work: WorkDir, unit: Unit) -> bool:
+        return unit.payload is not None and work.download_stats(unit.index).exists()
+
+    def process(self, work: WorkDir, unit: Unit, state: Any, advance: Advance = None) -> Any:
+        if unit.payload is None:
+            return self._stream(work)
+        if self.rekey:
+            return write_shard(work, unit.index, rekeyed_samples(self.src, unit.payload))
+        return import_shard(self.src, unit.payload, work, unit.index)
+
+    def _stream(self, work: WorkDir) -> None:
+        """A folder or parquet source into shards of ``samples_per_shard``, skipping finished ones."""
+        done = set(shards_in(work.download_dir))
+        if self.src.kind == "folder":
+            samples = folder_samples(self.src)
+        else:
+            samples = parquet_samples(self.src, self.caption_col)
+        shard = 0
+        while True:
+            chunk = itertools.islice(samples, self.samples_per_shard)
+            first = next(chunk, None)
+            if first is None:
+                return
+            part = itertools.chain([first], chunk)
+            if shard in done:
+                for _ in part:  # already imported: consumed, not kept
+                    pass
+            else:
+                write_shard(work, shard, part)
+            shard += 1
+
+    def finish(self, work: WorkDir, plan: Plan, todo: list[Unit], results: list[Any], seconds: float) -> dict:
+        src = self.src
+        shards = shards_in(work.download_dir)
+        if src.kind == "shards" and not self.rekey:
+            seen: dict[str, str] = {}
+            for unit in plan.units:
+                _check_unique(work, unit.index, unit.payload, seen)
+        if _source_changed(work, src):
+            raise UserError(f"{src.url}: changed while it was being imported; import it again")
+        totals = {"count": 0, "successes": 0}
+        for shard in shards:
+            _add_stats(totals, read_json(work.download_stats(shard)))
+        summary = {
+            "source": plan.context["identity"],
+            "kind": src.kind,
+            "in_place": src.kind == "shards" and src.local and not self.rekey,
+            "rekeyed": self.rekey,
+            "input_rows": totals["count"],
+            "downloaded": totals["successes"],
+            "failed": totals["count"] - totals["successes"],
+            "shards": len(shards),
+            "source_files": plan.context["source_files"],
+            "hidden_not_imported": hidden_count(src),
+            "seconds": round(time.time() - plan.context["started"], 2),
+            "complete": True,
+        }
+        write_json(work.download_summary, summary)
+        return summary
+
+
 @locked
 def run_import(
     source: str | Path,
@@ -111,52 +225,13 @@ def run_import(
     source that changed since is refused; an import refused for what the source holds leaves the
     work directory as it found it, so another source can be imported there.
     """
-    src = open_source(source)
-    identity = source_identity(src)
-    previous = read_json(work.download_summary) if work.download_summary.exists() else None
-    if previous is not None and previous.get("kind") in SOURCE_KINDS:
-        if previous.get("source") != identity:
-            raise UserError(
-                f"{work.root}: already imported from {previous.get('source')}; "
-                "import another source into a new work directory"
-            )
-        check_source(work, src)
-    elif previous is not None or shards_in(work.download_dir):
-        raise UserError(f"{work.download_dir}: already holds shards; import into a new work directory")
-    fresh = previous is None
-    started = time.time()
-    work.download_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(work.download_dir)  # a killed import's half-written files
+    fresh = not work.download_summary.exists() and not shards_in(work.download_dir)
     try:
-        files = listing(src)
-        if fresh:
-            with atomic_path(work.source_listing) as tmp:
-                files.write_parquet(tmp)
-        # Named before any shard is written, so a killed import resumes instead of being refused.
-        write_json(work.download_summary, {"source": identity, "kind": src.kind, "complete": False})
-        totals, shards = _import_all(src, work, samples_per_shard, caption_col, rekey)
-        if _source_changed(work, src):
-            raise UserError(f"{src.url}: changed while it was being imported; import it again")
+        return run_stage(ImportStage(source, samples_per_shard, caption_col, rekey), work, progress=False)
     except UserError:
         if fresh:
             _forget_import(work)
         raise
-    summary = {
-        "source": identity,
-        "kind": src.kind,
-        "in_place": src.kind == "shards" and src.local and not rekey,
-        "rekeyed": rekey,
-        "input_rows": totals["count"],
-        "downloaded": totals["successes"],
-        "failed": totals["count"] - totals["successes"],
-        "shards": shards,
-        "source_files": files.height,
-        "hidden_not_imported": hidden_count(src),
-        "seconds": round(time.time() - started, 2),
-        "complete": True,
-    }
-    write_json(work.download_summary, summary)
-    return summary
 
 
 def _forget_import(work: WorkDir) -> None:
@@ -166,43 +241,6 @@ def _forget_import(work: WorkDir) -> None:
     shutil.rmtree(work.manifest_dir / "download", ignore_errors=True)
     for path in (work.download_summary, work.source_listing):
         path.unlink(missing_ok=True)
-
-
-def _import_all(
-    src: Source, work: WorkDir, samples_per_shard: int, caption_col: str | None, rekey: bool
-) -> tuple[dict[str, int], int]:
-    done = set(shards_in(work.download_dir))
-    totals = {"count": 0, "successes": 0}
-    shards = 0
-    if src.kind == "shards":
-        seen: dict[str, str] = {}
-        for shard, path in enumerate(shard_files(src)):
-            if shard in done:
-                stats = read_json(work.download_stats(shard))
-            elif rekey:
-                stats = write_shard(work, shard, rekeyed_samples(src, path))
-            else:
-                stats = import_shard(src, path, work, shard)
-            if not rekey:
-                _check_unique(work, shard, path, seen)
-            _add_stats(totals, stats)
-            shards += 1
-        return totals, shards
-    samples = folder_samples(src) if src.kind == "folder" else parquet_samples(src, caption_col)
-    while True:
-        chunk = itertools.islice(samples, samples_per_shard)
-        first = next(chunk, None)
-        if first is None:
-            return totals, shards
-        part = itertools.chain([first], chunk)
-        if shards in done:
-            stats = read_json(work.download_stats(shards))
-            for _ in part:  # already imported: consumed, not kept
-                pass
-        else:
-            stats = write_shard(work, shards, part)
-        _add_stats(totals, stats)
-        shards += 1
 
 
 def _add_stats(totals: dict[str, int], stats: dict[str, Any]) -> None:

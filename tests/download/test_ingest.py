@@ -282,3 +282,33 @@ def test_shards_and_folders_on_an_fsspec_filesystem(shards, folder, tmp_path):
     summary = run_import("memory://bucket/hf/train.parquet", WorkDir(tmp_path / "work3"))
     assert summary["kind"] == "parquet" and summary["downloaded"] == 1
     mem.rm("/bucket", recursive=True)
+
+
+def test_the_import_is_a_stage_with_a_unit_per_source_tar_and_resumes_from_them(shards, tmp_path):
+    """#27 item 2: a unit per tar, done when its shard's _stats.json exists; a killed import (here:
+    one shard's stats removed) redoes that unit alone and ends with the same summary."""
+    from dedup.core.stage import Stage
+    from dedup.download.ingest import ImportStage
+
+    root, _ = shards
+    work = WorkDir(tmp_path / "w")
+    first = run_import(root, work)
+    stage = ImportStage(root, 10_000, None, False)
+    assert isinstance(stage, Stage)
+    units = stage.plan(work).units
+    assert [u.index for u in units] == [0, 1, 2] and all(stage.done(work, u) for u in units)
+    work.download_stats(1).unlink()
+    stamps = {s: work.download_stats(s).stat().st_mtime_ns for s in (0, 2)}
+    assert [stage.done(work, u) for u in stage.plan(work).units] == [True, False, True]
+    again = run_import(root, work)
+    assert {k: v for k, v in again.items() if k != "seconds"} == {
+        k: v for k, v in first.items() if k != "seconds"
+    }
+    assert {s: work.download_stats(s).stat().st_mtime_ns for s in (0, 2)} == stamps  # not redone
+    # a folder or parquet source is one unit that streams (its order is known only by reading it)
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(encode(photo(1, (64, 48)), quality=90))
+    assert [u.payload for u in ImportStage(folder, 10, None, False).plan(WorkDir(tmp_path / "w2")).units] == [
+        None
+    ]
