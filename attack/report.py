@@ -149,7 +149,7 @@ def plot_dose(summary: dict[str, Any], out: Path) -> str | None:
     arms = [a for a in ("before", "after") if (summary["arms"].get(a) or {}).get("dose")]
     if not arms:
         return None
-    from attack.analysis import DOSE_CRITERIA
+    from attack.dose import DOSE_CRITERIA
 
     plt = pyplot()
     colours = {"before": "#e76f51", "after": "#2a9d8f"}

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from attack.analysis import BUCKET_NAMES, DOSE_CRITERIA, MEMBERSHIP_FPRS
+from attack.analysis import BUCKET_NAMES, MEMBERSHIP_FPRS
+from attack.dose import DOSE_CRITERIA
 from attack.stats import ALPHA, PAPER_EFFECT, smallest_p
 
 

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 # img2dataset imports albumentations, which otherwise checks the network for updates at import time
@@ -29,6 +30,7 @@ from dedup.core.errors import UserError
 from dedup.core.files import locked, read_json, write_json
 from dedup.core.layout import WorkDir
 from dedup.core.markers import read_marker, write_marker
+from dedup.core.stage import Advance, Plan, Stage, Unit, run_stage
 from dedup.download.urllist import (
     check_same_input,
     fingerprint,
@@ -58,43 +60,127 @@ def refuse_imported(work: WorkDir) -> None:
             )
 
 
-@locked
-def run_download(config: DownloadConfig, work: WorkDir) -> dict[str, Any]:
-    """Download ``config.url_list`` into ``work.download_dir``; return (and save) the summary."""
-    files, fmt, total_rows = validate_url_list(config)
+class DownloadStage(Stage):
+    """The download on the stage contract, with img2dataset as the engine: ``plan`` checks the URL
+    list and writes its normalised parts (input/, the keys every sample keeps); the one unit runs
+    img2dataset's reader, downloader and distributor (its own processes, Spark or Ray spread the
+    shards; a rerun passes it the finished ones to skip); ``finish`` writes the summary and a
+    marker per shard with the settings that made it. On the driver: img2dataset distributes."""
+
+    name = "download"
+    unit_name = "URL list"
+    on_driver = True
+
+    def __init__(self, config: DownloadConfig) -> None:
+        self.config = config
+
+    def outputs(self, work: WorkDir) -> list[Path]:
+        return [work.download_dir, work.download_summary]
+
+    def plan(self, work: WorkDir) -> Plan:
+        config = self.config
+        files, fmt, total_rows = validate_url_list(config)
+        if config.distributor in ("ray", "pyspark"):
+            from dedup.core.optional import require
+
+            extra = {"ray": "ray", "pyspark": "spark"}[config.distributor]
+            require(config.distributor, extra=extra, purpose=f"--distributor {config.distributor}")
+        refuse_imported(work)
+        settings = key_settings(config, fmt)
+        identity = (
+            check_same_input(work, files, settings) if config.incremental else fingerprint(files, settings)
+        )
+        if not config.incremental and work.download_dir.exists():
+            shutil.rmtree(work.download_dir)
+        total_rows = normalise(work, files, fmt, config, identity)
+        work.download_dir.mkdir(parents=True, exist_ok=True)
+        done = set(work.download_shards())
+        expected = math.ceil(total_rows / config.samples_per_shard) if len(files) == 1 else None
+        return Plan(
+            [Unit(0, size=total_rows, payload={"format": fmt, "expected_shards": expected})],
+            {"total_rows": total_rows, "done": done},
+        )
+
+    def done(self, work: WorkDir, unit: Unit) -> bool:
+        """Every shard of a single URL list exists (with several files img2dataset numbers shards
+        as it reads, so only it can tell what is left)."""
+        expected = unit.payload["expected_shards"]
+        shards = set(work.download_shards())
+        return expected is not None and all(s in shards for s in range(expected))
+
+    def process(self, work: WorkDir, unit: Unit, state: Any, advance: Advance = None) -> float:
+        started = time.time()
+        run_img2dataset(self.config, work, unit.payload["format"], set(work.download_shards()))
+        return time.time() - started
+
+    def finish(self, work: WorkDir, plan: Plan, todo: list[Unit], results: list[Any], seconds: float) -> dict:
+        done = plan.context["done"]
+        elapsed = sum(results)
+        summary = summarize_download(
+            work, total_rows=plan.context["total_rows"], run_seconds=elapsed, resumed_shards=len(done)
+        )
+        for shard in work.download_shards():
+            if shard in done and read_marker(work, "download", shard) is not None:
+                continue  # a shard an earlier run made keeps the record of the settings that made it
+            stats = read_json(work.download_stats(shard))
+            write_marker(
+                work, "download", shard, self.config, count=stats["count"], successes=stats["successes"]
+            )
+        write_json(work.download_summary, summary)
+        return summary
+
+
+def _downloader(config: DownloadConfig, out: Path, column_list: list[str], txt: bool) -> Any:
+    """img2dataset's downloader with this project's resizer (strict size and area guards)."""
+    from img2dataset.downloader import Downloader
+    from img2dataset.writer import WebDatasetSampleWriter
+
+    from dedup.download.resizer import StrictResizer
+
+    resizer = StrictResizer(
+        image_size=config.image_size,
+        resize_mode=config.resize_mode,
+        resize_only_if_bigger=config.resize_only_if_bigger,
+        encode_quality=config.encode_quality,
+        encode_format=config.encode_format,
+        skip_reencode=config.skip_reencode,
+        min_image_size=config.min_image_size,
+        max_image_area=config.max_image_area,
+        max_aspect_ratio=config.max_aspect_ratio,
+    )
+    return Downloader(
+        sample_writer_class=WebDatasetSampleWriter,
+        resizer=resizer,
+        thread_count=config.threads,
+        save_caption=config.caption_col is not None and not txt,
+        extract_exif=False,
+        output_folder=str(out),
+        column_list=column_list,
+        timeout=config.timeout,
+        number_sample_per_shard=config.samples_per_shard,
+        oom_shard_count=5,
+        compute_hash="sha256",
+        verify_hash_type=None,
+        encode_format=config.encode_format,
+        retries=config.retries,
+        user_agent_token=config.user_agent_token,
+        disallowed_header_directives=DISALLOWED_DIRECTIVES if config.respect_robots else None,
+    )
+
+
+def run_img2dataset(config: DownloadConfig, work: WorkDir, fmt: str, done: set[int]) -> None:
+    """img2dataset over the normalised parts in input/, skipping the shards in ``done``."""
     from img2dataset.distributor import (
         multiprocessing_distributor,
         pyspark_distributor,
         ray_distributor,
     )
-    from img2dataset.downloader import Downloader
     from img2dataset.reader import Reader
-    from img2dataset.writer import WebDatasetSampleWriter
-
-    from dedup.download.resizer import StrictResizer
-
-    if config.distributor == "ray":
-        from dedup.core.optional import require
-
-        require("ray", extra="ray", purpose="--distributor ray")
-    elif config.distributor == "pyspark":
-        from dedup.core.optional import require
-
-        require("pyspark", extra="spark", purpose="--distributor pyspark")
 
     out = work.download_dir
-    refuse_imported(work)
-    settings = key_settings(config, fmt)
-    identity = check_same_input(work, files, settings) if config.incremental else fingerprint(files, settings)
-    if not config.incremental and out.exists():
-        shutil.rmtree(out)
-    total_rows = normalise(work, files, fmt, config, identity)
-    out.mkdir(parents=True, exist_ok=True)
-    done = set(work.download_shards())
     tmp = out / "_tmp"
     tmp.mkdir(exist_ok=True)
     txt = fmt.removesuffix(".gz") == "txt"
-
     # img2dataset reads the normalised parts (dedup.download.urllist), by column name: the keys it gives are
     # the ones input/ recorded, and every caption and extra column is a string it can write.
     reader = Reader(
@@ -110,63 +196,20 @@ def run_download(config: DownloadConfig, work: WorkDir) -> dict[str, Any]:
         str(tmp),
         0,
     )
-    resizer = StrictResizer(
-        image_size=config.image_size,
-        resize_mode=config.resize_mode,
-        resize_only_if_bigger=config.resize_only_if_bigger,
-        encode_quality=config.encode_quality,
-        encode_format=config.encode_format,
-        skip_reencode=config.skip_reencode,
-        min_image_size=config.min_image_size,
-        max_image_area=config.max_image_area,
-        max_aspect_ratio=config.max_aspect_ratio,
-    )
-    downloader = Downloader(
-        sample_writer_class=WebDatasetSampleWriter,
-        resizer=resizer,
-        thread_count=config.threads,
-        save_caption=config.caption_col is not None and fmt.removesuffix(".gz") != "txt",
-        extract_exif=False,
-        output_folder=str(out),
-        column_list=reader.column_list,
-        timeout=config.timeout,
-        number_sample_per_shard=config.samples_per_shard,
-        oom_shard_count=5,
-        compute_hash="sha256",
-        verify_hash_type=None,
-        encode_format=config.encode_format,
-        retries=config.retries,
-        user_agent_token=config.user_agent_token,
-        disallowed_header_directives=DISALLOWED_DIRECTIVES if config.respect_robots else None,
-    )
+    downloader = _downloader(config, out, reader.column_list, txt)
     distributor = {
         "multiprocessing": multiprocessing_distributor,
         "pyspark": pyspark_distributor,
         "ray": ray_distributor,
     }[config.distributor]
-    expected_shards = math.ceil(total_rows / config.samples_per_shard) if len(files) == 1 else None
-    skip_all = expected_shards is not None and all(s in done for s in range(expected_shards))
-    started = time.time()
-    if not skip_all:
-        distributor(config.processes, downloader, reader, 1000, 1)
-    elapsed = time.time() - started
+    distributor(config.processes, downloader, reader, 1000, 1)
     shutil.rmtree(tmp, ignore_errors=True)
 
-    summary = summarize_download(work, total_rows=total_rows, run_seconds=elapsed, resumed_shards=len(done))
-    for shard in work.download_shards():
-        if shard in done and read_marker(work, "download", shard) is not None:
-            continue  # a shard an earlier run made keeps the record of the settings that made it
-        stats = read_json(work.download_stats(shard))
-        write_marker(
-            work,
-            "download",
-            shard,
-            config,
-            count=stats["count"],
-            successes=stats["successes"],
-        )
-    write_json(work.download_summary, summary)
-    return summary
+
+@locked
+def run_download(config: DownloadConfig, work: WorkDir) -> dict[str, Any]:
+    """Download ``config.url_list`` into ``work.download_dir``; return (and save) the summary."""
+    return run_stage(DownloadStage(config), work, progress=False)
 
 
 # -- summary ------------------------------------------------------------------------------------------

@@ -88,7 +88,6 @@ FUNCTIONS = {
     "dedup/cluster/ivf.py::ivf_search": 73,
     "dedup/cluster/stage.py::_run_cluster": 70,
     "dedup/demo.py::build_corpus": 95,
-    "dedup/download/stage.py::run_download": 108,
     "dedup/embed/stage.py::embed_shard": 77,
     "dedup/report/stage.py::_write_report": 79,
     "dedup/report/stage.py::_duplicates": 70,
