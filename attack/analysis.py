@@ -277,10 +277,15 @@ def _mean_t(values: list[Any]) -> dict[str, Any] | None:
     return {"values": ok, "mean": float(np.mean(ok)), "t95": t_interval(ok)}
 
 
+def _arm_rows(results: dict[int, dict[str, dict[str, Any]]], arm: str, field: str) -> list[Any]:
+    """One field of an arm's result over the replicates that recorded it (older runs may not)."""
+    rows = [results[s][arm].get(field) for s in sorted(results) if arm in results[s]]
+    return [r for r in rows if r]
+
+
 def exposure_table(results: dict[int, dict[str, dict[str, Any]]], arm: str) -> dict[str, Any] | None:
     """Per bucket, the mean over replicates of unique images, samples and passes per unique image."""
-    rows = [results[s][arm].get("exposure") for s in sorted(results) if arm in results[s]]
-    rows = [r for r in rows if r]
+    rows = _arm_rows(results, arm, "exposure")
     if not rows:
         return None
     out = {}
@@ -294,8 +299,7 @@ def exposure_table(results: dict[int, dict[str, dict[str, Any]]], arm: str) -> d
 
 def quality_table(results: dict[int, dict[str, dict[str, Any]]], arm: str) -> dict[str, Any] | None:
     """Held-out loss and pixel KID over replicates, and the held-out loss per checkpoint (mean)."""
-    rows = [results[s][arm].get("quality") for s in sorted(results) if arm in results[s]]
-    rows = [r for r in rows if r]
+    rows = _arm_rows(results, arm, "quality")
     if not rows:
         return None
     curve: dict[int, list[float]] = {}

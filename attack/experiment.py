@@ -94,7 +94,13 @@ def code_digest() -> str:
     return digest.hexdigest()[:16]
 
 
-def null_scores(images: np.ndarray, used: list[str], sets: AttackSets, cfg: AttackConfig) -> dict[str, Any]:
+def null_scores(
+    images: np.ndarray,
+    used: list[str],
+    sets: AttackSets,
+    cfg: AttackConfig,
+    copies: tuple[np.ndarray, np.ndarray],
+) -> dict[str, Any]:
     """attack.md §6's null calibration: held-out images (no arm trained on them) added to the search
     set; how many of them each criterion calls extracted is its false-positive count."""
     if sets.held_out is None or not len(sets.held_out):
@@ -103,12 +109,20 @@ def null_scores(images: np.ndarray, used: list[str], sets: AttackSets, cfg: Atta
     union = np.concatenate([sets.reference.images, sets.held_out.images])
     keys = sets.reference.keys + sets.held_out.keys
     k = np.concatenate([sets.k, np.ones(len(sets.held_out), dtype=sets.k.dtype)])
-    variants, variant_of = variants_of(sets)
-    variants = np.concatenate([variants, sets.held_out.images])
-    variant_of = np.concatenate([variant_of, n_ref + np.arange(len(sets.held_out))])
+    variants = np.concatenate([copies[0], sets.held_out.images])
+    variant_of = np.concatenate([copies[1], n_ref + np.arange(len(sets.held_out))])
     ex = extract(images, used, union, keys, k, cfg.calibrated_threshold, variants, variant_of)
     held = ex.images[n_ref:]
     return {c: {"held_out": held.height, "extracted": int(held[f"extracted[{c}]"].sum())} for c in CRITERIA}
+
+
+def extract_with_null(images: np.ndarray, used: list[str], sets: AttackSets, cfg: AttackConfig) -> tuple:
+    """The extraction against the reference images and the null calibration's, both searching every
+    before-set copy (collected once)."""
+    copies = variants_of(sets)
+    ref = sets.reference
+    ex = extract(images, used, ref.images, ref.keys, sets.k, cfg.calibrated_threshold, *copies)
+    return ex, null_scores(images, used, sets, cfg, copies)
 
 
 def quality_probe(sets: AttackSets, cfg: AttackConfig, seed: int):
@@ -226,20 +240,11 @@ def run_arm(
         progress=progress,
     )
     images, used = load_generations(run.generations(arm))
-    ex = extract(
-        images,
-        used,
-        sets.reference.images,
-        sets.reference.keys,
-        sets.k,
-        cfg.calibrated_threshold,
-        *variants_of(sets),
-    )
+    ex, null = extract_with_null(images, used, sets, cfg)
     with atomic_path(run.image_table(arm)) as tmp:
         ex.images.write_parquet(tmp)
     counts = ex.counts()
     member = members_of(training, sets)
-    null = null_scores(images, used, sets, cfg)
     scores, held, membership = membership_scores(run.model(arm), sets, member, seed, cfg.device)
     result = {
         "key": key,

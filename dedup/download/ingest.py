@@ -116,8 +116,7 @@ class ImportStage(Stage):
     def __init__(
         self, source: str | Path, samples_per_shard: int, caption_col: str | None, rekey: bool
     ) -> None:
-        self.source, self.samples_per_shard = source, samples_per_shard
-        self.caption_col, self.rekey = caption_col, rekey
+        self.samples_per_shard, self.caption_col, self.rekey = samples_per_shard, caption_col, rekey
         self.src = open_source(source)
 
     def outputs(self, work: WorkDir) -> list[Path]:

@@ -79,7 +79,7 @@ class DownloadStage(Stage):
 
     def plan(self, work: WorkDir) -> Plan:
         config = self.config
-        files, fmt, total_rows = validate_url_list(config)
+        files, fmt, _ = validate_url_list(config)  # the row count is normalise's, below
         if config.distributor in ("ray", "pyspark"):
             from dedup.core.optional import require
 

@@ -96,7 +96,7 @@ FUNCTIONS = {
     "dedup/write/verify.py::verify": 76,
     "attack/cli.py::generate_filter_cmd": 63,
     "attack/compare.py::run_compare": 96,
-    "attack/experiment.py::run_arm": 92,
+    "attack/experiment.py::run_arm": 83,
     "attack/extract.py::extract": 90,
 }
 
