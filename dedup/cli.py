@@ -148,6 +148,8 @@ def import_cmd(
     caption_col: ImportCaptionCol = None,
     samples_per_shard: ImportSamplesPerShard = None,
     rekey: ImportRekey = None,
+    executor: ExecutorOpt = None,
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """Dedup the data you already have: import it as WORKDIR's download stage, without downloading.
 
@@ -155,8 +157,9 @@ def import_cmd(
     A folder's or parquet's images keep their original bytes (never re-encoded); a folder's key is the
     relative path. Unreadable files (and files that are not images) get a ledger row (download_failed),
     never a silent drop. A killed import resumes when rerun; a source that changed since it was
-    imported is refused. The same stage as `dedup run` with `source:` in a config. Then run embed,
-    cluster, write.
+    imported is refused. A unit per source tar, parquet file or slice of a folder, on the executor
+    (`--executor ray`: every worker must reach the source). The same stage as `dedup run` with
+    `source:` in a config. Then run embed, cluster, write.
     """
     from dedup.core.config import override
     from dedup.core.layout import WorkDir
@@ -167,7 +170,7 @@ def import_cmd(
         "source_options": override(pipeline.source_options, caption_col=caption_col, rekey=rekey),
         "download": override(pipeline.download, samples_per_shard=samples_per_shard),
     }
-    with open_executor(pipeline, None, None) as ex:
+    with open_executor(pipeline, executor, ray_address) as ex:
         run_stage("download", pipeline.model_copy(update=update), WorkDir(workdir), ex, Options())
 
 

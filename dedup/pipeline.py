@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -14,6 +14,9 @@ from dedup.core.config import DemoConfig, PipelineConfig, dump_config
 from dedup.core.errors import UserError
 from dedup.core.files import atomic_path
 from dedup.core.layout import WorkDir
+
+if TYPE_CHECKING:
+    from dedup.core.executors import Executor
 from dedup.stages import Options, check_stages, registry, run_stage
 
 # The demo's settings; configs/demo.yaml holds the same values (a test keeps them in sync), so
@@ -42,7 +45,7 @@ def demo_config() -> PipelineConfig:
     return PipelineConfig.model_validate(DEMO_SETTINGS)
 
 
-def import_source(cfg: PipelineConfig, work: WorkDir) -> None:
+def import_source(cfg: PipelineConfig, work: WorkDir, executor: Executor | None = None) -> None:
     """The download stage of a config with ``source:``: import once; a rerun with the same source
     is up to date, another source into the same work directory is refused by the import itself."""
     from dedup.core.files import read_json
@@ -58,7 +61,9 @@ def import_source(cfg: PipelineConfig, work: WorkDir) -> None:
             typer.echo(f"   up to date: imported from {source} already ({previous.get('downloaded')} images)")
             return
     opts = cfg.source_options
-    summary = run_import(cfg.source, work, cfg.download.samples_per_shard, opts.caption_col, opts.rekey)
+    summary = run_import(
+        cfg.source, work, cfg.download.samples_per_shard, opts.caption_col, opts.rekey, executor
+    )
     typer.echo(format_import_summary(summary))
 
 

@@ -46,7 +46,7 @@ def _download(cfg: PipelineConfig, work: WorkDir, executor: Executor, options: O
     if cfg.source:
         from dedup.pipeline import import_source
 
-        import_source(cfg, work)
+        import_source(cfg, work, executor)
         return
     from dedup.download.stage import format_summary, run_download
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -171,33 +172,17 @@ def ivf_search(
         return Candidates.empty()
     nlist = default_nlist(n, nlist)
     nprobe = min(nprobe, nlist)
-    rng = np.random.default_rng(seed)
-    pick = np.sort(rng.choice(n, size=min(n, KMEANS_ROWS_PER_CENTROID * nlist), replace=False))
-    basis = _basis(base, reduce_dim, pick) if reduce_dim and base.shape[1] > reduce_dim else None
-    b_view = _sketch(base, basis, block_size) if basis is not None else None
+    basis, b_view, centroids, base_probes = _partitions(base, nlist, nprobe, reduce_dim, block_size, seed)
     b_rows = base if b_view is None else b_view.rows
-    centroids = _kmeans_rows(rows_of(b_rows, pick), nlist, seed)
-    base_probes = _nearest_centroids(b_rows, centroids, nprobe, block_size)
-    home = base_probes[:, 0]
-    b_order = np.argsort(home, kind="stable")
-    b_bounds = np.searchsorted(home[b_order], np.arange(nlist + 1))
-    kk = k + int(symmetric)
+    members = _by_partition(base_probes[:, :1], nlist)  # each base vector in its nearest partition
     parts = []
     for view in [None, *views]:
-        if basis is None:
-            q_sketch, q_rows, apply = None, q_all, view
-        else:
-            q_sketch = b_view if symmetric and view is None else _sketch(q_all, basis, block_size, view)
-            q_rows, apply = q_sketch.rows, None
+        q_sketch, q_rows, apply = _query_rows(q_all, view, basis, b_view if symmetric else None, block_size)
         probes = (
             base_probes
             if symmetric and view is None
             else _nearest_centroids(q_rows, centroids, nprobe, block_size, apply)
         )
-        q_part = probes.ravel()
-        q_row = np.repeat(np.arange(len(q_all)), nprobe)
-        q_order = np.argsort(q_part, kind="stable")
-        q_bounds = np.searchsorted(q_part[q_order], np.arange(nlist + 1))
         # partition assignment done: each partition's queries and members are independent work
         shared = {
             "base": shareable(b_rows),
@@ -207,14 +192,52 @@ def ivf_search(
             "full": None
             if basis is None
             else (shareable(base), None if symmetric else shareable(q_all), view),
-            "members": [b_order[b_bounds[p] : b_bounds[p + 1]] for p in range(nlist)],
-            "asked": [q_row[q_order[q_bounds[p] : q_bounds[p + 1]]] for p in range(nlist)],
-            "kk": kk,
+            "members": members,
+            "asked": _by_partition(probes, nlist),
+            "kk": k + int(symmetric),
             "threshold": threshold - SIM_MARGIN - (SKETCH_SLACK if basis is not None else 0.0),
             "progress": progress and in_process(mapper),
         }
         parts += run_mapped(_partition_hits, list(range(nlist)), shared, mapper)
     return rescored(merge_parts(parts, symmetric), base, q_all, views, threshold)
+
+
+def _partitions(
+    base: np.ndarray, nlist: int, nprobe: int, reduce_dim: int | None, block_size: int, seed: int
+) -> tuple[np.ndarray | None, Any, np.ndarray, np.ndarray]:
+    """(sketch basis or None, the base's sketch or None, centroids, each base row's ``nprobe``
+    nearest partitions): k-means on a seeded sample of the rows, in the sketch when one is used."""
+    n = len(base)
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(n, size=min(n, KMEANS_ROWS_PER_CENTROID * nlist), replace=False))
+    basis = _basis(base, reduce_dim, pick) if reduce_dim and base.shape[1] > reduce_dim else None
+    b_view = _sketch(base, basis, block_size) if basis is not None else None
+    b_rows = base if b_view is None else b_view.rows
+    centroids = _kmeans_rows(rows_of(b_rows, pick), nlist, seed)
+    return basis, b_view, centroids, _nearest_centroids(b_rows, centroids, nprobe, block_size)
+
+
+def _query_rows(
+    q_all: np.ndarray, view: View | None, basis: np.ndarray | None, base_sketch: Any, block_size: int
+) -> tuple[Any, Any, View | None]:
+    """(the queries' sketch or None, the rows to compare, the view still to apply to them): in the
+    sketch the view is applied before sketching; the symmetric search's unviewed queries are the
+    base's own sketch (``base_sketch``), not sketched twice."""
+    if basis is None:
+        return None, q_all, view
+    q_sketch = (
+        base_sketch if base_sketch is not None and view is None else _sketch(q_all, basis, block_size, view)
+    )
+    return q_sketch, q_sketch.rows, None
+
+
+def _by_partition(probes: np.ndarray, nlist: int) -> list[np.ndarray]:
+    """Per partition, the rows whose probes (one row of ``probes`` each) include it, in row order."""
+    part = probes.ravel()
+    row = np.repeat(np.arange(len(probes)), probes.shape[1])
+    order = np.argsort(part, kind="stable")
+    bounds = np.searchsorted(part[order], np.arange(nlist + 1))
+    return [row[order[bounds[p] : bounds[p + 1]]] for p in range(nlist)]
 
 
 def _partition_hits(shared: dict, partitions: list[int]) -> list[tuple[np.ndarray, ...]]:

@@ -12,15 +12,7 @@ import cv2
 import numpy as np
 
 from dedup.cluster import verifier_settings as S
-from dedup.cluster.geometry import (
-    Prepared,
-    content_of,
-    coverage_of,
-    decode,
-    fills,
-    invert,
-    refine,
-)
+from dedup.cluster.geometry import Prepared, content_of, coverage_of, decode, fills, invert, refine
 
 
 @dataclass(frozen=True)
@@ -338,12 +330,7 @@ def _pixel_match(
     flat_differs = va & ~informative & (np.abs(ma - mb) > S.PATCH_MEAN)
     counted = int(informative.sum() + flat_differs.sum())
     if int(informative.sum()) < S.MIN_INFORMATIVE:
-        # too little texture for patches to decide: the ink (pixels well off the mean: the letters on a
-        # blank page, a smooth image's highlights) must agree pixel by pixel; over the whole overlap,
-        # the blank paper of two pages with other words would agree
-        ink = valid & ((np.abs(za) > S.INK_Z) | (np.abs(zb) > S.INK_Z))
-        region = ink if ink.sum() >= S.PATCH * S.PATCH else valid
-        share = float(np.mean(np.abs(za[region] - zb[region]) <= S.PATCH_MEAN))
+        share = _ink_share(za, zb, valid)
     else:
         share = float((agree & informative).sum() / counted)
     if template is not None and template.any():
@@ -354,15 +341,29 @@ def _pixel_match(
         if min(own_a, own_b) >= S.MIN_TEMPLATE_MARKS:
             marked = on_template & informative
             share = min(share, float((agree & marked).sum() / max(1, int(marked.sum()))))
-    # the shading (patch means across the frame) must agree too: look-alike tiles of one repetitive
-    # structure share their edges but not their light
-    cells = va.ravel()
-    if cells.sum() >= 4:
-        x, y = ma.ravel()[cells], mb.ravel()[cells]
-        shading = float(np.corrcoef(x, y)[0, 1]) if x.std() > 1e-6 and y.std() > 1e-6 else 1.0
-        if shading < S.SHADING_MIN:
-            share = min(share, shading)
+    shading = _shading(va, ma, mb)
+    if shading < S.SHADING_MIN:
+        share = min(share, shading)
     return share
+
+
+def _ink_share(za: np.ndarray, zb: np.ndarray, valid: np.ndarray) -> float:
+    """Too little texture for patches to decide: the ink (pixels well off the mean: the letters on a
+    blank page, a smooth image's highlights) must agree pixel by pixel; over the whole overlap, the
+    blank paper of two pages with other words would agree."""
+    ink = valid & ((np.abs(za) > S.INK_Z) | (np.abs(zb) > S.INK_Z))
+    region = ink if ink.sum() >= S.PATCH * S.PATCH else valid
+    return float(np.mean(np.abs(za[region] - zb[region]) <= S.PATCH_MEAN))
+
+
+def _shading(va: np.ndarray, ma: np.ndarray, mb: np.ndarray) -> float:
+    """Correlation of the patch means across the frame (1.0 where it cannot be told): look-alike
+    tiles of one repetitive structure share their edges but not their light."""
+    cells = va.ravel()
+    if cells.sum() < 4:
+        return 1.0
+    x, y = ma.ravel()[cells], mb.ravel()[cells]
+    return float(np.corrcoef(x, y)[0, 1]) if x.std() > 1e-6 and y.std() > 1e-6 else 1.0
 
 
 def _color_match(la: np.ndarray, lb: np.ndarray, valid: np.ndarray) -> float:

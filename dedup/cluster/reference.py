@@ -37,25 +37,15 @@ def match_reference(
     ``PairOracle`` accepts (signals, copy verifier, confirm, derived policy): one decision for both;
     the reference is only read.
     """
-    ref = WorkDir(other)
-    mine, theirs = embed_info(work), embed_info(ref)
-    ref_meta_all = load_metadata(ref)
-    ok = (ref_meta_all["status"] == OK).to_numpy()
-    ref_meta = ref_meta_all.filter(ok)
-    ref_emb = embeddings_memmap(ref, np.flatnonzero(ok), work.cluster_dir / "_reference.f16.npy")
-    if mine.get("model") != theirs.get("model") or x.shape[1] != ref_emb.shape[1]:
-        raise UserError(
-            f"{other}: embedded with {theirs.get('model')} (dim {ref_emb.shape[1]}), "
-            f"this work directory with {mine.get('model')} (dim {x.shape[1]}); "
-            "embed both with the same model"
-        )
+    ref, ref_meta, ref_emb = _reference_side(work, other, x)
     ref_keys = ref_meta["key"].to_numpy()
-    mirror = mirror_view(str(mine.get("embedder")), int(x.shape[1]))
-    found: dict[str, tuple[str, float]] = {}
+    mirror = mirror_view(str(embed_info(work).get("embedder")), int(x.shape[1]))
     by_sha = dict(zip(ref_meta["sha256"].to_list(), ref_keys.tolist(), strict=True))
-    for key, sha in zip(meta["key"].to_list(), meta["sha256"].to_list(), strict=True):
-        if sha in by_sha:
-            found[key] = (by_sha[sha], 1.0)
+    found: dict[str, tuple[str, float]] = {
+        key: (by_sha[sha], 1.0)
+        for key, sha in zip(meta["key"].to_list(), meta["sha256"].to_list(), strict=True)
+        if sha in by_sha
+    }
     cand, _ = search(
         ref_emb,
         config.k,
@@ -85,6 +75,11 @@ def match_reference(
         q_rows = unique[cand.i]
         for t in np.flatnonzero(dup)[np.argsort(-cos[dup], kind="stable")]:
             found.setdefault(str(keys[q_rows[t]]), (str(ref_keys[cand.j[t]]), float(cos[t])))
+    return _matches(found)
+
+
+def _matches(found: dict[str, tuple[str, float]]) -> pl.DataFrame:
+    """key -> (reference_key, reference_similarity) as the table the clusters are marked from."""
     return pl.DataFrame(
         {
             "key": list(found),
@@ -93,6 +88,24 @@ def match_reference(
         },
         schema={"key": pl.String, "reference_key": pl.String, "reference_similarity": pl.Float32},
     )
+
+
+def _reference_side(work: WorkDir, other: Path, x: np.ndarray) -> tuple[WorkDir, pl.DataFrame, np.ndarray]:
+    """The reference's embedded rows and their vectors; refused when another model embedded them
+    (vectors of two models are not comparable)."""
+    ref = WorkDir(other)
+    mine, theirs = embed_info(work), embed_info(ref)
+    ref_meta_all = load_metadata(ref)
+    ok = (ref_meta_all["status"] == OK).to_numpy()
+    ref_meta = ref_meta_all.filter(ok)
+    ref_emb = embeddings_memmap(ref, np.flatnonzero(ok), work.cluster_dir / "_reference.f16.npy")
+    if mine.get("model") != theirs.get("model") or x.shape[1] != ref_emb.shape[1]:
+        raise UserError(
+            f"{other}: embedded with {theirs.get('model')} (dim {ref_emb.shape[1]}), "
+            f"this work directory with {mine.get('model')} (dim {x.shape[1]}); "
+            "embed both with the same model"
+        )
+    return ref, ref_meta, ref_emb
 
 
 class _Stacked:

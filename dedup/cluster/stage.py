@@ -222,6 +222,26 @@ def _run_cluster(
             config, work, Path(config.against), meta, u.x, u.rows, u.u_of_row, t_emb, t_cand, executor
         )
     clusters = mark_reference(clusters, reference)
+    table = _write_tables(work, meta, u, pairs, oracle, clusters)
+    tiers = {"exact": {"pairs": int(u.exact_copy.sum()), "seconds": 0.0}, **tiers}
+    summary = summary_of(
+        config, info, method, t_emb, t_cand, meta_all.height, clusters, table, oracle.evidence,
+        time.time() - started, tiers,
+    )  # fmt: skip
+    summary["verify_units"], summary["verify_units_run"] = units
+    if reference is not None:
+        summary["against"] = str(config.against)
+        summary["reference_matches"] = reference.height
+        summary["reference_removed"] = int(clusters["reference_key"].is_not_null().sum())
+    write_json(work.cluster_summary, summary)
+    return summary
+
+
+def _write_tables(
+    work: WorkDir, meta: pl.DataFrame, u: UniqueImages, pairs: Any, oracle: Any, clusters: pl.DataFrame
+) -> pl.DataFrame:
+    """pairs.parquet (every pair proposed or looked at while grouping, with its evidence), then
+    clusters.parquet; returns the pair table (the summary counts from it)."""
     _add_grouping_pairs(pairs, oracle, u)
     table = pair_table(
         meta["key"].to_numpy(),
@@ -241,18 +261,7 @@ def _run_cluster(
         table.write_parquet(tmp)
     with atomic_path(work.clusters) as tmp:
         clusters.write_parquet(tmp)
-    tiers = {"exact": {"pairs": int(u.exact_copy.sum()), "seconds": 0.0}, **tiers}
-    summary = summary_of(
-        config, info, method, t_emb, t_cand, meta_all.height, clusters, table, oracle.evidence,
-        time.time() - started, tiers,
-    )  # fmt: skip
-    summary["verify_units"], summary["verify_units_run"] = units
-    if reference is not None:
-        summary["against"] = str(config.against)
-        summary["reference_matches"] = reference.height
-        summary["reference_removed"] = int(clusters["reference_key"].is_not_null().sum())
-    write_json(work.cluster_summary, summary)
-    return summary
+    return table
 
 
 def _plain(meta: pl.DataFrame, u: UniqueImages) -> np.ndarray:

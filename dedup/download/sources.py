@@ -1,10 +1,10 @@
 """What an import reads: a source named by a path, pattern or fsspec URL, its kind, the files it
 holds, and a listing of them (names, sizes, mtimes) that says later whether the source changed.
 
+What kind a source is, and how each kind is read, is its reader's (``dedup/download/readers/``).
 Every file an import could read is either read (and each of its samples gets a ledger row) or named
-in a refusal: a compressed tar beside the tars, a subfolder of tars, parquet files below a folder of
-tars. Hidden files and folders (``.git``, ``.DS_Store``) are the one exception, counted in the
-summary, because every tool that walks a folder skips them.
+in a refusal. Hidden files and folders (``.git``, ``.DS_Store``) are the one exception, counted in
+the summary, because every tool that walks a folder skips them.
 """
 
 from __future__ import annotations
@@ -17,14 +17,8 @@ from typing import Any
 import polars as pl
 
 from dedup.core.errors import UserError
-from dedup.core.shards import IMAGE_EXTENSIONS
 
-SOURCE_KINDS = ("shards", "folder", "parquet")
-SIDECARS = ("txt", "json")
 _GLOB_CHARS = "*?["
-# Tars that are not read in place: a shards folder that holds one is refused (decompress it first),
-# never skipped, because its samples would otherwise vanish without a ledger row.
-COMPRESSED_TARS = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
 LISTING_SCHEMA = {"path": pl.String, "size": pl.Int64, "mtime": pl.Float64}
 
 
@@ -90,8 +84,13 @@ def open_source(url: str | Path) -> Source:
             raise UserError(f"{part}: no such file or folder")
     if not paths:
         raise UserError(f"{text}: the pattern matches no file")
-    found = _find(fs, paths[0]) if len(paths) == 1 and fs.isdir(paths[0]) else {}
-    return Source(text, fs, tuple(paths), source_kind(fs, paths, text, found), found)
+    from dedup.download.readers import Found, detect_kind
+
+    folder = paths[0] if len(paths) == 1 and fs.isdir(paths[0]) else None
+    found = _find(fs, folder) if folder is not None else {}
+    visible = tuple(_visible(found, folder)) if folder is not None else ()
+    kind = detect_kind(Found(fs, tuple(paths), folder, visible), text)
+    return Source(text, fs, tuple(paths), kind, found)
 
 
 def _find(fs: Any, root: str) -> dict[str, Any]:
@@ -99,38 +98,6 @@ def _find(fs: Any, root: str) -> dict[str, Any]:
     folder's full fsspec infos would hold ~100 MB."""
     found = fs.find(root, detail=True)
     return {p: {"size": found[p].get("size"), "mtime": _mtime(found[p])} for p in sorted(found)}
-
-
-def source_kind(fs: Any, paths: list[str], text: str, found: dict[str, Any]) -> str:
-    if len(paths) == 1 and fs.isdir(paths[0]):
-        names = fs.ls(paths[0], detail=False)
-        if any(p.endswith(".tar") for p in names):
-            return "shards"
-        if any(p.lower().endswith(COMPRESSED_TARS) for p in names):
-            raise UserError(_compressed(next(p for p in names if p.lower().endswith(COMPRESSED_TARS))))
-        visible = list(_visible(found, paths[0]))
-        if not any(_is_image(p) for p in visible) and any(p.endswith(".parquet") for p in visible):
-            return "parquet"  # a Hugging Face repository's root (data/*.parquet) included
-        return "folder"
-    for p in paths:
-        if p.lower().endswith(COMPRESSED_TARS):
-            raise UserError(_compressed(p))
-    suffixes = {p.rsplit(".", 1)[-1].lower() for p in paths}
-    if suffixes == {"tar"}:
-        return "shards"
-    if suffixes == {"parquet"}:
-        return "parquet"
-    raise UserError(
-        f"{text}: not WebDataset shards (.tar), a folder of images or .parquet file(s) "
-        f"(found {', '.join(sorted(suffixes))})"
-    )
-
-
-def _compressed(path: str) -> str:
-    return (
-        f"{path}: a compressed tar; shards are read in place, uncompressed: decompress it "
-        "(gunzip / xz -d / zstd -d) and import again"
-    )
 
 
 def relative(path: str, root: str) -> str:
@@ -156,10 +123,6 @@ def _visible(found: dict[str, Any], root: str) -> Iterator[str]:
             yield p
 
 
-def _is_image(path: str) -> bool:
-    return path.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS
-
-
 def visible_files(src: Source) -> list[str]:
     """Every file below a folder source that is not hidden, sorted."""
     return list(_visible(src.found, src.paths[0]))
@@ -176,52 +139,6 @@ def key_of(relative_path: str) -> str:
     """WebDataset key of a relative path: extension dropped, dots inside names made underscores."""
     stem = relative_path.rsplit(".", 1)[0] if "." in relative_path.rsplit("/", 1)[-1] else relative_path
     return stem.replace(".", "_")
-
-
-def shard_files(source: Source) -> list[str]:
-    """The source's tars in order: a folder's sorted, a pattern's in the order it names them. A
-    folder's other contents are refused when they could hold samples (tars in subfolders, images)."""
-    fs = source.fs
-    if not (len(source.paths) == 1 and fs.isdir(source.paths[0])):
-        return list(source.paths)
-    root = source.paths[0]
-    tars = []
-    for p in visible_files(source):
-        rel = relative(p, root)
-        low = rel.lower()
-        if "/" not in rel and low.endswith(".tar"):
-            tars.append(p)
-        elif low.endswith(COMPRESSED_TARS):
-            raise UserError(_compressed(p))
-        elif low.endswith(".tar") or low.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS:
-            raise UserError(
-                f"{p}: beside the shards of {root} but not one of them (only the folder's own .tar "
-                "files are read); move it out or import it separately"
-            )
-    return tars
-
-
-def parquet_files(source: Source) -> list[str]:
-    fs = source.fs
-    if len(source.paths) == 1 and fs.isdir(source.paths[0]):
-        files = [p for p in visible_files(source) if p.endswith(".parquet")]
-    else:
-        files = list(source.paths)
-    if not files:
-        raise UserError(f"{source.url}: no .parquet files")
-    return files
-
-
-def read_files(src: Source) -> list[str]:
-    """Every file the import reads: the listing is made of these."""
-    fs = src.fs
-    if src.kind == "shards":
-        tars = shard_files(src)
-        beside = [t[: -len(".tar")] + ".parquet" for t in tars]
-        return tars + [b for b in beside if fs.isfile(b)]
-    if src.kind == "parquet":
-        return parquet_files(src)
-    return visible_files(src)
 
 
 def _mtime(info: dict[str, Any]) -> float:
@@ -249,7 +166,9 @@ def listing(src: Source, fresh: bool = False) -> pl.DataFrame:
         found = _find(src.fs, src.paths[0]) if fresh else src.found
         items = [(p, found[p]) for p in _visible(found, src.paths[0])]
     else:
-        items = [(p, src.fs.info(p)) for p in read_files(src)]
+        from dedup.download.readers import ImportOptions, reader_for
+
+        items = [(p, src.fs.info(p)) for p in reader_for(src, ImportOptions()).files()]
     rows = []
     for p, info in items:
         rows.append(

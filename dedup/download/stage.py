@@ -50,10 +50,10 @@ def refuse_imported(work: WorkDir) -> None:
     """A work dir made by ``dedup import`` is not downloaded into: its shards (some perhaps read in
     place from the user's own files) would mix with img2dataset's."""
     if work.download_summary.exists():
-        from dedup.download.sources import SOURCE_KINDS
+        from dedup.download.readers import importable_kinds
 
         previous = read_json(work.download_summary)
-        if previous.get("kind") in SOURCE_KINDS:
+        if previous.get("kind") in importable_kinds():
             raise UserError(
                 f"{work.root}: holds data imported from {previous.get('source')}; "
                 "download into a new work directory"

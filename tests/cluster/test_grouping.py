@@ -420,3 +420,29 @@ def test_rejoin_needs_an_accepted_link_to_a_member_the_representative_took():
     assert run(base | {(1, 2): "distinct"}, (np.array([1]), np.array([2])))[0] == [2, 3]
     assert run(base | {(2, 3): "copy"}, (np.array([2]), np.array([3])))[0] == [2, 3]
     assert run({(0, 1): "copy", (1, 2): "copy"}, (np.array([1]), np.array([2])))[0] == [2, 3]  # far from 0
+
+
+def test_a_copy_that_covers_no_more_than_the_head_does_not_take_its_place():
+    """0 covers 1 and 2; 1 is a verified copy of 0 covering the same two (0 and 2) and is linked to 2:
+    with nothing left out, the policy's choice stands. And where 0 leaves 2 and 3 out and its copy 1
+    covers 2 (a gain) but not 3, 1 takes 0's place: it must cover all the head covered, not all there is."""
+    from dedup.cluster.grouping import _widest_head
+
+    same = {(0, 1): "copy", (0, 2): "copy", (1, 2): "copy"}
+    o, _ = _verified(same, 3)
+    assert _widest_head(np.arange(3), (np.array([1]), np.array([2])), o) == 0
+    gain = {(0, 1): "copy", (1, 2): "copy"}
+    o, _ = _verified(gain, 4)
+    assert _widest_head(np.arange(4), (np.array([1, 3]), np.array([2, 2])), o) == 1
+
+
+def test_rejoin_reads_only_the_left_members_own_links():
+    """2 is left; an accepted pair between two members the representative took (1, 3) is no link of 2's,
+    so 2 stays left although the verifier would call it a copy of 3."""
+    from dedup.cluster.grouping import _rejoin
+
+    o, _ = _verified({(0, 1): "copy", (0, 3): "copy", (0, 2): "derived", (2, 3): "copy"}, 4)
+    rep = np.array([0, 0, 2, 0])
+    signal = np.array(["self", "verified", "self", "verified"], dtype=object)
+    still = _rejoin(np.arange(4), np.array([2]), (np.array([1]), np.array([3])), o, rep, signal, np.ones(4))
+    assert still.tolist() == [2] and rep.tolist() == [0, 0, 2, 0]

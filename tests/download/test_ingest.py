@@ -15,6 +15,7 @@ from dedup.cluster.stage import run_cluster
 from dedup.core.config import ClusterConfig, EmbedConfig, WriteConfig
 from dedup.core.layout import WorkDir
 from dedup.download.ingest import run_import
+from dedup.download.readers import ImportOptions
 from dedup.download.sources import key_of
 from dedup.embed.stage import run_embed
 from dedup.write.stage import run_write
@@ -104,7 +105,7 @@ def test_parquet_with_image_bytes_is_streamed_in(tmp_path):
     [
         (lambda p: (p / "empty").mkdir(), "no images found"),
         (lambda p: pl.DataFrame({"x": [1]}).write_parquet(p / "t.parquet"), "no image column"),
-        (lambda p: (p / "notes.txt").write_text("hi"), "not WebDataset shards (.tar), a folder of images"),
+        (lambda p: (p / "notes.txt").write_text("hi"), "no images found, and no other kind of source"),
         (lambda p: (p / "junk.tar").write_bytes(b"not a tar at all" * 64), "not a readable tar"),
         (lambda p: _tar(p / "text.tar", {"a.txt": b"only text"}), "not a WebDataset of images"),
     ],
@@ -293,7 +294,7 @@ def test_the_import_is_a_stage_with_a_unit_per_source_tar_and_resumes_from_them(
     root, _ = shards
     work = WorkDir(tmp_path / "w")
     first = run_import(root, work)
-    stage = ImportStage(root, 10_000, None, False)
+    stage = ImportStage(root, ImportOptions())
     assert isinstance(stage, Stage)
     units = stage.plan(work).units
     assert [u.index for u in units] == [0, 1, 2] and all(stage.done(work, u) for u in units)
@@ -305,10 +306,96 @@ def test_the_import_is_a_stage_with_a_unit_per_source_tar_and_resumes_from_them(
         k: v for k, v in first.items() if k != "seconds"
     }
     assert {s: work.download_stats(s).stat().st_mtime_ns for s in (0, 2)} == stamps  # not redone
-    # a folder or parquet source is one unit that streams (its order is known only by reading it)
-    folder = tmp_path / "f"
-    folder.mkdir()
-    (folder / "a.jpg").write_bytes(encode(photo(1, (64, 48)), quality=90))
-    assert [u.payload for u in ImportStage(folder, 10, None, False).plan(WorkDir(tmp_path / "w2")).units] == [
-        None
+
+
+def _files(work: WorkDir) -> dict[str, bytes]:
+    """Every file the import left in download/ (shards, their parquet and stats, references)."""
+    return {p.name: p.read_bytes() for p in sorted(work.download_dir.iterdir())}
+
+
+def _two_parquet_files(root) -> list[bytes]:
+    root.mkdir()
+    images = [encode(photo(i, (64, 48)), quality=90) for i in range(7)]
+    first = [{"bytes": b, "path": f"{i}.jpg"} for i, b in enumerate(images[:5])]
+    pl.DataFrame({"image": first}).write_parquet(root / "a.parquet")
+    pl.DataFrame({"image": [{"bytes": b, "path": "x.jpg"} for b in images[5:]]}).write_parquet(
+        root / "b.parquet"
+    )
+    return images
+
+
+def test_parquet_and_folder_imports_are_units_per_file_and_per_slice_and_resume_from_them(folder, tmp_path):
+    """#27 item 2: a parquet file is a unit (its shards counted from the footer, so numbered before
+    any is written), a folder a unit per samples_per_shard files; a unit whose shard lost its stats
+    is redone alone, to the same bytes."""
+    from dedup.download.ingest import ImportStage
+
+    src = tmp_path / "pq"
+    _two_parquet_files(src)
+    work = WorkDir(tmp_path / "w")
+    run_import(src, work, samples_per_shard=2)
+    units = ImportStage(src, ImportOptions(samples_per_shard=2)).plan(work).units
+    # a.parquet: 5 rows -> shards 0, 1, 2; b.parquet: 2 rows -> shard 3
+    assert [(u.payload[0], u.payload[1].shards, u.size) for u in units] == [(0, 3, 5), (3, 1, 2)]
+    keys = [pl.read_parquet(work.download_parquet(s))["key"].to_list() for s in range(4)]
+    assert keys == [
+        ["a/000000000", "a/000000001"],
+        ["a/000000002", "a/000000003"],
+        ["a/000000004"],
+        ["b/000000000", "b/000000001"],
     ]
+    before = _files(work)
+    work.download_stats(1).unlink()
+    stamp = work.download_stats(3).stat().st_mtime_ns
+    run_import(src, work, samples_per_shard=2)
+    assert work.download_stats(3).stat().st_mtime_ns == stamp  # the other file's unit was not redone
+    assert _files(work) == before
+
+    root, _ = folder
+    fwork = WorkDir(tmp_path / "f")
+    run_import(root, fwork, samples_per_shard=3)
+    parts = [u.payload[1] for u in ImportStage(root, ImportOptions(samples_per_shard=3)).plan(fwork).units]
+    assert len(parts) > 1 and all(len(p.payload) == 3 and p.shards == 1 for p in parts[:-1])
+    rows = sum(pl.read_parquet(fwork.download_parquet(s)).height for s in range(len(parts)))
+    assert sum(p.size for p in parts) == rows
+
+
+def test_an_import_on_ray_workers_writes_the_same_files_as_a_local_one(folder, tmp_path):
+    """Import units run on the executor: on a local Ray cluster, byte for byte the local import."""
+    pytest.importorskip("ray")
+    from dedup.core.executors import RayExecutor
+
+    root, _ = folder
+    src = tmp_path / "pq"
+    _two_parquet_files(src)
+    with RayExecutor(num_cpus=2) as ray:
+        for source, per_shard in ((root, 3), (src, 2)):
+            local, remote = WorkDir(tmp_path / "l" / source.name), WorkDir(tmp_path / "r" / source.name)
+            run_import(source, local, samples_per_shard=per_shard)
+            run_import(source, remote, samples_per_shard=per_shard, executor=ray)
+            assert _files(local) == _files(remote)
+
+
+def test_sources_are_read_by_one_reader_per_kind_and_ambiguous_ones_are_refused(tmp_path, cli):
+    """#27 item 2: the readers are the modules of dedup/download/readers/ (a new kind is one file);
+    a folder two readers claim is refused with both kinds, a URL list is sent to dedup download."""
+    from dedup.download.readers import readers
+
+    assert sorted(readers()) == ["folder", "parquet", "shards", "url list"]
+    both = tmp_path / "both"
+    both.mkdir()
+    _tar(both / "00000.tar", {"a.jpg": encode(photo(1, (64, 48)))})
+    (both / "x.jpg").write_bytes(encode(photo(2, (64, 48))))
+    r = cli("import", str(both), str(tmp_path / "w1"))
+    assert r.returncode == 2 and "shards (00000.tar)" in r.stderr and "folder (x.jpg)" in r.stderr, r.stderr
+    urls = tmp_path / "urls.parquet"
+    pl.DataFrame({"url": ["http://127.0.0.1/a.jpg"], "caption": ["a"]}).write_parquet(urls)
+    r = cli("import", str(urls), str(tmp_path / "w2"))
+    assert r.returncode == 2 and "a URL list" in r.stderr and "dedup download" in r.stderr, r.stderr
+    lance = tmp_path / "data.lance"  # a format no reader reads: named, not taken for an image folder
+    (lance / "data").mkdir(parents=True)
+    (lance / "data" / "0.lance").write_bytes(b"\0" * 64)
+    r = cli("import", str(lance), str(tmp_path / "w3"))
+    assert r.returncode == 2 and "no images found" in r.stderr and "shards:" in r.stderr, r.stderr
+    for w in ("w1", "w2", "w3"):
+        assert not (tmp_path / w / "download_summary.json").exists()

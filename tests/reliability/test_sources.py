@@ -162,7 +162,12 @@ def test_a_new_tar_in_a_shards_folder_is_refused(tmp_path):
 
 @pytest.mark.parametrize(
     ("name", "message"),
-    [("00001.tar.gz", "compressed tar"), ("more/00002.tar", "not one of them"), ("x.jpg", "not one of them")],
+    [
+        ("00001.tar.gz", "compressed tar"),
+        ("more/00002.tar", "not one of them"),
+        ("more/x.jpg", "could be more than one kind of source"),
+        ("x.jpg", "could be more than one kind of source"),
+    ],
 )
 def test_what_a_shards_folder_holds_beside_its_tars_is_refused_not_skipped(tmp_path, cli, name, message):
     src = tmp_path / "s"
