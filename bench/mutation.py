@@ -34,6 +34,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out" / "mutation"
 
+_INGEST = "tests/download/test_ingest.py::"
+IMPORT_TESTS = [
+    _INGEST + "test_parquet_with_image_bytes_is_streamed_in",
+    _INGEST + "test_bad_sources_are_one_line_errors",
+    _INGEST + "test_import_refuses_a_work_directory_that_has_other_data",
+    _INGEST + "test_a_changed_source_shard_is_refused_not_reused",
+    _INGEST + "test_shards_and_folders_on_an_fsspec_filesystem",
+    _INGEST + "test_the_import_is_a_stage_with_a_unit_per_source_tar_and_resumes_from_them",
+    _INGEST + "test_parquet_and_folder_imports_are_units_per_file_and_per_slice_and_resume_from_them",
+    _INGEST + "test_sources_are_read_by_one_reader_per_kind_and_ambiguous_ones_are_refused",
+    "tests/reliability/test_sources.py",
+]
 # module -> the tests that exercise it in seconds (in process or through the CLI)
 TARGETS: dict[str, list[str]] = {
     "dedup/write/ledger.py": [
@@ -62,6 +74,21 @@ TARGETS: dict[str, list[str]] = {
         "tests/embed/test_embed.py::test_phash_matches_imagehash_bit_for_bit",
         "tests/cluster/test_grouping.py",
     ],
+    # the import (#25, #27): every reader, the stage, the shard writer and what a source is, against
+    # the import's own tests (the whole-chain and Ray ones left out: a minute each per mutant)
+    **{
+        module: IMPORT_TESTS
+        for module in (
+            "dedup/download/ingest.py",
+            "dedup/download/import_shards.py",
+            "dedup/download/sources.py",
+            "dedup/download/readers/__init__.py",
+            "dedup/download/readers/folder.py",
+            "dedup/download/readers/parquet.py",
+            "dedup/download/readers/shards.py",
+            "dedup/download/readers/urllist.py",
+        )
+    },
     "attack/distance.py": ["tests/attack/test_distance.py"],
     "attack/extract.py": ["tests/attack/test_extract.py"],
 }

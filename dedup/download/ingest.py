@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from dedup.core.executors import Executor
 
 # How an import numbers its shards: a part per source file, its shards known from the file (layout 2).
-# An unfinished import of an earlier layout (parquet rows streamed across files) cannot be resumed.
+# Parquet rows were streamed across files before (layout 1): such a work directory is not resumed.
 LAYOUT = 2
 
 
@@ -88,9 +88,6 @@ class ImportStage(Stage):
     def outputs(self, work: WorkDir) -> list[Path]:
         return [work.download_summary, work.source_listing]
 
-    def local_workers(self) -> int:
-        return 2  # reading and writing files: a second thread overlaps the waits
-
     def plan(self, work: WorkDir) -> Plan:
         src = self.src
         identity = source_identity(src)
@@ -101,10 +98,10 @@ class ImportStage(Stage):
                     f"{work.root}: already imported from {previous.get('source')}; "
                     "import another source into a new work directory"
                 )
-            if not previous.get("complete") and previous.get("layout") != LAYOUT:
+            if previous.get("kind") == "parquet" and previous.get("layout") != LAYOUT:
                 raise UserError(
-                    f"{work.root}: an unfinished import by an earlier version of dedup (its shards are "
-                    "numbered differently); import into a new work directory"
+                    f"{work.root}: imported by an earlier version of dedup, which numbered parquet "
+                    "shards differently; import into a new work directory"
                 )
             check_source(work, src)
         elif previous is not None or shards_in(work.download_dir):

@@ -13,6 +13,7 @@ from conftest import encode, photo, write_download_shard
 
 from dedup.cluster.stage import run_cluster
 from dedup.core.config import ClusterConfig, EmbedConfig, WriteConfig
+from dedup.core.errors import UserError
 from dedup.core.layout import WorkDir
 from dedup.download.ingest import run_import
 from dedup.download.readers import ImportOptions
@@ -399,3 +400,16 @@ def test_sources_are_read_by_one_reader_per_kind_and_ambiguous_ones_are_refused(
     assert r.returncode == 2 and "no images found" in r.stderr and "shards:" in r.stderr, r.stderr
     for w in ("w1", "w2", "w3"):
         assert not (tmp_path / w / "download_summary.json").exists()
+
+
+def test_a_parquet_import_of_the_earlier_layout_is_not_resumed_into_the_new_one(tmp_path):
+    """Parquet shards were once filled across files: resuming such a work directory with per-file
+    units would import a file's rows twice, so it is refused with a message."""
+    src = tmp_path / "pq"
+    _two_parquet_files(src)
+    work = WorkDir(tmp_path / "w")
+    run_import(src, work, samples_per_shard=2)
+    summary = json.loads(work.download_summary.read_text())
+    work.download_summary.write_text(json.dumps({k: v for k, v in summary.items() if k != "layout"}))
+    with pytest.raises(UserError, match="earlier version of dedup, which numbered parquet shards"):
+        run_import(src, work, samples_per_shard=2)
