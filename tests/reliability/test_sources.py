@@ -200,6 +200,24 @@ def test_every_visible_file_of_a_folder_has_a_row_and_oversized_images_are_guard
     assert ledger.filter(pl.col("key") == "0")["caption"].to_list() == ["caption of 0"]
 
 
+def test_caption_sidecars_belong_to_their_image_and_an_orphan_one_gets_a_row(tmp_path):
+    """A dotted name keeps its caption (x.y.jpg with x.y.txt), a .json sidecar gives its caption, and
+    a .txt with no image of its stem is a file like any other: a row saying it is not an image."""
+    src = tmp_path / "f"
+    src.mkdir()
+    (src / "x.y.jpg").write_bytes(encode(photo(1, (64, 48))))
+    (src / "x.y.txt").write_text("dotted")
+    (src / "b.jpg").write_bytes(encode(photo(2, (64, 48))))
+    (src / "b.json").write_text(json.dumps({"caption": "from json"}))
+    (src / "notes.txt").write_text("not a caption of anything")
+    work = WorkDir(tmp_path / "w")
+    run_import(src, work)
+    rows = pl.read_parquet(work.download_parquet(0)).sort("key")
+    assert rows["key"].to_list() == ["b", "notes_txt", "x_y"]
+    assert rows["caption"].to_list() == ["from json", None, "dotted"]
+    assert rows["error_message"].to_list()[1] == "not an image file (txt)"
+
+
 def test_embed_guards_an_oversized_image_in_a_shard_before_decoding(tmp_path):
     from PIL import Image
 
