@@ -45,6 +45,7 @@ IMPORT_TESTS = [
     _INGEST + "test_parquet_and_folder_imports_are_units_per_file_and_per_slice_and_resume_from_them",
     _INGEST + "test_sources_are_read_by_one_reader_per_kind_and_ambiguous_ones_are_refused",
     "tests/reliability/test_sources.py",
+    "tests/download/test_parquet_reader.py",
 ]
 # module -> the tests that exercise it in seconds (in process or through the CLI)
 TARGETS: dict[str, list[str]] = {
