@@ -46,6 +46,7 @@ IMPORT_TESTS = [
     _INGEST + "test_sources_are_read_by_one_reader_per_kind_and_ambiguous_ones_are_refused",
     "tests/reliability/test_sources.py",
     "tests/download/test_parquet_reader.py",
+    "tests/download/test_shards_reader.py",
 ]
 # module -> the tests that exercise it in seconds (in process or through the CLI)
 TARGETS: dict[str, list[str]] = {

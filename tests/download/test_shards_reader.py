@@ -1,0 +1,106 @@
+"""The shards reader on what shards hold in the wild: img2dataset's parquet beside each tar (its failed
+rows), a url in each sample's json, keys repeated inside a tar under --rekey, damaged files."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import polars as pl
+import pytest
+from conftest import encode, photo
+
+from dedup.core.errors import UserError
+from dedup.core.layout import WorkDir
+from dedup.download.ingest import run_import
+
+
+def _tar(path: Path, members: list[tuple[str, bytes]]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _rows(work: WorkDir) -> dict[str, dict]:
+    return {r["key"]: r for r in pl.read_parquet(work.download_parquet(0)).to_dicts()}
+
+
+@pytest.fixture
+def img2dataset_shard(tmp_path) -> Path:
+    """One tar as img2dataset writes it: a json per sample with its url, and a parquet beside it that
+    also lists the rows that failed to download (they never reached the tar)."""
+    src = tmp_path / "s"
+    src.mkdir()
+    _tar(
+        src / "00000.tar",
+        [
+            ("000000000.jpg", encode(photo(1, (64, 48)))),
+            ("000000000.json", json.dumps({"url": "http://x/a.jpg", "key": "000000000"}).encode()),
+            ("000000001.jpg", encode(photo(2, (64, 48)))),
+            ("000000001.json", b"{not json"),
+            ("000000002.jpg", encode(photo(3, (64, 48)))),
+            ("000000002.json", json.dumps({"url": 5}).encode()),
+        ],
+    )
+    pl.DataFrame(
+        {
+            "key": ["000000000", "000000001", "000000002", "000000003", "000000004"],
+            "url": ["http://x/a.jpg", "http://x/b.jpg", "http://x/c.jpg", "http://x/d.jpg", None],
+            "caption": [None, None, None, "lost one", None],
+            "status": ["success", "success", "success", "failed_to_download", "failed_to_resize"],
+            "error_message": [None, None, None, "HTTP 404", None],
+        }
+    ).write_parquet(src / "00000.parquet")
+    return src
+
+
+def test_img2dataset_failed_rows_beside_a_tar_get_their_own_ledger_rows(img2dataset_shard, tmp_path):
+    work = WorkDir(tmp_path / "w")
+    summary = run_import(img2dataset_shard, work)
+    assert summary["in_place"] is True and summary["rekeyed"] is False
+    rows = _rows(work)
+    assert sorted(rows) == [f"00000000{i}" for i in range(5)]  # each once: present ones not repeated
+    assert rows["000000003"]["status"] == "failed_to_download"
+    assert (rows["000000003"]["error_message"], rows["000000003"]["caption"]) == ("HTTP 404", "lost one")
+    assert (rows["000000004"]["error_message"], rows["000000004"]["url"]) == ("failed_to_resize", "")
+    # the url comes from the sample's json; a json that is not an object with a text url: the tar's name
+    assert rows["000000000"]["url"] == "http://x/a.jpg"
+    assert rows["000000001"]["url"] == "00000.tar#000000001"
+    assert rows["000000002"]["url"] == "00000.tar#000000002"
+
+
+def test_a_parquet_beside_a_tar_that_is_not_img2datasets_is_ignored_and_a_damaged_one_refused(
+    img2dataset_shard, tmp_path
+):
+    pl.DataFrame({"id": [1], "note": ["x"]}).write_parquet(img2dataset_shard / "00000.parquet")
+    work = WorkDir(tmp_path / "w")
+    run_import(img2dataset_shard, work)
+    assert sorted(_rows(work)) == ["000000000", "000000001", "000000002"]
+    (img2dataset_shard / "00000.parquet").write_bytes(b"PAR1 damaged" * 8)
+    with pytest.raises(UserError, match=r"00000.parquet: cannot read as parquet \("):
+        run_import(img2dataset_shard, WorkDir(tmp_path / "w2"))
+
+
+def test_rekey_gives_a_repeated_key_its_own_row_and_refuses_a_junk_tar(tmp_path):
+    src = tmp_path / "s"
+    src.mkdir()
+    first, again = encode(photo(1, (64, 48))), encode(photo(2, (64, 48)))
+    _tar(src / "00000.tar", [("a.jpg", first), ("b.jpg", again), ("a.jpg", again)])
+    work = WorkDir(tmp_path / "w")
+    summary = run_import(src, work, rekey=True)
+    assert summary["in_place"] is False and summary["rekeyed"] is True
+    rows = _rows(work)
+    assert sorted(rows) == ["00000/a", "00000/a~2", "00000/b"]
+    assert rows["00000/a~2"]["status"] == "failed_to_download"
+    assert rows["00000/a~2"]["error_message"].startswith("repeated key: another sample named a in ")
+    with tarfile.open(work.download_tar(0)) as tar:
+        assert tar.extractfile("00000/a.jpg").read() == first  # type: ignore[union-attr]
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "00000.tar").write_bytes(b"not a tar at all" * 64)
+    with pytest.raises(UserError, match=r"00000.tar: not a readable tar \("):
+        run_import(junk, WorkDir(tmp_path / "w2"), rekey=True)
