@@ -413,3 +413,57 @@ def test_a_parquet_import_of_the_earlier_layout_is_not_resumed_into_the_new_one(
     work.download_summary.write_text(json.dumps({k: v for k, v in summary.items() if k != "layout"}))
     with pytest.raises(UserError, match="earlier version of dedup, which numbered parquet shards"):
         run_import(src, work, samples_per_shard=2)
+
+
+def test_the_import_leaves_what_it_declares_and_says_what_it_did(folder, tmp_path):
+    """ImportStage's outputs exist after a run; the summary's counts add up and are what the CLI
+    prints; a folder import whose summary predates the layout record is not refused (only parquet's
+    numbering changed)."""
+    from dedup.download.ingest import ImportStage, format_import_summary
+
+    root, _ = folder
+    work = WorkDir(tmp_path / "w")
+    summary = run_import(root, work, samples_per_shard=2)
+    assert all(p.is_file() for p in ImportStage(root, ImportOptions(2)).outputs(work))
+    assert (summary["input_rows"], summary["downloaded"], summary["failed"]) == (5, 4, 1)
+    text = format_import_summary(summary)
+    assert text.startswith("imported 4 of 5 images from folder ") and "1 hidden files not imported" in text
+    work.download_summary.write_text(json.dumps({k: v for k, v in summary.items() if k != "layout"}))
+    assert run_import(root, work, samples_per_shard=2)["downloaded"] == 4
+
+
+def test_a_source_that_changes_while_it_is_imported_is_refused(folder, tmp_path, monkeypatch):
+    from dedup.download.readers.folder import FolderReader
+
+    root, _ = folder
+    original = FolderReader.write
+
+    def write_then_add_a_file(self, work, part, first):
+        original(self, work, part, first)
+        (root / f"new_{first}.jpg").write_bytes(encode(photo(40 + first, (64, 48))))
+
+    monkeypatch.setattr(FolderReader, "write", write_then_add_a_file)
+    with pytest.raises(UserError, match=r"changed while it was being imported"):
+        run_import(root, WorkDir(tmp_path / "w"), samples_per_shard=2)
+
+
+def test_an_interrupted_import_is_resumed_by_the_command_never_up_to_date(folder, tmp_path, monkeypatch, cli):
+    """The summary says complete: false until every unit is done, so `dedup import` after a killed
+    import resumes it instead of calling it up to date."""
+    from dedup.download.readers.folder import FolderReader
+
+    root, _ = folder
+    original = FolderReader.write
+
+    def die_at_the_second_unit(self, work, part, first):
+        if first == 1:
+            raise KeyboardInterrupt
+        original(self, work, part, first)
+
+    monkeypatch.setattr(FolderReader, "write", die_at_the_second_unit)
+    work = WorkDir(tmp_path / "w")
+    with pytest.raises(KeyboardInterrupt):
+        run_import(root, work, samples_per_shard=2)
+    assert json.loads(work.download_summary.read_text())["complete"] is False
+    r = cli("import", str(root), str(work.root), "--samples-per-shard", "2")
+    assert r.returncode == 0 and "up to date" not in r.stdout and "imported 4 of 5" in r.stdout, r.stdout
