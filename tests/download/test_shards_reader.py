@@ -104,3 +104,23 @@ def test_rekey_gives_a_repeated_key_its_own_row_and_refuses_a_junk_tar(tmp_path)
     (junk / "00000.tar").write_bytes(b"not a tar at all" * 64)
     with pytest.raises(UserError, match=r"00000.tar: not a readable tar \("):
         run_import(junk, WorkDir(tmp_path / "w2"), rekey=True)
+
+
+def test_beside_rows_count_once_and_a_bare_key_status_parquet_is_read(tmp_path):
+    """A row the tar holds is the tar's, whatever the parquet says of it (one row per key); a parquet
+    with only key and status still names the rows that never reached the tar."""
+    src = tmp_path / "s"
+    src.mkdir()
+    _tar(src / "00000.tar", [("000000000.jpg", encode(photo(1, (64, 48))))])
+    pl.DataFrame(
+        {"key": ["000000000", "000000001"], "status": ["failed_to_download", "failed_to_download"]}
+    ).write_parquet(src / "00000.parquet")
+    work = WorkDir(tmp_path / "w")
+    run_import(src, work)
+    rows = _rows(work)
+    assert sorted(rows) == ["000000000", "000000001"] and len(pl.read_parquet(work.download_parquet(0))) == 2
+    assert rows["000000000"]["status"] == "success"
+    assert (rows["000000001"]["status"], rows["000000001"]["error_message"]) == (
+        "failed_to_download",
+        "failed_to_download",
+    )
