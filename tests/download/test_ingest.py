@@ -426,6 +426,7 @@ def test_the_import_leaves_what_it_declares_and_says_what_it_did(folder, tmp_pat
     summary = run_import(root, work, samples_per_shard=2)
     assert all(p.is_file() for p in ImportStage(root, ImportOptions(2)).outputs(work))
     assert (summary["input_rows"], summary["downloaded"], summary["failed"]) == (5, 4, 1)
+    assert summary["in_place"] is False and summary["rekeyed"] is False  # a folder's bytes are copied
     text = format_import_summary(summary)
     assert text.startswith("imported 4 of 5 images from folder ") and "1 hidden files not imported" in text
     work.download_summary.write_text(json.dumps({k: v for k, v in summary.items() if k != "layout"}))

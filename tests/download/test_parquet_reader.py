@@ -4,6 +4,7 @@ column, a Hugging Face image struct with or without its path, captions by name, 
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 
 import pyarrow as pa
@@ -41,6 +42,26 @@ def test_a_plain_binary_image_column_is_read_with_its_bytes_unchanged(tmp_path, 
     assert (summary["input_rows"], summary["downloaded"]) == (2, 1)
     members = _members(work)
     assert members["t/000000000.jpg"] == JPEG and members["t/000000000.txt"] == b"a"
+    import polars as pl
+
+    empty = pl.read_parquet(work.download_parquet(0)).row(1, named=True)
+    assert (empty["status"], empty["error_message"]) == ("failed_to_download", "no image bytes in this row")
+
+
+def test_a_binary_caption_column_is_decoded_and_a_damaged_single_file_refused(tmp_path):
+    path = tmp_path / "t.parquet"
+    pq.write_table(
+        pa.table({"image": [JPEG], "text": pa.array([b"caf\xc3\xa9 \xff"], type=pa.binary())}), path
+    )
+    work = WorkDir(tmp_path / "w")
+    run_import(path, work)
+    assert _members(work)["t/000000000.txt"] == "café \ufffd".encode()
+    stats = json.loads(work.download_stats(0).read_text())
+    assert stats["status_dict"] == {"success": 1} and stats["failed_to_download"] == 0  # no "failed": 0
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"PAR1 damaged" * 8)
+    with pytest.raises(UserError, match=r"bad.parquet: cannot read as parquet \("):
+        run_import(bad, WorkDir(tmp_path / "w2"))
 
 
 def test_a_struct_without_a_path_gets_its_extension_from_the_bytes(tmp_path):

@@ -124,3 +124,36 @@ def test_beside_rows_count_once_and_a_bare_key_status_parquet_is_read(tmp_path):
         "failed_to_download",
         "failed_to_download",
     )
+
+
+def test_new_shards_are_byte_stable_and_record_what_img2dataset_records(tmp_path):
+    """A shard the import writes: members with mtime 0 and mode 644, the json member's keys sorted
+    (identical inputs, identical bytes), img2dataset's stats fields, and the EXIF orientation read
+    from the header (recorded, never applied)."""
+    from PIL import Image
+
+    src = tmp_path / "f"
+    src.mkdir()
+    rotated = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo(1, (64, 48)).save(rotated, "JPEG", exif=exif)
+    (src / "a.jpg").write_bytes(rotated.getvalue())
+    (src / "b.jpg").write_bytes(b"not an image")
+    (src / "c.txt.bak").write_bytes(b"x")
+    work = WorkDir(tmp_path / "w")
+    run_import(src, work)
+    with tarfile.open(work.download_tar(0)) as tar:
+        members = tar.getmembers()
+        assert {(m.mtime, m.mode) for m in members} == {(0, 0o644)}
+        meta = tar.extractfile("a.json").read()  # type: ignore[union-attr]
+    assert list(json.loads(meta)) == sorted(json.loads(meta)) and json.loads(meta)["exif_orientation"] == 6
+    assert _rows(work)["a"]["exif_orientation"] == 6
+    stats = json.loads(work.download_stats(0).read_text())
+    assert stats == {
+        "count": 3,
+        "successes": 1,  # b.jpg does not open, c.txt.bak is no image: a row each
+        "failed_to_download": 2,
+        "failed_to_resize": 0,
+        "status_dict": {"success": 1, "failed": 2},
+    }
