@@ -51,6 +51,7 @@ IMPORT_TESTS = [
     "tests/reliability/test_sources.py",
     "tests/download/test_parquet_reader.py",
     "tests/download/test_shards_reader.py",
+    "tests/download/test_urllist_reader.py",
 ]
 # module -> the tests that exercise it in seconds (in process or through the CLI)
 TARGETS: dict[str, list[str]] = {
