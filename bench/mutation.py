@@ -52,6 +52,7 @@ IMPORT_TESTS = [
     "tests/download/test_parquet_reader.py",
     "tests/download/test_shards_reader.py",
     "tests/download/test_urllist_reader.py",
+    "tests/download/test_sources_unit.py",
 ]
 # module -> the tests that exercise it in seconds (in process or through the CLI)
 TARGETS: dict[str, list[str]] = {
