@@ -108,6 +108,19 @@ def cli():
     return run_cli
 
 
+def write_tar(path, members) -> None:
+    """A plain tar of ``members`` ((name, bytes) pairs, or a dict), in the order given: source shards
+    as other tools write them (a name may repeat)."""
+    import io as _io
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items() if isinstance(members, dict) else members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, _io.BytesIO(data))
+
+
 def write_download_shard(work, shard: int, items: list[tuple[str, bytes | None, str, str]]) -> None:
     """A shard in img2dataset's layout: ``items`` are (key, image bytes or None, caption, extension).
 

@@ -9,7 +9,7 @@ import tarfile
 
 import polars as pl
 import pytest
-from conftest import encode, photo, write_download_shard
+from conftest import encode, photo, write_download_shard, write_tar
 
 from dedup.cluster.stage import run_cluster
 from dedup.core.config import ClusterConfig, EmbedConfig, WriteConfig
@@ -108,7 +108,7 @@ def test_parquet_with_image_bytes_is_streamed_in(tmp_path):
         (lambda p: pl.DataFrame({"x": [1]}).write_parquet(p / "t.parquet"), "no image column"),
         (lambda p: (p / "notes.txt").write_text("hi"), "no images found, and no other kind of source"),
         (lambda p: (p / "junk.tar").write_bytes(b"not a tar at all" * 64), "not a readable tar"),
-        (lambda p: _tar(p / "text.tar", {"a.txt": b"only text"}), "not a WebDataset of images"),
+        (lambda p: write_tar(p / "text.tar", {"a.txt": b"only text"}), "not a WebDataset of images"),
     ],
 )
 def test_bad_sources_are_one_line_errors(tmp_path, cli, make, message):
@@ -157,14 +157,6 @@ def test_a_config_with_source_runs_the_pipeline_on_a_folder_and_reruns_up_to_dat
     assert again.returncode == 0 and "up to date: imported from" in again.stdout, again.stdout
 
 
-def _tar(path, members: dict[str, bytes]) -> None:
-    with tarfile.open(path, "w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-
-
 def _size(root) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
 
@@ -187,7 +179,7 @@ def shards(tmp_path):
             members[f"{key}.jpg"] = data
             members[f"{key}.txt"] = f"caption {key}".encode()
             members[f"{key}.json"] = json.dumps({"url": f"http://host/{key}.jpg", "key": key}).encode()
-        _tar(root / f"{shard:05d}.tar", members)
+        write_tar(root / f"{shard:05d}.tar", members)
         originals.update(members)
     pl.DataFrame(
         {
@@ -385,7 +377,7 @@ def test_sources_are_read_by_one_reader_per_kind_and_ambiguous_ones_are_refused(
     assert sorted(readers()) == ["folder", "parquet", "shards", "url list"]
     both = tmp_path / "both"
     both.mkdir()
-    _tar(both / "00000.tar", {"a.jpg": encode(photo(1, (64, 48)))})
+    write_tar(both / "00000.tar", {"a.jpg": encode(photo(1, (64, 48)))})
     (both / "x.jpg").write_bytes(encode(photo(2, (64, 48))))
     r = cli("import", str(both), str(tmp_path / "w1"))
     assert r.returncode == 2 and "shards (00000.tar)" in r.stderr and "folder (x.jpg)" in r.stderr, r.stderr

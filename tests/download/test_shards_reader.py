@@ -10,19 +10,11 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from conftest import encode, photo
+from conftest import encode, photo, write_tar
 
 from dedup.core.errors import UserError
 from dedup.core.layout import WorkDir
 from dedup.download.ingest import run_import
-
-
-def _tar(path: Path, members: list[tuple[str, bytes]]) -> None:
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
 
 
 def _rows(work: WorkDir) -> dict[str, dict]:
@@ -35,7 +27,7 @@ def img2dataset_shard(tmp_path) -> Path:
     also lists the rows that failed to download (they never reached the tar)."""
     src = tmp_path / "s"
     src.mkdir()
-    _tar(
+    write_tar(
         src / "00000.tar",
         [
             ("000000000.jpg", encode(photo(1, (64, 48)))),
@@ -89,7 +81,7 @@ def test_rekey_gives_a_repeated_key_its_own_row_and_refuses_a_junk_tar(tmp_path)
     src = tmp_path / "s"
     src.mkdir()
     first, again = encode(photo(1, (64, 48))), encode(photo(2, (64, 48)))
-    _tar(src / "00000.tar", [("a.jpg", first), ("b.jpg", again), ("a.jpg", again)])
+    write_tar(src / "00000.tar", [("a.jpg", first), ("b.jpg", again), ("a.jpg", again)])
     work = WorkDir(tmp_path / "w")
     summary = run_import(src, work, rekey=True)
     assert summary["in_place"] is False and summary["rekeyed"] is True
@@ -111,7 +103,7 @@ def test_beside_rows_count_once_and_a_bare_key_status_parquet_is_read(tmp_path):
     with only key and status still names the rows that never reached the tar."""
     src = tmp_path / "s"
     src.mkdir()
-    _tar(src / "00000.tar", [("000000000.jpg", encode(photo(1, (64, 48))))])
+    write_tar(src / "00000.tar", [("000000000.jpg", encode(photo(1, (64, 48))))])
     pl.DataFrame(
         {"key": ["000000000", "000000001"], "status": ["failed_to_download", "failed_to_download"]}
     ).write_parquet(src / "00000.parquet")

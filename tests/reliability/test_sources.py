@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from conftest import encode, photo
+from conftest import encode, photo, write_tar
 
 from dedup.cluster.stage import run_cluster
 from dedup.core.config import ClusterConfig, EmbedConfig, WriteConfig
@@ -26,14 +26,6 @@ from dedup.write.stage import run_write
 from dedup.write.verify import verify
 
 
-def _tar(path: Path, members: list[tuple[str, bytes]]) -> None:
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-
-
 def _shard(path: Path, seeds: list[int], repeat: int | None = None) -> None:
     """A tar numbered from 000000, as shards made separately are; ``repeat``: that seed's sample is
     written a second time under the first sample's key."""
@@ -42,7 +34,7 @@ def _shard(path: Path, seeds: list[int], repeat: int | None = None) -> None:
         members += [(f"{i:06d}.jpg", encode(photo(seed, (120, 90)))), (f"{i:06d}.txt", f"c{seed}".encode())]
     if repeat is not None:
         members += [("000000.jpg", encode(photo(repeat, (120, 90)))), ("000000.txt", b"again")]
-    _tar(path, members)
+    write_tar(path, members)
 
 
 def _chain(work: WorkDir) -> pl.DataFrame:
@@ -155,7 +147,7 @@ def test_a_new_tar_in_a_shards_folder_is_refused(tmp_path):
     _shard(src / "00000.tar", [1, 2])
     work = WorkDir(tmp_path / "w")
     run_import(src, work)
-    _tar(src / "00001.tar", [("x1.jpg", encode(photo(7, (120, 90))))])
+    write_tar(src / "00001.tar", [("x1.jpg", encode(photo(7, (120, 90))))])
     with pytest.raises(UserError, match=r"changed since it was imported.*1 added \(00001.tar\)"):
         run_import(src, work)
 
@@ -225,7 +217,7 @@ def test_embed_guards_an_oversized_image_in_a_shard_before_decoding(tmp_path):
     Image.new("L", (12_000, 12_000)).save(big, "PNG")
     src = tmp_path / "s"
     src.mkdir()
-    _tar(src / "00000.tar", [("a.jpg", encode(photo(1, (120, 90)))), ("b.png", big.getvalue())])
+    write_tar(src / "00000.tar", [("a.jpg", encode(photo(1, (120, 90)))), ("b.png", big.getvalue())])
     work = WorkDir(tmp_path / "w")
     run_import(src, work)
     ledger = _chain(work)
