@@ -77,6 +77,7 @@ class PairOracle:
     derived: str = "keep"
     plain: np.ndarray | None = None  # per sample: too plain for a global signal to accept alone
     evidence: dict[tuple[int, int], Any] = field(default_factory=dict)
+    workers: int = 1  # threads examining the pairs one question asks about (answers do not depend on it)
 
     def cosine_pairs(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
         from dedup.cluster.search import pair_cosine
@@ -99,6 +100,38 @@ class PairOracle:
                 *pair, stretch_first=bool(same_frame[0]), window_search=bool(alike[0])
             )
         return self.evidence[pair]
+
+    def prefetch(self, i: np.ndarray, j: np.ndarray) -> None:
+        """Examine the pairs (i[t], j[t]) not examined yet, on ``workers`` threads: a grouping asks
+        about a representative against every member at once, and each pair's evidence depends only
+        on its two images (measured: at 10^4 images these checks were 50 s on one thread)."""
+        if self.examine is None:
+            return
+        asked = zip(np.asarray(i).tolist(), np.asarray(j).tolist(), strict=True)
+        todo = sorted({(min(a, b), max(a, b)) for a, b in asked} - self.evidence.keys())
+        if self.workers <= 1 or len(todo) < 2:
+            return  # check() examines them one at a time, as asked
+        from concurrent.futures import ThreadPoolExecutor
+
+        import cv2
+
+        a = np.array([p[0] for p in todo], dtype=np.int64)
+        b = np.array([p[1] for p in todo], dtype=np.int64)
+        same_frame, alike = self.hints(a, b)
+
+        def one(t: int) -> Any:
+            return self.examine(  # type: ignore[misc]
+                int(a[t]), int(b[t]), stretch_first=bool(same_frame[t]), window_search=bool(alike[t])
+            )
+
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)  # the threads here, not OpenCV's, share the cores (as in the verify step)
+        try:
+            with ThreadPoolExecutor(max_workers=self.workers) as pool:
+                for pair, e in zip(todo, pool.map(one, range(len(todo))), strict=True):
+                    self.evidence[pair] = e
+        finally:
+            cv2.setNumThreads(threads)
 
     def hints(self, i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(stretch_first, window_search) per pair: the same framing (a whole-frame stretch is worth
@@ -159,6 +192,7 @@ class PairOracle:
         if verify is not None:
             signal[check & ~verify] = ""
             check = check & verify
+        self.prefetch(i[check], j[check])
         for t in np.flatnonzero(check):
             if self.accepts(self.check(int(i[t]), int(j[t]))):
                 signal[t] = signal[t] or "verified"

@@ -27,7 +27,6 @@ pretrained weights offline) 0.95 / 0.85; pick yours with ``dedup evaluate`` on l
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -60,7 +59,14 @@ from dedup.cluster.tables import (
     pair_table,
     summary_of,
 )
-from dedup.cluster.verify import VerifyStage, add_images, pair_oracle, read_evidence, write_plan
+from dedup.cluster.verify import (
+    VerifyStage,
+    add_images,
+    local_threads,
+    pair_oracle,
+    read_evidence,
+    write_plan,
+)
 from dedup.core.config import ClusterConfig
 from dedup.core.errors import UserError
 from dedup.core.files import atomic_path, locked, read_json, write_json
@@ -211,10 +217,12 @@ def _run_cluster(
     tiers, units = _decide_pairs(
         config, work, meta, u, pairs, oracle, verifier, progress, executor, key, force
     )
-    before_grouping = len(oracle.evidence)
+    before_grouping, started = len(oracle.evidence), time.perf_counter()
     grouped = _group(config, work, meta, u, pairs, oracle, verifier)
     if len(oracle.evidence) > before_grouping:
-        tiers["grouping"] = {"pairs": len(oracle.evidence) - before_grouping, "seconds": 0.0}
+        # wall seconds of the whole grouping (its checks run on the oracle's threads)
+        seconds = round(time.perf_counter() - started, 2)
+        tiers["grouping"] = {"pairs": len(oracle.evidence) - before_grouping, "seconds": seconds}
     clusters = cluster_table_of(meta, u, grouped)
     reference = None
     if config.against:
@@ -328,7 +336,7 @@ def _run_verify(
         runner = executor if executor is not None and hasattr(executor, "run_units") else None
         # locally a unit's batches use every core; on Ray each unit is a one-CPU task
         local = runner is None or getattr(runner, "name", "local") == "local"
-        threads = min(4, config.verify_workers or os.cpu_count() or 1) if local else 1
+        threads = local_threads(config) if local else 1
         embedded = config_hash(key["embedded"])
         stage = VerifyStage(config, key["decision"], embedded, force, threads)
         return run_stage(stage, work, runner, progress)

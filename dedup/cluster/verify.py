@@ -395,5 +395,14 @@ def pair_oracle(config, embeddings, sha, phash, phash_m, mirror, t_emb, t_cand, 
         confirm=config.confirm,
         derived=config.derived,
         plain=plain,
+        workers=local_threads(config),
     )
     return oracle, verifier
+
+
+def local_threads(config: ClusterConfig) -> int:
+    """Threads examining pairs in this process (a unit's batches, the grouping's checks): the
+    configured count, else one per core, at most 4 (the Python parts hold the GIL)."""
+    import os
+
+    return min(4, config.verify_workers or os.cpu_count() or 1)
