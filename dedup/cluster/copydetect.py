@@ -67,8 +67,11 @@ class Evidence:
 
     @property
     def score(self) -> float:
-        """One number to rank alignments of one pair: covered, then agreeing pixels."""
+        """One number to rank alignments of one pair: covered, then agreeing pixels (at most MAX_SCORE)."""
         return min(self.coverage / S.MIN_COVERAGE, 1.0) + self.pixel_match
+
+
+MAX_SCORE = 2.0  # Evidence.score of a covered alignment whose every informative patch agrees
 
 
 def verdict(coverage: float, pixel_match: float, color_match: float, detail: float = 1.0) -> str:
@@ -205,8 +208,10 @@ def _settled(best: Evidence) -> bool:
     """No other alignment can change the verdict: a copy, or (with the cascade) a recolour: covered,
     its pixels agree as a copy's do and only the colours disagree. The colours are the pair's, not
     the alignment's, so the remaining alignments (each refined and compared at full size: what a
-    recoloured crop costs) are not tried."""
-    if best.verdict == "copy":
+    recoloured crop costs) are not tried. Also an alignment no other can outscore (covered, every
+    patch agreeing): only a higher score replaces the best, so its verdict stands, whatever it is
+    (a sharper crop of the same view, "distinct" by its detail, tried every placement before)."""
+    if best.verdict == "copy" or best.score >= MAX_SCORE:
         return True
     return S.CASCADE and best.verdict == "derived" and best.pixel_match >= S.COPY_MATCH
 
