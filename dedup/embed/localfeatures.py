@@ -66,11 +66,14 @@ def candidate_pairs(
     q, nbr = q[ok], nbr[ok]
     a, b = owner[q].astype(np.int64), owner[nbr].astype(np.int64)
     other = a != b
-    q, a, b = q[other], a[other], b[other]
-    # one vote per (query descriptor, other image); pairs unordered
-    lo, hi = np.minimum(a, b), np.maximum(a, b)
-    key = np.unique(np.stack([q, lo, hi], axis=1), axis=0)
-    pair = key[:, 1] * n_images + key[:, 2]
-    ids, votes = np.unique(pair, return_counts=True)
+    q, b = q[other], b[other]
+    # one vote per (query descriptor, other image): a query's own image is fixed, so (q, b) names the
+    # vote in one flat key. return_counts keeps numpy's sorting path: its plain unique (hashing, numpy
+    # 2.4) took 8.6 s on the 10^7 keys of 10^4 images, against 0.1 s sorted
+    voted = np.unique(q * n_images + b, return_counts=True)[0]
+    q, b = voted // n_images, voted % n_images
+    a = owner[q].astype(np.int64)
+    lo, hi = np.minimum(a, b), np.maximum(a, b)  # pairs unordered
+    ids, votes = np.unique(lo * n_images + hi, return_counts=True)
     keep = votes >= MIN_VOTES
     return ids[keep] // n_images, ids[keep] % n_images, votes[keep]
