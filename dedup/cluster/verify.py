@@ -45,7 +45,12 @@ from dedup.core.stage import Advance, Plan, Resources, Stage, Unit
 # cut there re-verifies every group it crosses (4,096 cost the demo 2.4x the verifications).
 VERIFY_CHUNK = 65_536
 VERIFY_BATCH = 64  # pairs of a chunk examined at once (threads), then linked: results depend on it
-PREPARED_CACHE = 512  # decoded images one unit keeps (its chunks are components: images repeat)
+# Decoded images (~0.5 MB each, with the mirrored view) one process keeps, its units together: a
+# unit's chunks are components, whose images repeat in no local order (the 10k scaling plan decodes
+# 71,163 times with 512 cached, 50,776 with 2,048, 31,545 with 4,096; ~1.6 ms a decode). A unit on
+# Ray is a process's only unit; locally the units side by side share it.
+PREPARED_BUDGET = 4096
+PREPARED_MIN = 512  # ... but never fewer per unit
 
 PLAN_SCHEMA = {
     "chunk": pl.Int64,
@@ -232,7 +237,9 @@ class VerifyStage(Stage):
         table = pl.scan_parquet(work.verify_plan).slice(lo, hi - lo).collect()
         if _digest(table) != digest:
             raise UserError(f"{work.verify_plan}: changed while verifying; rerun `dedup cluster`")
-        verifier = CopyVerifier(min_inliers=self.config.orb_min_inliers, cache=PREPARED_CACHE)
+        beside = self.local_workers() if self.threads > 1 else 1  # units running in this process
+        cache = max(PREPARED_MIN, PREPARED_BUDGET // beside)
+        verifier = CopyVerifier(min_inliers=self.config.orb_min_inliers, cache=cache)
         verifier.add_images(_images(work, table))
         rows, tiers = examine_chunks(table, verifier, self.config.derived, advance, self.threads)
         part = pl.DataFrame(rows, schema={"a": pl.Int64, "b": pl.Int64, **EVIDENCE_FIELDS})
