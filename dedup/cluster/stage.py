@@ -217,11 +217,11 @@ def _run_cluster(
     tiers, units = _decide_pairs(
         config, work, meta, u, pairs, oracle, verifier, progress, executor, key, force
     )
-    before_grouping, started = len(oracle.evidence), time.perf_counter()
+    before_grouping, grouping_started = len(oracle.evidence), time.perf_counter()
     grouped = _group(config, work, meta, u, pairs, oracle, verifier)
     if len(oracle.evidence) > before_grouping:
         # wall seconds of the whole grouping (its checks run on the oracle's threads)
-        seconds = round(time.perf_counter() - started, 2)
+        seconds = round(time.perf_counter() - grouping_started, 2)
         tiers["grouping"] = {"pairs": len(oracle.evidence) - before_grouping, "seconds": seconds}
     clusters = cluster_table_of(meta, u, grouped)
     reference = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import polars as pl
 import pytest
@@ -37,7 +38,11 @@ def test_cluster_files_follow_the_contract(tmp_path):
     work = WorkDir(tmp_path / "w")
     _corpus(work, range(30), {0: 5, 1: 2, 2: 1})
     run_embed(EmbedConfig(embedder="descriptor"), work, progress=False)
+    started = time.time()
     summary = run_cluster(ClusterConfig(), work, progress=False)
+    # the stage's own seconds and each tier's lie within the call (a clock mix-up once wrote epochs)
+    assert 0 < summary["seconds"] <= time.time() - started
+    assert all(0 <= t["seconds"] <= time.time() - started for t in summary["tiers"].values())
     clusters = pl.read_parquet(work.clusters)
     pairs = pl.read_parquet(work.pairs)
     assert {
