@@ -316,3 +316,16 @@ def test_overlapping_crops_are_decided_by_geometry_and_a_contained_or_mirrored_c
     mirrored = inner.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     m = _examine(_jpeg(left), _jpeg(mirrored))
     assert m.verdict == "copy" and m.alignment.endswith("mirrored"), m
+
+
+def test_an_alignment_no_other_can_outscore_settles_the_pair_whatever_its_verdict():
+    """Only a strictly higher score replaces the best alignment, so one that is covered with every
+    patch agreeing ends the search even when its verdict is "distinct" (a sharper crop of one view:
+    more detail than the region it matches); one a little short of it does not."""
+    from dedup.cluster.copydetect import MAX_SCORE, _settled
+
+    new_shot = Evidence(coverage=0.99, pixel_match=1.0, detail=2.0, verdict="distinct", tier="aligned")
+    assert new_shot.score == MAX_SCORE and _settled(new_shot)
+    assert not _settled(Evidence(coverage=0.99, pixel_match=0.99, detail=2.0, verdict="distinct"))
+    assert not _settled(Evidence(coverage=0.9, pixel_match=1.0, verdict="distinct"))  # not covered
+    assert _settled(Evidence(coverage=0.98, pixel_match=0.96, verdict="copy"))
