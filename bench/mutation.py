@@ -77,6 +77,7 @@ TARGETS: dict[str, list[str]] = {
     ],
     "dedup/write/tar_index.py": ["tests/write/test_tar_index.py", "tests/write/test_write_stage.py"],
     "dedup/cluster/grouping.py": ["tests/cluster/test_grouping.py"],
+    "dedup/cluster/oracle.py": ["tests/cluster/test_grouping.py"],
     "dedup/embed/hashing.py": [
         "tests/embed/test_hashing.py",
         "tests/embed/test_embed.py::test_phash_matches_imagehash_bit_for_bit",

@@ -36,7 +36,7 @@ from dedup.cluster import verifier_settings as S
 def verified_pairs(work_root: Path) -> tuple[list[tuple[str, str, bool, bool]], dict[str, bytes]]:
     """(key_a, key_b, stretch_first, window_search) of each pair the last cluster run verified, and the
     bytes of every image involved."""
-    from dedup.cluster.grouping import STRETCH_COSINE, STRETCH_PHASH
+    from dedup.cluster.oracle import STRETCH_COSINE, STRETCH_PHASH
     from dedup.core.layout import WorkDir
     from dedup.core.shards import input_samples
 

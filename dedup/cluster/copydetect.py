@@ -67,11 +67,8 @@ class Evidence:
 
     @property
     def score(self) -> float:
-        """One number to rank alignments of one pair: covered, then agreeing pixels (at most MAX_SCORE)."""
+        """One number to rank alignments of one pair: covered, then agreeing pixels (at most S.MAX_SCORE)."""
         return min(self.coverage / S.MIN_COVERAGE, 1.0) + self.pixel_match
-
-
-MAX_SCORE = 2.0  # Evidence.score of a covered alignment whose every informative patch agrees
 
 
 def verdict(coverage: float, pixel_match: float, color_match: float, detail: float = 1.0) -> str:
@@ -211,7 +208,7 @@ def _settled(best: Evidence) -> bool:
     recoloured crop costs) are not tried. Also an alignment no other can outscore (covered, every
     patch agreeing): only a higher score replaces the best, so its verdict stands, whatever it is
     (a sharper crop of the same view, "distinct" by its detail, tried every placement before)."""
-    if best.verdict == "copy" or best.score >= MAX_SCORE:
+    if best.verdict == "copy" or best.score >= S.MAX_SCORE:
         return True
     return S.CASCADE and best.verdict == "derived" and best.pixel_match >= S.COPY_MATCH
 

@@ -18,6 +18,7 @@ DECISION_MODULES = (
     "dedup.cluster.pixels",
     "dedup.cluster.copydetect",
     "dedup.cluster.grouping",
+    "dedup.cluster.oracle",
     "dedup.cluster.representatives",
     "dedup.cluster.candidates",
     "dedup.cluster.verify",

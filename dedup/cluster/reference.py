@@ -10,8 +10,9 @@ import numpy as np
 import polars as pl
 
 from dedup.cluster.candidates import embed_info, mirror_view
+from dedup.cluster.oracle import pair_oracle
 from dedup.cluster.search import Mapper, search
-from dedup.cluster.verify import add_images, load_images, pair_oracle
+from dedup.cluster.verify import add_images, load_images
 from dedup.core.config import ClusterConfig
 from dedup.core.errors import UserError
 from dedup.core.layout import WorkDir

@@ -8,7 +8,7 @@ run together by ``dedup cluster`` and ``dedup run``:
    executor (threads here, tasks on Ray), each unit's evidence in ``cluster/verify/`` with a marker:
    a killed run resumes from its finished units; the verifier (``copydetect.py``) decides cheapest
    first (same pixels, unaligned, uncovered, coarse, aligned);
-3. **group** (here): the decision per pair (``grouping.PairOracle``, the only place that decides),
+3. **group** (here): the decision per pair (``oracle.PairOracle``, the only place that decides),
    groups, representatives, the reference's matches -> pairs.parquet, clusters.parquet, summary.
 
 Decision: same bytes are duplicates; with ``verify: orb`` every other candidate is verified by the
@@ -45,8 +45,9 @@ from dedup.cluster.candidates import (
     unique_images,
 )
 from dedup.cluster.fingerprint import decision_fingerprint
-from dedup.cluster.grouping import PLAIN_KEYPOINTS, PairOracle, group
+from dedup.cluster.grouping import group
 from dedup.cluster.hash_candidates import pair_phash_distance
+from dedup.cluster.oracle import PLAIN_KEYPOINTS, PairOracle, local_threads, pair_oracle
 from dedup.cluster.reference import match_reference
 from dedup.cluster.representatives import RankContext
 from dedup.cluster.search import Mapper
@@ -59,14 +60,7 @@ from dedup.cluster.tables import (
     pair_table,
     summary_of,
 )
-from dedup.cluster.verify import (
-    VerifyStage,
-    add_images,
-    local_threads,
-    pair_oracle,
-    read_evidence,
-    write_plan,
-)
+from dedup.cluster.verify import VerifyStage, add_images, read_evidence, write_plan
 from dedup.core.config import ClusterConfig
 from dedup.core.errors import UserError
 from dedup.core.files import atomic_path, locked, read_json, write_json

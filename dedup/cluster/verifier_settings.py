@@ -92,6 +92,10 @@ COARSE_FLOOR: Final = 0.25  # small match below which the full comparison is ski
 PIN_INLIERS: Final = 30  # inliers of each fit for the placement to count as pinned
 PIN_RATIO: Final = 0.6  # ... and the share of the ratio-tested matches they are
 
+# Evidence.score's ceiling: covered (1) and every informative patch agreeing (1). Only a higher score
+# replaces the best alignment, so one reaching it settles the pair whatever its verdict.
+MAX_SCORE: Final = 2.0
+
 VERDICTS: Final = ("copy", "derived", "distinct")  # what pairs.parquet's verdict column may hold
 
 # How a pair was decided, cheapest first: the same decoded pixels; no plausible alignment at all (no

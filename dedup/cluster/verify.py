@@ -28,7 +28,7 @@ import numpy as np
 import polars as pl
 
 from dedup.cluster.copydetect import CopyVerifier, Evidence
-from dedup.cluster.grouping import PairOracle, components
+from dedup.cluster.grouping import components
 from dedup.core.config import ClusterConfig
 from dedup.core.errors import UserError
 from dedup.core.files import atomic_path
@@ -382,34 +382,3 @@ def add_images(
     if len(ids):
         loaded = load_images(work, meta, unique[ids])
         verifier.add_images((int(u_of_row[row]), data) for row, data in loaded)
-
-
-def pair_oracle(config, embeddings, sha, phash, phash_m, mirror, t_emb, t_cand, plain=None):
-    """The one pair decision (``PairOracle``) with the config's signals, verifier, confirm and derived
-    policy; self-dedup and ``--against`` both build it here."""
-    use = set(config.signals)
-    verifier = CopyVerifier(min_inliers=config.orb_min_inliers) if config.verify == "orb" else None
-    oracle = PairOracle(
-        embeddings=embeddings,
-        sha=sha,
-        phash=phash,
-        phash_mirror=phash_m,
-        embedding_threshold=t_emb if "embedding" in use else None,
-        phash_threshold=config.phash_threshold if "phash" in use else None,
-        mirror_view=mirror,
-        candidate_threshold=t_cand if verifier is not None else None,
-        examine=verifier.examine if verifier is not None else None,
-        confirm=config.confirm,
-        derived=config.derived,
-        plain=plain,
-        workers=local_threads(config),
-    )
-    return oracle, verifier
-
-
-def local_threads(config: ClusterConfig) -> int:
-    """Threads examining pairs in this process (a unit's batches, the grouping's checks): the
-    configured count, else one per core, at most 4 (the Python parts hold the GIL)."""
-    import os
-
-    return min(4, config.verify_workers or os.cpu_count() or 1)

@@ -11,6 +11,7 @@ from conftest import encode, photo, write_download_shard
 from PIL import Image, ImageOps
 
 from dedup.cluster.evaluate import format_evaluation, run_evaluate
+from dedup.cluster.oracle import local_threads
 from dedup.cluster.stage import run_cluster
 from dedup.core.config import ClusterConfig, EmbedConfig
 from dedup.core.layout import WorkDir
@@ -40,9 +41,11 @@ def test_cluster_files_follow_the_contract(tmp_path):
     run_embed(EmbedConfig(embedder="descriptor"), work, progress=False)
     started = time.time()
     summary = run_cluster(ClusterConfig(), work, progress=False)
-    # the stage's own seconds and each tier's lie within the call (a clock mix-up once wrote epochs)
-    assert 0 < summary["seconds"] <= time.time() - started
-    assert all(0 <= t["seconds"] <= time.time() - started for t in summary["tiers"].values())
+    # the stage's own seconds lie within the call, and the tiers' (thread seconds) within what its
+    # threads could spend (a clock mix-up once wrote epochs)
+    wall = time.time() - started
+    assert 0 < summary["seconds"] <= wall
+    assert 0 <= sum(t["seconds"] for t in summary["tiers"].values()) <= wall * local_threads(ClusterConfig())
     clusters = pl.read_parquet(work.clusters)
     pairs = pl.read_parquet(work.pairs)
     assert {

@@ -19,7 +19,7 @@ from bench.copydetect import (
 )
 from dedup.cluster.copydetect import CopyVerifier, Evidence
 from dedup.cluster.geometry import content_mask, prepare
-from dedup.cluster.grouping import PairOracle
+from dedup.cluster.oracle import PairOracle
 
 MVTB = _package_dir("mvtbdata")
 INTERIOR = _package_dir("interior_photos")
@@ -322,7 +322,8 @@ def test_an_alignment_no_other_can_outscore_settles_the_pair_whatever_its_verdic
     """Only a strictly higher score replaces the best alignment, so one that is covered with every
     patch agreeing ends the search even when its verdict is "distinct" (a sharper crop of one view:
     more detail than the region it matches); one a little short of it does not."""
-    from dedup.cluster.copydetect import MAX_SCORE, _settled
+    from dedup.cluster.copydetect import _settled
+    from dedup.cluster.verifier_settings import MAX_SCORE
 
     new_shot = Evidence(coverage=0.99, pixel_match=1.0, detail=2.0, verdict="distinct", tier="aligned")
     assert new_shot.score == MAX_SCORE and _settled(new_shot)

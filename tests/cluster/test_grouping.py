@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dedup.cluster.grouping import PairOracle, components, group
+from dedup.cluster.grouping import components, group
+from dedup.cluster.oracle import PairOracle
 from dedup.cluster.representatives import RankContext, caption_scores, rank
 
 
