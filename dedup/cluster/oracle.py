@@ -69,22 +69,20 @@ class PairOracle:
         """The verifier's evidence for a pair, computed once."""
         pair = (min(a, b), max(a, b))
         if pair not in self.evidence:
-            same_frame, alike = self.hints(np.array([pair[0]]), np.array([pair[1]]))
-            self.evidence[pair] = self.examine(  # type: ignore[misc]
-                *pair, stretch_first=bool(same_frame[0]), window_search=bool(alike[0])
-            )
+            self.prefetch(np.array([a]), np.array([b]))
         return self.evidence[pair]
 
     def prefetch(self, i: np.ndarray, j: np.ndarray) -> None:
-        """Examine the pairs (i[t], j[t]) not examined yet, on ``workers`` threads: a grouping asks
-        about a representative against every member at once, and each pair's evidence depends only
-        on its two images (measured: at 10^4 images these checks were 50 s on one thread)."""
+        """Examine the pairs (i[t], j[t]) not examined yet, on ``workers`` threads when there are
+        several: a grouping asks about a representative against every member at once, and each pair's
+        evidence depends only on its two images (measured: at 10^4 images these checks were 50 s on
+        one thread). The one place the verifier is called from."""
         if self.examine is None:
             return
         asked = zip(np.asarray(i).tolist(), np.asarray(j).tolist(), strict=True)
         todo = sorted({(min(a, b), max(a, b)) for a, b in asked} - self.evidence.keys())
-        if self.workers <= 1 or len(todo) < 2:
-            return  # check() examines them one at a time, as asked
+        if not todo:
+            return
         from concurrent.futures import ThreadPoolExecutor
 
         import cv2
@@ -98,6 +96,10 @@ class PairOracle:
                 int(a[t]), int(b[t]), stretch_first=bool(same_frame[t]), window_search=bool(alike[t])
             )
 
+        if self.workers <= 1 or len(todo) < 2:
+            for t, pair in enumerate(todo):
+                self.evidence[pair] = one(t)
+            return
         threads = cv2.getNumThreads()
         cv2.setNumThreads(1)  # the threads here, not OpenCV's, share the cores (as in the verify step)
         try:
@@ -160,9 +162,7 @@ class PairOracle:
         """
         i = np.asarray(i, dtype=np.int64)
         j = np.asarray(j, dtype=np.int64)
-        signal, check, cos = self.proposed(i, j)
-        if linked is not None and self.examine is not None:
-            check = check | (linked & (signal != "exact"))
+        signal, check, cos = self._asked(i, j, linked)
         if verify is not None:
             signal[check & ~verify] = ""
             check = check & verify
@@ -174,14 +174,23 @@ class PairOracle:
                 signal[t] = ""
         return signal != "", signal, cos
 
+    def _asked(
+        self, i: np.ndarray, j: np.ndarray, linked: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(signal, needs the verifier, cosine) per pair: what the cheap signals leave to it, and
+        with a verifier every ``linked`` pair but same bytes."""
+        signal, check, cos = self.proposed(i, j)
+        if linked is not None and self.examine is not None:
+            check = check | (linked & (signal != "exact"))
+        return signal, check, cos
+
     def prefetch_linked(self, i: np.ndarray, j: np.ndarray) -> None:
         """Examine ahead, on the oracle's threads, the pairs of (i, j) that ``decide`` would examine
         (pairs of one group: linked): a grouping's first question of every component, asked at once
         (one component's question is a pair or two; at 10^4 images there were 1,881 of them)."""
         i, j = np.asarray(i, dtype=np.int64), np.asarray(j, dtype=np.int64)
-        signal, check, _ = self.proposed(i, j)
-        if self.examine is not None:
-            self.prefetch(i[check | (signal != "exact")], j[check | (signal != "exact")])
+        _, check, _ = self._asked(i, j, np.ones(len(i), dtype=bool))
+        self.prefetch(i[check], j[check])
 
     def decide(self, a: int, bs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(is duplicate, signal name, cosine) of ``a`` against each of ``bs``."""
